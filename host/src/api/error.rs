@@ -1,0 +1,184 @@
+//! The one application error type; every domain error maps into it here,
+//! and it maps to the envelope and the error codes of seed 000 Appendix A.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::envelope::error_response;
+use crate::auth::{AuthError, Scope};
+use crate::memories::MemoryError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 401: missing, malformed, unknown, revoked, deactivated or expired key.
+    #[error("{message}")]
+    InvalidApiKey {
+        reason: &'static str,
+        message: String,
+    },
+    #[error("this API key lacks the `{}` scope", .0.as_str())]
+    InsufficientScope(Scope),
+    #[error("API keys must be sent in the Authorization header, never in the URL")]
+    KeyInUrl,
+    #[error("memory {0} not found")]
+    MemoryNotFound(String),
+    #[error("{kind} {id} not found")]
+    NotFound {
+        kind: &'static str,
+        code: &'static str,
+        id: String,
+    },
+    #[error("no such endpoint")]
+    RouteNotFound,
+    #[error("method not allowed on this endpoint")]
+    MethodNotAllowed,
+    #[error("request body is too large")]
+    PayloadTooLarge,
+    #[error("send the body as JSON with `Content-Type: application/json`")]
+    UnsupportedMediaType,
+    #[error("{message}")]
+    InvalidRequest {
+        message: String,
+        field: Option<String>,
+    },
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    Provider(String),
+    #[error("service not ready: {0}")]
+    NotReady(String),
+    #[error("internal error")]
+    Internal(#[from] anyhow::Error),
+}
+
+impl ApiError {
+    pub fn invalid(message: impl Into<String>) -> ApiError {
+        ApiError::InvalidRequest {
+            message: message.into(),
+            field: None,
+        }
+    }
+
+    pub fn invalid_field(field: impl Into<String>, message: impl Into<String>) -> ApiError {
+        ApiError::InvalidRequest {
+            message: message.into(),
+            field: Some(field.into()),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::InvalidApiKey { .. } => StatusCode::UNAUTHORIZED,
+            ApiError::InsufficientScope(_) | ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::KeyInUrl | ApiError::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::MemoryNotFound(_) | ApiError::NotFound { .. } | ApiError::RouteNotFound => {
+                StatusCode::NOT_FOUND
+            }
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Provider(_) => StatusCode::BAD_GATEWAY,
+            ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::InvalidApiKey { .. } => "INVALID_API_KEY",
+            ApiError::InsufficientScope(_) => "INSUFFICIENT_SCOPE",
+            ApiError::Forbidden(_) => "FORBIDDEN",
+            ApiError::KeyInUrl | ApiError::InvalidRequest { .. } => "INVALID_REQUEST",
+            ApiError::MemoryNotFound(_) => "MEMORY_NOT_FOUND",
+            ApiError::NotFound { code, .. } => code,
+            ApiError::RouteNotFound => "NOT_FOUND",
+            ApiError::MethodNotAllowed => "METHOD_NOT_ALLOWED",
+            ApiError::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
+            ApiError::UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
+            ApiError::Conflict(_) => "CONFLICT",
+            ApiError::Provider(_) => "PROVIDER_ERROR",
+            ApiError::NotReady(_) => "SERVICE_UNAVAILABLE",
+            ApiError::Internal(_) => "INTERNAL_ERROR",
+        }
+    }
+
+    fn details(&self) -> Option<Value> {
+        match self {
+            ApiError::InvalidApiKey { reason, .. } => Some(json!({ "reason": reason })),
+            ApiError::InsufficientScope(scope) => Some(json!({ "required_scope": scope.as_str() })),
+            ApiError::KeyInUrl => Some(json!({
+                "reason": "api_key_in_url",
+                "hint": "send `Authorization: Bearer <key>`; a key that appeared in a URL may be in logs, so rotate it"
+            })),
+            ApiError::MemoryNotFound(id) => Some(json!({ "memory_id": id })),
+            ApiError::NotFound { id, .. } => Some(json!({ "id": id })),
+            ApiError::InvalidRequest { field: Some(f), .. } => Some(json!({ "field": f })),
+            _ => None,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let message = match &self {
+            ApiError::Internal(e) => {
+                // Logged once here; the client sees only the request id.
+                tracing::error!(error = format!("{e:#}"), "internal error");
+                "internal error; quote the request_id when reporting it".to_string()
+            }
+            other => other.to_string(),
+        };
+        let mut response = error_response(status, self.code(), &message, self.details());
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        response
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::Missing
+            | AuthError::Malformed
+            | AuthError::Unknown
+            | AuthError::Revoked
+            | AuthError::Inactive
+            | AuthError::Expired(_) => ApiError::InvalidApiKey {
+                reason: e.reason(),
+                message: e.to_string(),
+            },
+            AuthError::Invalid(message) => ApiError::invalid(message),
+            AuthError::NotFound { kind, id } => ApiError::NotFound {
+                kind,
+                code: if kind == "org" {
+                    "ORG_NOT_FOUND"
+                } else {
+                    "KEY_NOT_FOUND"
+                },
+                id,
+            },
+            AuthError::Conflict(m) => ApiError::Conflict(m),
+            AuthError::Database(e) => ApiError::Internal(e.into()),
+        }
+    }
+}
+
+impl From<MemoryError> for ApiError {
+    fn from(e: MemoryError) -> Self {
+        match e {
+            MemoryError::NotFound(id) => ApiError::MemoryNotFound(id),
+            MemoryError::Invalid { field, message } => ApiError::invalid_field(field, message),
+            MemoryError::Provider(p) => ApiError::Provider(p.to_string()),
+            MemoryError::Database(e) => ApiError::Internal(e.into()),
+        }
+    }
+}

@@ -1,0 +1,44 @@
+//! `/health` (the process answers) and `/ready` (it can serve: database reachable).
+
+use axum::extract::State;
+use serde::Serialize;
+
+use crate::api::AppState;
+use crate::api::envelope::{ApiOk, Envelope, ErrorEnvelope};
+use crate::api::error::ApiError;
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Health {
+    pub status: &'static str,
+    pub version: &'static str,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Ready {
+    pub status: &'static str,
+    pub database: &'static str,
+}
+
+/// Liveness.
+#[utoipa::path(get, path = "/health", tag = "operations", responses((status = 200, body = Envelope<Health>)))]
+pub async fn health() -> ApiOk<Health> {
+    ApiOk::ok(Health {
+        status: "ok",
+        version: env!("CARGO_PKG_VERSION"),
+    })
+}
+
+/// Readiness: the database answers.
+#[utoipa::path(get, path = "/ready", tag = "operations",
+    responses((status = 200, body = Envelope<Ready>), (status = 503, body = ErrorEnvelope)))]
+pub async fn ready(State(state): State<AppState>) -> Result<ApiOk<Ready>, ApiError> {
+    state
+        .db
+        .ping()
+        .await
+        .map_err(|e| ApiError::NotReady(format!("database: {e}")))?;
+    Ok(ApiOk::ok(Ready {
+        status: "ready",
+        database: state.db.backend(),
+    }))
+}

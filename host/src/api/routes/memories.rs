@@ -1,0 +1,264 @@
+//! `/v1/memories`: create, read, update, delete, list, clear, history.
+
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::api::AppState;
+use crate::api::envelope::{ApiOk, Ctx, Envelope, ErrorEnvelope};
+use crate::api::error::ApiError;
+use crate::api::extract::{ApiJson, Auth};
+use crate::auth::Scope;
+use crate::memories::filter::MetadataFilter;
+use crate::memories::{Actor, Memory, MemoryEvent, MemoryPage, MemoryScope};
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateMemory {
+    /// The memory, in natural language.
+    #[schema(example = "Alice prefers green tea in the morning.")]
+    pub text: String,
+    /// Any JSON object; filterable by top-level keys.
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Map<String, Value>>,
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateMemory {
+    pub text: Option<String>,
+    /// Replaces the whole metadata object.
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Map<String, Value>>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Deleted {
+    pub deleted: u64,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct MemoryHistory {
+    pub memory_id: String,
+    pub events: Vec<MemoryEvent>,
+}
+
+fn actor(ctx: &Ctx, auth: &Auth) -> Actor {
+    Actor {
+        request_id: Some(ctx.0.request_id.clone()),
+        key_id: Some(auth.0.key_id.clone()),
+    }
+}
+
+/// Create a memory.
+#[utoipa::path(post, path = "/v1/memories", tag = "memories", request_body = CreateMemory,
+    security(("bearer" = [])),
+    responses((status = 201, body = Envelope<Memory>), (status = 400, body = ErrorEnvelope), (status = 401, body = ErrorEnvelope)))]
+pub async fn create(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    auth: Auth,
+    ApiJson(body): ApiJson<CreateMemory>,
+) -> Result<ApiOk<Memory>, ApiError> {
+    let principal = auth.require(Scope::Write)?;
+    let memory = state
+        .memories
+        .create(
+            &principal.into(),
+            body.text,
+            body.metadata,
+            &actor(&ctx, &auth),
+            &ctx.0.usage,
+        )
+        .await?;
+    Ok(ApiOk::created(memory))
+}
+
+/// Get a memory.
+#[utoipa::path(get, path = "/v1/memories/{id}", tag = "memories", security(("bearer" = [])),
+    params(("id" = String, Path, description = "memory id (UUID)")),
+    responses((status = 200, body = Envelope<Memory>), (status = 404, body = ErrorEnvelope)))]
+pub async fn get(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<ApiOk<Memory>, ApiError> {
+    let principal = auth.require(Scope::Read)?;
+    Ok(ApiOk::ok(
+        state
+            .memories
+            .get(&principal.into(), &id, &ctx.0.usage)
+            .await?,
+    ))
+}
+
+/// Update a memory's text and/or metadata.
+#[utoipa::path(put, path = "/v1/memories/{id}", tag = "memories", request_body = UpdateMemory,
+    security(("bearer" = [])), params(("id" = String, Path, description = "memory id (UUID)")),
+    responses((status = 200, body = Envelope<Memory>), (status = 400, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope)))]
+pub async fn update(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    auth: Auth,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<UpdateMemory>,
+) -> Result<ApiOk<Memory>, ApiError> {
+    let principal = auth.require(Scope::Write)?;
+    let memory = state
+        .memories
+        .update(
+            &principal.into(),
+            &id,
+            body.text,
+            body.metadata,
+            &actor(&ctx, &auth),
+            &ctx.0.usage,
+        )
+        .await?;
+    Ok(ApiOk::ok(memory))
+}
+
+/// Delete a memory. Its history stays readable.
+#[utoipa::path(delete, path = "/v1/memories/{id}", tag = "memories", security(("bearer" = [])),
+    params(("id" = String, Path, description = "memory id (UUID)")),
+    responses((status = 200, body = Envelope<Deleted>), (status = 404, body = ErrorEnvelope)))]
+pub async fn delete(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<ApiOk<Deleted>, ApiError> {
+    let principal = auth.require(Scope::Delete)?;
+    state
+        .memories
+        .delete(&principal.into(), &id, &actor(&ctx, &auth), &ctx.0.usage)
+        .await?;
+    Ok(ApiOk::ok(Deleted { deleted: 1 }))
+}
+
+/// The history of a memory: every change, oldest first.
+#[utoipa::path(get, path = "/v1/memories/{id}/history", tag = "memories", security(("bearer" = [])),
+    params(("id" = String, Path, description = "memory id (UUID)")),
+    responses((status = 200, body = Envelope<MemoryHistory>), (status = 404, body = ErrorEnvelope)))]
+pub async fn history(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<ApiOk<MemoryHistory>, ApiError> {
+    let principal = auth.require(Scope::Read)?;
+    let events = state.memories.history(&principal.into(), &id).await?;
+    Ok(ApiOk::ok(MemoryHistory {
+        memory_id: id,
+        events,
+    }))
+}
+
+/// List memories, newest first, with cursor pagination and metadata filters.
+#[utoipa::path(get, path = "/v1/memories", tag = "memories", security(("bearer" = [])),
+    params(
+        ("limit" = Option<u32>, Query, description = "1 to 100, default 20"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+        ("metadata.<key>" = Option<String>, Query, description = "only memories whose metadata `<key>` equals this value; repeatable with other keys"),
+    ),
+    responses((status = 200, body = Envelope<MemoryPage>), (status = 400, body = ErrorEnvelope)))]
+pub async fn list(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    auth: Auth,
+    Query(params): Query<Vec<(String, String)>>,
+) -> Result<ApiOk<MemoryPage>, ApiError> {
+    let principal = auth.require(Scope::Read)?;
+    let query = ListQuery::parse(params, &["limit", "cursor"])?;
+    let limit = query
+        .single
+        .get("limit")
+        .map(|l| {
+            l.parse::<u32>().map_err(|_| {
+                ApiError::invalid_field("limit", "limit must be a whole number from 1 to 100")
+            })
+        })
+        .transpose()?;
+    let page = state
+        .memories
+        .list(
+            &principal.into(),
+            limit,
+            query.single.get("cursor").map(String::as_str),
+            &query.filter,
+            &ctx.0.usage,
+        )
+        .await?;
+    Ok(ApiOk::ok(page))
+}
+
+/// Delete every memory of the environment (or those matching `metadata.<key>`
+/// filters). Requires `confirm=true`.
+#[utoipa::path(delete, path = "/v1/memories", tag = "memories", security(("bearer" = [])),
+    params(
+        ("confirm" = bool, Query, description = "must be `true`"),
+        ("metadata.<key>" = Option<String>, Query, description = "only memories whose metadata `<key>` equals this value"),
+    ),
+    responses((status = 200, body = Envelope<Deleted>), (status = 400, body = ErrorEnvelope)))]
+pub async fn delete_all(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    auth: Auth,
+    Query(params): Query<Vec<(String, String)>>,
+) -> Result<ApiOk<Deleted>, ApiError> {
+    let principal = auth.require(Scope::Delete)?;
+    let query = ListQuery::parse(params, &["confirm"])?;
+    if query.single.get("confirm").map(String::as_str) != Some("true") {
+        return Err(ApiError::invalid_field(
+            "confirm",
+            "deleting all memories needs explicit confirmation: add `?confirm=true`",
+        ));
+    }
+    let scope: MemoryScope = principal.into();
+    let deleted = state
+        .memories
+        .delete_all(&scope, &query.filter, &actor(&ctx, &auth))
+        .await?;
+    ctx.0.usage.add_memories(deleted);
+    Ok(ApiOk(StatusCode::OK, Deleted { deleted }))
+}
+
+/// Query parameters split into known single values and `metadata.*` filters;
+/// anything else is refused so a typo does not silently widen a query.
+struct ListQuery {
+    single: HashMap<String, String>,
+    filter: MetadataFilter,
+}
+
+impl ListQuery {
+    fn parse(params: Vec<(String, String)>, known: &[&str]) -> Result<ListQuery, ApiError> {
+        let mut single = HashMap::new();
+        let mut pairs = Vec::new();
+        for (k, v) in params {
+            if let Some(key) = k.strip_prefix("metadata.") {
+                pairs.push((key.to_string(), v));
+            } else if known.contains(&k.as_str()) {
+                if single.insert(k.clone(), v).is_some() {
+                    return Err(ApiError::invalid_field(
+                        k.clone(),
+                        format!("`{k}` given more than once"),
+                    ));
+                }
+            } else {
+                return Err(ApiError::invalid_field(
+                    k.clone(),
+                    format!(
+                        "unknown query parameter `{k}` (expected {}, or metadata.<key>)",
+                        known.join(", ")
+                    ),
+                ));
+            }
+        }
+        let filter =
+            MetadataFilter::checked(pairs).map_err(|e| ApiError::invalid_field("metadata", e.0))?;
+        Ok(ListQuery { single, filter })
+    }
+}

@@ -1,0 +1,4 @@
+pub mod account;
+pub mod health;
+pub mod memories;
+pub mod retrieval;

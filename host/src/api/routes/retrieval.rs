@@ -1,0 +1,122 @@
+//! `/v1/retrieve`, `/v1/query` and `/v1/query/answer`.
+
+use axum::extract::State;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::api::AppState;
+use crate::api::envelope::{ApiOk, Ctx, Envelope, ErrorEnvelope};
+use crate::api::error::ApiError;
+use crate::api::extract::{ApiJson, Auth};
+use crate::auth::Scope;
+use crate::memories::filter::MetadataFilter;
+use crate::memories::{
+    AnswerResult, DEFAULT_RESULTS, DEFAULT_THRESHOLD, ScoredMemory, SearchParams,
+};
+
+/// A retrieval request. `context` (or its alias `query`) is the text to match.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetrievalRequest {
+    #[serde(alias = "query")]
+    #[schema(example = "What does Alice drink in the morning?")]
+    pub context: String,
+    /// 1 to 100, default 10.
+    pub max_memories: Option<u32>,
+    /// 0 to 1, default 0.05: memories scoring below are left out.
+    pub relevance_threshold: Option<f32>,
+    /// Exact matches on top-level metadata keys (string, number or boolean values).
+    #[schema(value_type = Option<Object>)]
+    pub filters: Option<Map<String, Value>>,
+}
+
+impl RetrievalRequest {
+    fn params(self) -> Result<SearchParams, ApiError> {
+        let filter = match &self.filters {
+            Some(f) => {
+                MetadataFilter::from_json(f).map_err(|e| ApiError::invalid_field("filters", e.0))?
+            }
+            None => MetadataFilter::default(),
+        };
+        Ok(SearchParams {
+            query: self.context,
+            max_memories: self.max_memories.unwrap_or(DEFAULT_RESULTS),
+            relevance_threshold: self.relevance_threshold.unwrap_or(DEFAULT_THRESHOLD),
+            filter,
+        })
+    }
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RetrievalResult {
+    /// Best first.
+    pub memories: Vec<ScoredMemory>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct QueryResult {
+    /// Best first.
+    pub memories: Vec<ScoredMemory>,
+    /// The memories as a numbered list, ready to put in a prompt.
+    pub context: String,
+}
+
+/// Retrieve the memories most relevant to a text, with relevance scores.
+#[utoipa::path(post, path = "/v1/retrieve", tag = "retrieval", request_body = RetrievalRequest,
+    security(("bearer" = [])),
+    responses((status = 200, body = Envelope<RetrievalResult>), (status = 400, body = ErrorEnvelope)))]
+pub async fn retrieve(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    auth: Auth,
+    ApiJson(body): ApiJson<RetrievalRequest>,
+) -> Result<ApiOk<RetrievalResult>, ApiError> {
+    let principal = auth.require(Scope::Read)?;
+    let memories = state
+        .memories
+        .search(&principal.into(), &body.params()?, &ctx.0.usage)
+        .await?;
+    Ok(ApiOk::ok(RetrievalResult { memories }))
+}
+
+/// Query memories with a context: the relevant memories and a prompt-ready context block.
+#[utoipa::path(post, path = "/v1/query", tag = "retrieval", request_body = RetrievalRequest,
+    security(("bearer" = [])),
+    responses((status = 200, body = Envelope<QueryResult>), (status = 400, body = ErrorEnvelope)))]
+pub async fn query(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    auth: Auth,
+    ApiJson(body): ApiJson<RetrievalRequest>,
+) -> Result<ApiOk<QueryResult>, ApiError> {
+    let principal = auth.require(Scope::Read)?;
+    let memories = state
+        .memories
+        .search(&principal.into(), &body.params()?, &ctx.0.usage)
+        .await?;
+    let context = memories
+        .iter()
+        .enumerate()
+        .map(|(i, m)| format!("{}. {}", i + 1, m.memory.text))
+        .collect::<Vec<_>>()
+        .join("\n");
+    Ok(ApiOk::ok(QueryResult { memories, context }))
+}
+
+/// Answer a question from memory: the answer and the memories it used.
+#[utoipa::path(post, path = "/v1/query/answer", tag = "retrieval", request_body = RetrievalRequest,
+    security(("bearer" = [])),
+    responses((status = 200, body = Envelope<AnswerResult>), (status = 400, body = ErrorEnvelope), (status = 502, body = ErrorEnvelope)))]
+pub async fn answer(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    auth: Auth,
+    ApiJson(body): ApiJson<RetrievalRequest>,
+) -> Result<ApiOk<AnswerResult>, ApiError> {
+    let principal = auth.require(Scope::Read)?;
+    let result = state
+        .memories
+        .answer(&principal.into(), &body.params()?, &ctx.0.usage)
+        .await?;
+    Ok(ApiOk::ok(result))
+}

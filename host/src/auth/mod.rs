@@ -1,0 +1,498 @@
+//! Orgs, API keys and the principal a request acts as.
+//!
+//! [`AuthService`] owns the `orgs` and `api_keys` tables in both backends.
+
+pub mod keys;
+mod repo;
+pub mod secret;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+pub use keys::{ApiKey, Environment};
+
+use crate::store::Database;
+
+/// What a key may do. `admin` implies every other scope.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    Read,
+    Write,
+    Delete,
+    Admin,
+}
+
+impl Scope {
+    pub const ALL: [Scope; 4] = [Scope::Read, Scope::Write, Scope::Delete, Scope::Admin];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Read => "read",
+            Scope::Write => "write",
+            Scope::Delete => "delete",
+            Scope::Admin => "admin",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Scope> {
+        Scope::ALL.into_iter().find(|x| x.as_str() == s)
+    }
+
+    /// Parses `read,write`; the error names the bad scope.
+    pub fn parse_list(s: &str) -> Result<Vec<Scope>, String> {
+        let mut out = Vec::new();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            out.push(Scope::parse(part).ok_or_else(|| {
+                format!("unknown scope `{part}` (expected read, write, delete or admin)")
+            })?);
+        }
+        normalize_scopes(out)
+    }
+
+    pub fn join(scopes: &[Scope]) -> String {
+        scopes
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// Sorts and de-duplicates; an empty list is refused.
+pub fn normalize_scopes(mut scopes: Vec<Scope>) -> Result<Vec<Scope>, String> {
+    scopes.sort();
+    scopes.dedup();
+    if scopes.is_empty() {
+        return Err("a key needs at least one scope".into());
+    }
+    Ok(scopes)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyStatus {
+    Active,
+    Inactive,
+    Revoked,
+}
+
+impl KeyStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyStatus::Active => "active",
+            KeyStatus::Inactive => "inactive",
+            KeyStatus::Revoked => "revoked",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<KeyStatus> {
+        match s {
+            "active" => Some(KeyStatus::Active),
+            "inactive" => Some(KeyStatus::Inactive),
+            "revoked" => Some(KeyStatus::Revoked),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Org {
+    pub id: String,
+    pub name: String,
+    pub plan: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// An API key as stored: never the key itself.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ApiKeyRecord {
+    pub id: String,
+    pub org_id: String,
+    pub name: String,
+    pub environment: Environment,
+    /// The first characters of the key, for recognising it.
+    pub prefix: String,
+    pub scopes: Vec<Scope>,
+    pub status: KeyStatus,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    /// Set on a key created by rotating another.
+    pub rotated_from: Option<String>,
+    /// Set on a key that was rotated; it works until `expires_at`.
+    pub rotated_to: Option<String>,
+}
+
+impl ApiKeyRecord {
+    pub fn is_expired(&self, now: DateTime<Utc>) -> bool {
+        self.expires_at.is_some_and(|t| t <= now)
+    }
+}
+
+/// Who a request acts for: resolved from its API key.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub org_id: String,
+    pub plan: String,
+    pub key_id: String,
+    pub scopes: Vec<Scope>,
+    pub environment: Environment,
+}
+
+impl Principal {
+    pub fn has_scope(&self, scope: Scope) -> bool {
+        self.scopes.contains(&Scope::Admin) || self.scopes.contains(&scope)
+    }
+}
+
+/// Why a key was refused. The message is safe to show to the caller.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("missing API key: send it as `Authorization: Bearer mem_live_…`")]
+    Missing,
+    #[error(
+        "malformed API key: expected `Authorization: Bearer mem_live_<32 characters>` or mem_test_…"
+    )]
+    Malformed,
+    #[error("unknown API key")]
+    Unknown,
+    #[error("this API key has been revoked")]
+    Revoked,
+    #[error("this API key is deactivated")]
+    Inactive,
+    #[error("this API key expired at {0}")]
+    Expired(DateTime<Utc>),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{kind} {id} not found")]
+    NotFound { kind: &'static str, id: String },
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+impl AuthError {
+    /// A short machine-readable reason for 401 responses.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "missing",
+            AuthError::Malformed => "malformed",
+            AuthError::Unknown => "unknown",
+            AuthError::Revoked => "revoked",
+            AuthError::Inactive => "inactive",
+            AuthError::Expired(_) => "expired",
+            _ => "invalid",
+        }
+    }
+}
+
+/// A request to create a key.
+#[derive(Debug, Clone)]
+pub struct NewKey {
+    pub org_id: String,
+    pub name: String,
+    pub environment: Environment,
+    pub scopes: Vec<Scope>,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// The result of creating or rotating a key: the only time the key is shown.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct CreatedKey {
+    /// The full key. Store it now: it cannot be shown again.
+    pub key: String,
+    #[serde(flatten)]
+    pub record: ApiKeyRecord,
+}
+
+/// How often `last_used_at` is written per key; the column is informational,
+/// and a write on every request would serialise SQLite writers.
+const LAST_USED_EVERY: Duration = Duration::from_secs(60);
+
+#[derive(Clone)]
+pub struct AuthService {
+    db: Database,
+    secret: Arc<[u8]>,
+    last_used: Arc<Mutex<HashMap<String, Instant>>>,
+}
+
+impl AuthService {
+    pub fn new(db: Database, secret: Vec<u8>) -> AuthService {
+        AuthService {
+            db,
+            secret: secret.into(),
+            last_used: Default::default(),
+        }
+    }
+
+    pub async fn create_org(&self, name: &str, plan: &str) -> Result<Org, AuthError> {
+        let name = name.trim();
+        if name.is_empty() || name.len() > 200 {
+            return Err(AuthError::Invalid(
+                "org name must be 1 to 200 characters".into(),
+            ));
+        }
+        let plan = plan.trim();
+        if plan.is_empty()
+            || plan.len() > 64
+            || !plan
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Err(AuthError::Invalid(
+                "plan must be 1 to 64 characters of a-z, 0-9, _ or -".into(),
+            ));
+        }
+        let org = Org {
+            id: format!("org_{}", keys::random_base62(16)),
+            name: name.to_string(),
+            plan: plan.to_string(),
+            created_at: now(),
+        };
+        repo::insert_org(&self.db, &org).await?;
+        Ok(org)
+    }
+
+    pub async fn list_orgs(&self) -> Result<Vec<Org>, AuthError> {
+        Ok(repo::list_orgs(&self.db).await?)
+    }
+
+    pub async fn get_org(&self, id: &str) -> Result<Org, AuthError> {
+        repo::get_org(&self.db, id)
+            .await?
+            .ok_or_else(|| AuthError::NotFound {
+                kind: "org",
+                id: id.to_string(),
+            })
+    }
+
+    pub async fn create_key(&self, new: NewKey) -> Result<CreatedKey, AuthError> {
+        self.create_key_inner(new, None).await
+    }
+
+    async fn create_key_inner(
+        &self,
+        new: NewKey,
+        rotated_from: Option<String>,
+    ) -> Result<CreatedKey, AuthError> {
+        let name = new.name.trim();
+        if name.len() > 200 {
+            return Err(AuthError::Invalid(
+                "key name must be at most 200 characters".into(),
+            ));
+        }
+        let scopes = normalize_scopes(new.scopes).map_err(AuthError::Invalid)?;
+        let created_at = now();
+        if let Some(exp) = new.expires_at
+            && exp <= created_at
+        {
+            return Err(AuthError::Invalid(
+                "expires_at must be in the future".into(),
+            ));
+        }
+        self.get_org(&new.org_id).await?;
+        let key = ApiKey::generate(new.environment);
+        let record = ApiKeyRecord {
+            id: format!("key_{}", keys::random_base62(16)),
+            org_id: new.org_id,
+            name: name.to_string(),
+            environment: new.environment,
+            prefix: key.display_prefix(),
+            scopes,
+            status: KeyStatus::Active,
+            expires_at: new.expires_at,
+            created_at,
+            last_used_at: None,
+            revoked_at: None,
+            rotated_from,
+            rotated_to: None,
+        };
+        repo::insert_key(&self.db, &record, &key.hash(&self.secret)).await?;
+        Ok(CreatedKey {
+            key: key.expose().to_string(),
+            record,
+        })
+    }
+
+    /// Keys of one org, or of every org when `org_id` is `None` (operator view).
+    pub async fn list_keys(&self, org_id: Option<&str>) -> Result<Vec<ApiKeyRecord>, AuthError> {
+        Ok(repo::list_keys(&self.db, org_id).await?)
+    }
+
+    /// Finds a key by its id (`key_…`) or by the full key itself.
+    pub async fn find_key(&self, id_or_key: &str) -> Result<ApiKeyRecord, AuthError> {
+        let found = if let Some(key) = ApiKey::parse(id_or_key) {
+            repo::key_by_hash(&self.db, &key.hash(&self.secret))
+                .await?
+                .map(|(k, _)| k)
+        } else {
+            repo::get_key(&self.db, id_or_key).await?
+        };
+        found.ok_or_else(|| AuthError::NotFound {
+            kind: "API key",
+            id: redact(id_or_key),
+        })
+    }
+
+    /// A key of one org; another org's key is "not found".
+    pub async fn find_org_key(
+        &self,
+        org_id: &str,
+        key_id: &str,
+    ) -> Result<ApiKeyRecord, AuthError> {
+        match repo::get_key(&self.db, key_id).await? {
+            Some(k) if k.org_id == org_id => Ok(k),
+            _ => Err(AuthError::NotFound {
+                kind: "API key",
+                id: redact(key_id),
+            }),
+        }
+    }
+
+    /// Checks a presented key and returns the principal it acts as.
+    pub async fn authenticate(&self, presented: &str) -> Result<Principal, AuthError> {
+        let key = ApiKey::parse(presented).ok_or(AuthError::Malformed)?;
+        let (record, plan) = repo::key_by_hash(&self.db, &key.hash(&self.secret))
+            .await?
+            .ok_or(AuthError::Unknown)?;
+        check_usable(&record, now())?;
+        self.touch(&record.id);
+        Ok(Principal {
+            org_id: record.org_id,
+            plan,
+            key_id: record.id,
+            scopes: record.scopes,
+            environment: record.environment,
+        })
+    }
+
+    /// Like [`authenticate`](Self::authenticate) but returns the whole record
+    /// and the org, for `memhost keys verify`.
+    pub async fn verify(&self, presented: &str) -> Result<(ApiKeyRecord, Org), AuthError> {
+        let key = ApiKey::parse(presented).ok_or(AuthError::Malformed)?;
+        let (record, _) = repo::key_by_hash(&self.db, &key.hash(&self.secret))
+            .await?
+            .ok_or(AuthError::Unknown)?;
+        check_usable(&record, now())?;
+        let org = self.get_org(&record.org_id).await?;
+        Ok((record, org))
+    }
+
+    /// Issues a replacement key with the same org, environment, name and
+    /// scopes. The new key works at once; the old one keeps working for
+    /// `grace` and then expires.
+    pub async fn rotate(&self, key_id: &str, grace: Duration) -> Result<CreatedKey, AuthError> {
+        let old = self.find_key(key_id).await?;
+        check_usable(&old, now())?;
+        if old.rotated_to.is_some() {
+            return Err(AuthError::Conflict(format!(
+                "key {} was already rotated; rotate its replacement instead",
+                old.id
+            )));
+        }
+        let grace = chrono::Duration::from_std(grace)
+            .map_err(|_| AuthError::Invalid("grace period too long".into()))?;
+        let created = self
+            .create_key_inner(
+                NewKey {
+                    org_id: old.org_id.clone(),
+                    name: old.name.clone(),
+                    environment: old.environment,
+                    scopes: old.scopes.clone(),
+                    expires_at: old.expires_at,
+                },
+                Some(old.id.clone()),
+            )
+            .await?;
+        let grace_end = now() + grace;
+        let old_expiry = old.expires_at.map_or(grace_end, |e| e.min(grace_end));
+        repo::mark_rotated(&self.db, &old.id, &created.record.id, old_expiry).await?;
+        Ok(created)
+    }
+
+    /// Revokes (permanent), deactivates or reactivates a key.
+    pub async fn set_status(
+        &self,
+        key_id: &str,
+        status: KeyStatus,
+    ) -> Result<ApiKeyRecord, AuthError> {
+        let key = self.find_key(key_id).await?;
+        if key.status == KeyStatus::Revoked && status != KeyStatus::Revoked {
+            return Err(AuthError::Conflict(format!(
+                "key {} is revoked; revocation is permanent",
+                key.id
+            )));
+        }
+        let revoked_at = (status == KeyStatus::Revoked).then(now);
+        repo::set_key_status(&self.db, &key.id, status, revoked_at.or(key.revoked_at)).await?;
+        self.find_key(&key.id).await
+    }
+
+    /// Records that a key was used, at most once a minute per key, off the request path.
+    fn touch(&self, key_id: &str) {
+        {
+            let mut seen = self.last_used.lock().unwrap_or_else(|e| e.into_inner());
+            let now = Instant::now();
+            if seen
+                .get(key_id)
+                .is_some_and(|t| now.duration_since(*t) < LAST_USED_EVERY)
+            {
+                return;
+            }
+            seen.insert(key_id.to_string(), now);
+        }
+        let db = self.db.clone();
+        let key_id = key_id.to_string();
+        tokio::spawn(async move {
+            if let Err(e) = repo::touch_key(&db, &key_id, Utc::now()).await {
+                tracing::warn!(error = %e, key_id, "could not record key use");
+            }
+        });
+    }
+}
+
+fn check_usable(record: &ApiKeyRecord, now: DateTime<Utc>) -> Result<(), AuthError> {
+    match record.status {
+        KeyStatus::Revoked => return Err(AuthError::Revoked),
+        KeyStatus::Inactive => return Err(AuthError::Inactive),
+        KeyStatus::Active => {}
+    }
+    if record.is_expired(now) {
+        return Err(AuthError::Expired(record.expires_at.unwrap_or(now)));
+    }
+    Ok(())
+}
+
+/// Never echo a full key back in an error.
+fn redact(s: &str) -> String {
+    if ApiKey::looks_like_key(s) {
+        format!("{}…", &s[..s.len().min(13)])
+    } else {
+        s.chars().take(64).collect()
+    }
+}
+
+/// Now, truncated to microseconds so that what we store and what we return agree.
+pub fn now() -> DateTime<Utc> {
+    let t = Utc::now();
+    DateTime::from_timestamp_micros(t.timestamp_micros()).unwrap_or(t)
+}

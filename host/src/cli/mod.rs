@@ -1,0 +1,96 @@
+//! The `memhost` command: `serve`, and the operator's admin commands, which
+//! work on the same database as the server (embedded or PostgreSQL).
+
+mod admin;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, LogFormat};
+
+#[derive(Parser)]
+#[command(name = "memhost", version, about = "A memory API for AI applications")]
+struct Cli {
+    /// Configuration file (TOML). Default: $MEMHOST_CONFIG, else ./memhost.toml if present.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP server (embedded SQLite unless DATABASE_URL is postgres://…).
+    Serve {
+        /// Listen address, e.g. 127.0.0.1:8080 (overrides configuration).
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Manage orgs.
+    #[command(subcommand)]
+    Orgs(admin::OrgsCommand),
+    /// Manage API keys.
+    #[command(subcommand)]
+    Keys(admin::KeysCommand),
+    /// Database information.
+    #[command(subcommand)]
+    Db(admin::DbCommand),
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let mut config = match Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let serving = matches!(cli.command, Command::Serve { .. });
+    init_logging(config.log_format, serving);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve { listen } => {
+                if let Some(l) = listen {
+                    config.listen = l;
+                }
+                crate::app::serve(config).await
+            }
+            Command::Orgs(cmd) => admin::orgs(config, cmd).await,
+            Command::Keys(cmd) => admin::keys(config, cmd).await,
+            Command::Db(cmd) => admin::db(config, cmd).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat, serving: bool) {
+    use tracing_subscriber::EnvFilter;
+    let default = if serving { "info" } else { "warn" };
+    let filter = EnvFilter::try_from_env("MEMHOST_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}

@@ -1,0 +1,165 @@
+//! Configuration: defaults, then a TOML file, then `MEMHOST_*` environment
+//! variables (nested keys with `__`, e.g. `MEMHOST_EMBEDDINGS__PROVIDER`), then
+//! the conventional unprefixed `DATABASE_URL` and `REDIS_URL`.
+
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// The whole service configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on; port 0 picks a free port (printed at start).
+    pub listen: String,
+    /// Where embedded mode keeps its SQLite database and server secret.
+    pub data_dir: PathBuf,
+    /// `postgres://…` selects production mode; `sqlite://…` an explicit file;
+    /// unset means embedded SQLite under `data_dir`.
+    pub database_url: Option<String>,
+    /// Redis for shared counters (used by rate limits; optional here).
+    pub redis_url: Option<String>,
+    /// Server secret keying the API-key hashes. Embedded mode generates and keeps
+    /// one under `data_dir` on first run; production mode must set it.
+    pub secret: Option<String>,
+    /// Origins allowed by CORS; empty means no cross-origin access.
+    #[serde(deserialize_with = "string_or_list")]
+    pub cors_origins: Vec<String>,
+    /// `text` or `json` logs.
+    pub log_format: LogFormat,
+    /// Largest accepted request body, in bytes.
+    pub max_body_bytes: usize,
+    /// PostgreSQL pool size.
+    pub database_max_connections: u32,
+    /// Seconds in-flight requests get to finish after SIGTERM.
+    pub shutdown_grace_secs: u64,
+    pub embeddings: ProviderConfig,
+    pub answers: ProviderConfig,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Which provider serves embeddings or answers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProviderConfig {
+    /// `local` (built in, offline) or `openai` (any OpenAI-compatible server).
+    pub provider: ProviderKind,
+    pub base_url: Option<String>,
+    pub model: Option<String>,
+    /// Never logged.
+    pub api_key: Option<String>,
+    /// Request timeout in seconds for HTTP providers.
+    pub timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    Local,
+    Openai,
+}
+
+impl Default for ProviderConfig {
+    fn default() -> Self {
+        Self {
+            provider: ProviderKind::Local,
+            base_url: None,
+            model: None,
+            api_key: None,
+            timeout_secs: 30,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            data_dir: PathBuf::from("./data"),
+            database_url: None,
+            redis_url: None,
+            secret: None,
+            cors_origins: Vec::new(),
+            log_format: LogFormat::Text,
+            max_body_bytes: 10 * 1024 * 1024,
+            database_max_connections: 32,
+            shutdown_grace_secs: 30,
+            embeddings: ProviderConfig::default(),
+            answers: ProviderConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Loads the configuration. `file` is used when given (and must exist);
+    /// otherwise `MEMHOST_CONFIG`, otherwise `./memhost.toml` if present.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        let file = file
+            .map(Path::to_path_buf)
+            .or_else(|| std::env::var_os("MEMHOST_CONFIG").map(PathBuf::from));
+        match file {
+            Some(path) => {
+                if !path.exists() {
+                    anyhow::bail!("config file {} does not exist", path.display());
+                }
+                figment = figment.merge(Toml::file(path));
+            }
+            None => figment = figment.merge(Toml::file("memhost.toml")),
+        }
+        figment = figment
+            .merge(Env::prefixed("MEMHOST_").ignore(&["config"]).split("__"))
+            .merge(Env::raw().only(&["database_url", "redis_url"]));
+        let config: Config = figment
+            .extract()
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.max_body_bytes == 0 {
+            anyhow::bail!("max_body_bytes must be positive");
+        }
+        for p in [&self.embeddings, &self.answers] {
+            if p.provider == ProviderKind::Openai && p.base_url.is_none() {
+                anyhow::bail!("provider `openai` needs base_url (e.g. https://api.openai.com/v1)");
+            }
+        }
+        Ok(())
+    }
+
+    /// True when the configuration selects PostgreSQL (production mode).
+    pub fn is_postgres(&self) -> bool {
+        self.database_url
+            .as_deref()
+            .is_some_and(|u| u.starts_with("postgres://") || u.starts_with("postgresql://"))
+    }
+}
+
+/// Accepts `["a","b"]` or `"a,b"` (the form an environment variable takes).
+fn string_or_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        List(Vec<String>),
+        One(String),
+    }
+    Ok(match Either::deserialize(d)? {
+        Either::List(v) => v,
+        Either::One(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect(),
+    })
+}

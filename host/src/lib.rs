@@ -1,0 +1,15 @@
+//! memhost: a memory API for AI applications.
+//!
+//! One module per domain (see DESIGN.md): `api` (routes, envelope, errors),
+//! `auth` (orgs, API keys, principals), `memories` (storage, embeddings,
+//! retrieval, answers), `store` (database pools and migrations), `config`,
+//! `cli` (the `memhost` command), and `app` (wiring the services together).
+
+pub mod api;
+pub mod app;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod memories;
+pub mod metering;
+pub mod store;

@@ -1,0 +1,258 @@
+//! Embedding providers: a deterministic local embedder that needs no model
+//! download, and any OpenAI-compatible `/embeddings` endpoint.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::text;
+use crate::config::{ProviderConfig, ProviderKind};
+
+/// Every embedding in memhost has this many dimensions; the PostgreSQL
+/// column is `vector(384)`. (384 also matches small sentence-transformer
+/// models such as all-MiniLM-L6-v2, so one can stand behind the HTTP provider.)
+pub const DIMENSIONS: usize = 384;
+
+#[derive(Debug, thiserror::Error)]
+#[error("embedding provider: {0}")]
+pub struct ProviderError(pub String);
+
+#[async_trait]
+pub trait Embedder: Send + Sync {
+    /// One unit-length vector of [`DIMENSIONS`] per input text.
+    async fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, ProviderError>;
+    /// The model name recorded with usage.
+    fn model(&self) -> &str;
+    /// True when a call leaves the process (counts as a model call).
+    fn is_remote(&self) -> bool;
+}
+
+pub fn from_config(config: &ProviderConfig) -> anyhow::Result<Box<dyn Embedder>> {
+    Ok(match config.provider {
+        ProviderKind::Local => Box::new(LocalEmbedder),
+        ProviderKind::Openai => Box::new(OpenAiEmbedder::new(config)?),
+    })
+}
+
+/// Feature hashing of words, word pairs and character trigrams into a signed
+/// vector: deterministic, offline, and good at lexical overlap (including
+/// plurals and typos via the trigrams). Not a semantic model: synonyms do not
+/// meet unless they share characters.
+pub struct LocalEmbedder;
+
+impl LocalEmbedder {
+    pub fn embed_one(text_in: &str) -> Vec<f32> {
+        let mut v = vec![0f32; DIMENSIONS];
+        let words = text::tokens(text_in);
+        for w in &words {
+            add_feature(&mut v, "w", w, 1.0);
+            let padded: Vec<char> = format!("#{w}#").chars().collect();
+            let grams = padded.len().saturating_sub(2).max(1);
+            for g in padded.windows(3) {
+                let gram: String = g.iter().collect();
+                add_feature(&mut v, "c", &gram, 0.6 / grams as f32);
+            }
+        }
+        for pair in words.windows(2) {
+            add_feature(&mut v, "b", &format!("{} {}", pair[0], pair[1]), 0.5);
+        }
+        if words.is_empty() {
+            // Only stop words or symbols: fall back to the raw characters so the
+            // vector is never zero (a zero vector has no cosine).
+            for c in text_in.chars().filter(|c| !c.is_whitespace()) {
+                add_feature(&mut v, "r", &c.to_string(), 1.0);
+            }
+        }
+        normalize(&mut v);
+        v
+    }
+}
+
+#[async_trait]
+impl Embedder for LocalEmbedder {
+    async fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, ProviderError> {
+        Ok(texts.iter().map(|t| LocalEmbedder::embed_one(t)).collect())
+    }
+    fn model(&self) -> &str {
+        "memhost-local-hash-384"
+    }
+    fn is_remote(&self) -> bool {
+        false
+    }
+}
+
+fn add_feature(v: &mut [f32], kind: &str, feature: &str, weight: f32) {
+    let h = fnv1a(kind.as_bytes(), feature.as_bytes());
+    let index = (h % DIMENSIONS as u64) as usize;
+    let sign = if h >> 63 == 0 { 1.0 } else { -1.0 };
+    v[index] += sign * weight;
+}
+
+fn fnv1a(a: &[u8], b: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &byte in a.iter().chain([0u8].iter()).chain(b) {
+        h ^= byte as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    // Final avalanche so the top bit (the sign) is well mixed.
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^ (h >> 33)
+}
+
+/// Scales to unit length; a zero vector gets a fixed unit direction.
+pub fn normalize(v: &mut [f32]) {
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if norm > 0.0 && norm.is_finite() {
+        v.iter_mut().for_each(|x| *x /= norm);
+    } else {
+        v.iter_mut().for_each(|x| *x = 0.0);
+        v[0] = 1.0;
+    }
+}
+
+/// An OpenAI-compatible embeddings endpoint (OpenAI, vLLM, Ollama, …).
+pub struct OpenAiEmbedder {
+    client: reqwest::Client,
+    url: String,
+    model: String,
+    api_key: Option<String>,
+}
+
+impl OpenAiEmbedder {
+    pub fn new(config: &ProviderConfig) -> anyhow::Result<OpenAiEmbedder> {
+        let base = config
+            .base_url
+            .as_deref()
+            .unwrap_or("https://api.openai.com/v1");
+        Ok(OpenAiEmbedder {
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(config.timeout_secs))
+                .build()?,
+            url: format!("{}/embeddings", base.trim_end_matches('/')),
+            model: config
+                .model
+                .clone()
+                .unwrap_or_else(|| "text-embedding-3-small".into()),
+            api_key: config.api_key.clone(),
+        })
+    }
+}
+
+#[derive(Deserialize)]
+struct EmbeddingResponse {
+    data: Vec<EmbeddingItem>,
+}
+
+#[derive(Deserialize)]
+struct EmbeddingItem {
+    embedding: Vec<f32>,
+    #[serde(default)]
+    index: Option<usize>,
+}
+
+#[async_trait]
+impl Embedder for OpenAiEmbedder {
+    async fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, ProviderError> {
+        let mut request = self
+            .client
+            .post(&self.url)
+            .json(&json!({ "model": self.model, "input": texts, "dimensions": DIMENSIONS }));
+        if let Some(key) = &self.api_key {
+            request = request.bearer_auth(key);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| ProviderError(format!("request failed: {e}")))?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(ProviderError(format!(
+                "{} answered HTTP {status}",
+                self.url
+            )));
+        }
+        let body: EmbeddingResponse = response
+            .json()
+            .await
+            .map_err(|e| ProviderError(format!("unreadable response: {e}")))?;
+        if body.data.len() != texts.len() {
+            return Err(ProviderError(format!(
+                "asked for {} embeddings, got {}",
+                texts.len(),
+                body.data.len()
+            )));
+        }
+        let mut items = body.data;
+        items.sort_by_key(|i| i.index.unwrap_or(0));
+        items
+            .into_iter()
+            .map(|item| {
+                let mut v = item.embedding;
+                if v.len() != DIMENSIONS {
+                    return Err(ProviderError(format!(
+                        "model {} returned {} dimensions; memhost stores {DIMENSIONS}",
+                        self.model,
+                        v.len()
+                    )));
+                }
+                normalize(&mut v);
+                Ok(v)
+            })
+            .collect()
+    }
+    fn model(&self) -> &str {
+        &self.model
+    }
+    fn is_remote(&self) -> bool {
+        true
+    }
+}
+
+/// Dot product; on unit vectors, the cosine similarity.
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    // Four accumulators let the compiler vectorise without fast-math.
+    let mut acc = [0f32; 4];
+    let chunks = a.len() / 4 * 4;
+    for i in (0..chunks).step_by(4) {
+        acc[0] += a[i] * b[i];
+        acc[1] += a[i + 1] * b[i + 1];
+        acc[2] += a[i + 2] * b[i + 2];
+        acc[3] += a[i + 3] * b[i + 3];
+    }
+    let mut sum = acc[0] + acc[1] + acc[2] + acc[3];
+    for i in chunks..a.len() {
+        sum += a[i] * b[i];
+    }
+    sum
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deterministic_unit_vectors() {
+        let a = LocalEmbedder::embed_one("The user loves hiking in the Alps");
+        let b = LocalEmbedder::embed_one("The user loves hiking in the Alps");
+        assert_eq!(a, b);
+        assert!((dot(&a, &a) - 1.0).abs() < 1e-5);
+        let zero = LocalEmbedder::embed_one("   ");
+        assert!((dot(&zero, &zero) - 1.0).abs() < 1e-5);
+    }
+
+    #[test]
+    fn related_text_scores_higher() {
+        let q = LocalEmbedder::embed_one("what does the user like to drink?");
+        let tea = LocalEmbedder::embed_one("User likes drinking green tea in the morning");
+        let car = LocalEmbedder::embed_one("The car was parked at the airport garage");
+        assert!(
+            dot(&q, &tea) > dot(&q, &car) + 0.2,
+            "{} vs {}",
+            dot(&q, &tea),
+            dot(&q, &car)
+        );
+    }
+}

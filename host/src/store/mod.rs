@@ -1,0 +1,232 @@
+//! Database pools and migrations for both modes.
+//!
+//! Embedded mode uses SQLite in WAL mode with two pools: many readers and a
+//! single writer (SQLite admits one writer at a time, so queueing writes in
+//! our pool beats busy-waiting on the file lock). Production mode uses one
+//! PostgreSQL pool; tenant queries run in a transaction that sets the org for
+//! row-level security (see [`Database::tenant_tx`]).
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::Serialize;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{Postgres, Transaction};
+
+use crate::config::Config;
+
+/// The database behind every domain service.
+#[derive(Clone, Debug)]
+pub enum Database {
+    Sqlite(SqliteDb),
+    Postgres(PgPool),
+}
+
+#[derive(Clone, Debug)]
+pub struct SqliteDb {
+    pub read: SqlitePool,
+    pub write: SqlitePool,
+    pub path: PathBuf,
+}
+
+/// What `memhost db info` shows.
+#[derive(Debug, Serialize)]
+pub struct DbInfo {
+    pub backend: &'static str,
+    pub location: String,
+    pub server_version: String,
+    pub migrations_applied: i64,
+    pub orgs: i64,
+    pub api_keys: i64,
+    pub memories: i64,
+    pub memory_history: i64,
+    pub vector_extension: Option<String>,
+}
+
+impl Database {
+    /// Connects as the configuration says and applies pending migrations.
+    pub async fn connect(config: &Config) -> anyhow::Result<Database> {
+        if config.is_postgres() {
+            let url = config.database_url.as_deref().unwrap_or_default();
+            let pool = PgPoolOptions::new()
+                .max_connections(config.database_max_connections)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect(url)
+                .await
+                .context("connecting to PostgreSQL (DATABASE_URL)")?;
+            sqlx::migrate!("../migrations/postgres")
+                .run(&pool)
+                .await
+                .context("applying PostgreSQL migrations (is the pgvector extension installed?)")?;
+            return Ok(Database::Postgres(pool));
+        }
+
+        let path = match config.database_url.as_deref() {
+            Some(url) if url.starts_with("sqlite:") => PathBuf::from(
+                url.trim_start_matches("sqlite://")
+                    .trim_start_matches("sqlite:"),
+            ),
+            Some(other) => anyhow::bail!(
+                "DATABASE_URL must start with postgres:// or sqlite: (got a URL with scheme `{}`)",
+                other.split(':').next().unwrap_or("")
+            ),
+            None => config.data_dir.join("memhost.db"),
+        };
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating data directory {}", parent.display()))?;
+        }
+        let options = SqliteConnectOptions::from_str("sqlite://")?
+            .filename(&path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let write = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await
+            .with_context(|| format!("opening SQLite database {}", path.display()))?;
+        sqlx::migrate!("../migrations/sqlite")
+            .run(&write)
+            .await
+            .context("applying SQLite migrations")?;
+        let readers = std::thread::available_parallelism()
+            .map_or(4, |n| n.get() * 2)
+            .max(4) as u32;
+        let read = SqlitePoolOptions::new()
+            .max_connections(readers)
+            .connect_with(options.read_only(true))
+            .await?;
+        Ok(Database::Sqlite(SqliteDb { read, write, path }))
+    }
+
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Database::Sqlite(_) => "sqlite",
+            Database::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Opens a PostgreSQL transaction bound to one org: it runs as role
+    /// `memhost_tenant` with `memhost.org_id` set, so row-level security
+    /// confines every statement in it to that org.
+    pub async fn tenant_tx(
+        pool: &PgPool,
+        org_id: &str,
+    ) -> sqlx::Result<Transaction<'static, Postgres>> {
+        let mut tx = pool.begin().await?;
+        sqlx::query("SELECT set_config('memhost.org_id', $1, true), set_config('role', 'memhost_tenant', true)")
+            .bind(org_id)
+            .execute(&mut *tx)
+            .await?;
+        Ok(tx)
+    }
+
+    /// A trivial query, for readiness.
+    pub async fn ping(&self) -> sqlx::Result<()> {
+        match self {
+            Database::Sqlite(db) => sqlx::query("SELECT 1").execute(&db.read).await.map(drop),
+            Database::Postgres(pool) => sqlx::query("SELECT 1").execute(pool).await.map(drop),
+        }
+    }
+
+    pub async fn info(&self) -> anyhow::Result<DbInfo> {
+        match self {
+            Database::Sqlite(db) => {
+                let pool = &db.read;
+                let version: String = sqlx::query_scalar("SELECT sqlite_version()")
+                    .fetch_one(pool)
+                    .await?;
+                Ok(DbInfo {
+                    backend: "sqlite",
+                    location: db.path.display().to_string(),
+                    server_version: format!("SQLite {version}"),
+                    migrations_applied: count(
+                        pool,
+                        "SELECT COUNT(*) FROM _sqlx_migrations WHERE success",
+                    )
+                    .await?,
+                    orgs: count(pool, "SELECT COUNT(*) FROM orgs").await?,
+                    api_keys: count(pool, "SELECT COUNT(*) FROM api_keys").await?,
+                    memories: count(pool, "SELECT COUNT(*) FROM memories").await?,
+                    memory_history: count(pool, "SELECT COUNT(*) FROM memory_history").await?,
+                    vector_extension: None,
+                })
+            }
+            Database::Postgres(pool) => {
+                let version: String = sqlx::query_scalar("SELECT version()")
+                    .fetch_one(pool)
+                    .await?;
+                let location: String =
+                    sqlx::query_scalar("SELECT current_database() || ' on ' || coalesce(inet_server_addr()::text, 'local socket')")
+                        .fetch_one(pool)
+                        .await?;
+                let vector: Option<String> = sqlx::query_scalar(
+                    "SELECT extversion FROM pg_extension WHERE extname = 'vector'",
+                )
+                .fetch_optional(pool)
+                .await?;
+                Ok(DbInfo {
+                    backend: "postgres",
+                    location,
+                    server_version: version.split(" on ").next().unwrap_or(&version).to_string(),
+                    migrations_applied: count_pg(
+                        pool,
+                        "SELECT COUNT(*) FROM _sqlx_migrations WHERE success",
+                    )
+                    .await?,
+                    orgs: count_pg(pool, "SELECT COUNT(*) FROM orgs").await?,
+                    api_keys: count_pg(pool, "SELECT COUNT(*) FROM api_keys").await?,
+                    memories: count_pg(pool, "SELECT COUNT(*) FROM memories").await?,
+                    memory_history: count_pg(pool, "SELECT COUNT(*) FROM memory_history").await?,
+                    vector_extension: vector.map(|v| format!("pgvector {v}")),
+                })
+            }
+        }
+    }
+
+    /// Closes the pools (waits for checked-out connections to return).
+    pub async fn close(&self) {
+        match self {
+            Database::Sqlite(db) => {
+                db.read.close().await;
+                db.write.close().await;
+            }
+            Database::Postgres(pool) => pool.close().await,
+        }
+    }
+}
+
+async fn count(pool: &SqlitePool, sql: &'static str) -> sqlx::Result<i64> {
+    sqlx::query_scalar(sql).fetch_one(pool).await
+}
+
+async fn count_pg(pool: &PgPool, sql: &'static str) -> sqlx::Result<i64> {
+    sqlx::query_scalar(sql).fetch_one(pool).await
+}
+
+/// Timestamps as SQLite stores them: RFC 3339 UTC with microseconds, so that
+/// text order is time order.
+pub fn sqlite_time(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+}
+
+/// Reads a timestamp written by [`sqlite_time`].
+pub fn parse_sqlite_time(s: &str) -> sqlx::Result<chrono::DateTime<chrono::Utc>> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .map_err(|e| sqlx::Error::Decode(format!("bad timestamp `{s}`: {e}").into()))
+}
+
+/// Marks SQL assembled at run time as safe to run. Callers build it only from
+/// static fragments and numbered placeholders; every value is bound.
+pub fn safe(sql: impl Into<String>) -> sqlx::AssertSqlSafe<String> {
+    sqlx::AssertSqlSafe(sql.into())
+}
