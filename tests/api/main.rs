@@ -1,1 +1,15 @@
+//! Black-box tests: each starts the real `memhost` binary and speaks HTTP to
+//! it. Cases named in `both_backends!` run against SQLite and PostgreSQL.
 
+mod common;
+mod fake_llm;
+
+mod account;
+mod auth;
+mod cli;
+mod errors;
+mod memories;
+mod operations;
+mod providers;
+mod retrieval;
+mod tenancy;

@@ -55,17 +55,17 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         if inner.is_syntax() || inner.is_eof() {
             return ApiError::invalid(format!("request body is not valid JSON: {message}"));
         }
-        // serde reports a missing or unknown field at its parent's path.
         let named = ["missing field `", "unknown field `"].iter().find_map(|p| {
             message
                 .split_once(p)
                 .and_then(|(_, rest)| rest.split_once('`'))
                 .map(|(f, _)| f.to_string())
         });
+        // A missing field is reported at its parent's path, an unknown one at its own.
         let field = match (path.as_str(), named) {
             (".", Some(f)) => f,
-            (p, Some(f)) => format!("{p}.{f}"),
-            (p, None) => p.to_string(),
+            (p, Some(f)) if p != f && !p.ends_with(&format!(".{f}")) => format!("{p}.{f}"),
+            (p, _) => p.to_string(),
         };
         let field = if field.is_empty() || field == "." {
             "body".to_string()

@@ -1,0 +1,319 @@
+//! The test harness: starts the real `memhost` binary on a free port against
+//! a fresh SQLite directory or a fresh PostgreSQL database, and speaks HTTP.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use reqwest::header::HeaderMap;
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_memhost");
+pub const SECRET: &str = "test-secret-0123456789abcdef0123456789";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Runs one async test case against both backends.
+#[macro_export]
+macro_rules! both_backends {
+    ($($case:ident),* $(,)?) => {$(
+        mod $case {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$case($crate::common::Backend::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$case($crate::common::Backend::Postgres).await
+            }
+        }
+    )*};
+}
+
+/// PostgreSQL server for tests (a superuser; each test gets its own database).
+pub fn pg_admin_url() -> String {
+    std::env::var("MEMHOST_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+pub struct TestServer {
+    pub base: String,
+    pub client: reqwest::Client,
+    child: Option<Child>,
+    env: Vec<(String, String)>,
+    dir: tempfile::TempDir,
+    pg_database: Option<String>,
+}
+
+pub struct Resp {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Value,
+}
+
+impl Resp {
+    pub fn data(&self) -> &Value {
+        &self.body["data"]
+    }
+    pub fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("")
+    }
+    /// Asserts an error envelope with this status and code.
+    #[track_caller]
+    pub fn assert_error(&self, status: u16, code: &str) {
+        assert_eq!(self.status.as_u16(), status, "body: {}", self.body);
+        assert_eq!(self.body["success"], Value::Bool(false), "body: {}", self.body);
+        assert_eq!(self.code(), code, "body: {}", self.body);
+        assert!(self.body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "body: {}", self.body);
+        assert!(self.body["meta"]["request_id"].as_str().is_some_and(|m| !m.is_empty()), "body: {}", self.body);
+    }
+    #[track_caller]
+    pub fn assert_ok(&self, status: u16) -> &Value {
+        assert_eq!(self.status.as_u16(), status, "body: {}", self.body);
+        assert_eq!(self.body["success"], Value::Bool(true), "body: {}", self.body);
+        assert!(self.body["meta"]["request_id"].is_string(), "body: {}", self.body);
+        assert!(self.body["meta"]["processing_time_ms"].is_number(), "body: {}", self.body);
+        &self.body["data"]
+    }
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+impl TestServer {
+    pub async fn start(backend: Backend) -> TestServer {
+        TestServer::start_with(backend, &[]).await
+    }
+
+    pub async fn start_with(backend: Backend, extra_env: &[(&str, &str)]) -> TestServer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut env: Vec<(String, String)> = vec![
+            ("MEMHOST_DATA_DIR".into(), dir.path().join("data").display().to_string()),
+            ("MEMHOST_LISTEN".into(), "127.0.0.1:0".into()),
+            ("MEMHOST_LOG".into(), "warn".into()),
+            ("MEMHOST_SHUTDOWN_GRACE_SECS".into(), "10".into()),
+        ];
+        let mut pg_database = None;
+        if backend == Backend::Postgres {
+            let name = format!(
+                "memhost_t_{}_{}_{}",
+                std::process::id(),
+                COUNTER.fetch_add(1, Ordering::SeqCst),
+                rand_suffix()
+            );
+            admin_sql(&format!("CREATE DATABASE {name}")).await;
+            env.push(("DATABASE_URL".into(), format!("{}/{name}", pg_admin_url())));
+            env.push(("MEMHOST_SECRET".into(), SECRET.into()));
+            pg_database = Some(name);
+        }
+        for (k, v) in extra_env {
+            env.retain(|(ek, _)| ek != k);
+            env.push((k.to_string(), v.to_string()));
+        }
+        let mut server = TestServer {
+            base: String::new(),
+            client: reqwest::Client::builder().no_proxy().build().unwrap(),
+            child: None,
+            env,
+            dir,
+            pg_database,
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::File::create(self.log_path()).expect("log file");
+        let mut child = self
+            .command()
+            .arg("serve")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn memhost");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("memhost listening on ") {
+                    let _ = tx.send(addr.to_string());
+                }
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(addr) => self.base = addr,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("memhost did not start; log:\n{}", self.log());
+            }
+        }
+        self.child = Some(child);
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("server.log")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// Waits for the server process to exit; returns its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let child = self.child.as_mut()?;
+        let start = std::time::Instant::now();
+        while start.elapsed() < timeout {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn database_url(&self) -> Option<String> {
+        self.env.iter().find(|(k, _)| k == "DATABASE_URL").map(|(_, v)| v.clone())
+    }
+
+    /// The binary with exactly this server's environment (nothing inherited
+    /// but PATH, so a developer's own DATABASE_URL cannot leak in).
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(self.env.iter().cloned())
+            .current_dir(self.dir.path());
+        cmd
+    }
+
+    /// Runs the CLI against the same database.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        self.command().args(args).output().expect("run memhost")
+    }
+
+    #[track_caller]
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "memhost {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    #[track_caller]
+    pub fn cli_json(&self, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.push("--json");
+        serde_json::from_str(&self.cli_ok(&all)).expect("CLI printed JSON")
+    }
+
+    pub fn create_org(&self, plan: &str) -> String {
+        self.cli_json(&["orgs", "create", "--name", "Test Org", "--plan", plan])["id"].as_str().unwrap().to_string()
+    }
+
+    pub fn create_key(&self, org: &str, scopes: &str, test: bool) -> String {
+        let mut args = vec!["keys", "create", "--org", org, "--scopes", scopes];
+        if test {
+            args.push("--test");
+        }
+        self.cli_json(&args)["key"].as_str().unwrap().to_string()
+    }
+
+    /// A fresh org and an all-scopes live key for it.
+    pub fn tenant(&self) -> (String, String) {
+        let org = self.create_org("free");
+        let key = self.create_key(&org, "read,write,delete,admin", false);
+        (org, key)
+    }
+
+    pub async fn call(&self, method: Method, path: &str, key: Option<&str>, body: Option<Value>) -> Resp {
+        let mut req = self.client.request(method, format!("{}{}", self.base, path));
+        if let Some(k) = key {
+            req = req.bearer_auth(k);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        self.send(req).await
+    }
+
+    pub async fn send(&self, req: reqwest::RequestBuilder) -> Resp {
+        let resp = req.send().await.expect("request");
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.unwrap_or_default();
+        let body = serde_json::from_str(&text).unwrap_or_else(|_| Value::String(text));
+        Resp { status, headers, body }
+    }
+
+    pub async fn get(&self, path: &str, key: &str) -> Resp {
+        self.call(Method::GET, path, Some(key), None).await
+    }
+    pub async fn post(&self, path: &str, key: &str, body: Value) -> Resp {
+        self.call(Method::POST, path, Some(key), Some(body)).await
+    }
+    pub async fn put(&self, path: &str, key: &str, body: Value) -> Resp {
+        self.call(Method::PUT, path, Some(key), Some(body)).await
+    }
+    pub async fn delete(&self, path: &str, key: &str) -> Resp {
+        self.call(Method::DELETE, path, Some(key), None).await
+    }
+
+    /// Creates a memory and returns its id.
+    pub async fn add(&self, key: &str, text: &str, metadata: Value) -> String {
+        let r = self.post("/v1/memories", key, serde_json::json!({ "text": text, "metadata": metadata })).await;
+        r.assert_ok(201)["id"].as_str().unwrap().to_string()
+    }
+
+    pub fn terminate(&self) {
+        let _ = Command::new("kill").args(["-TERM", &self.pid().to_string()]).status();
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("--- memhost log ---\n{}", self.log());
+        }
+        if let Some(name) = self.pg_database.take() {
+            // Drop runs inside the test's runtime: use a thread with its own.
+            let _ = std::thread::spawn(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap()
+                    .block_on(admin_sql(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
+            })
+            .join();
+        }
+    }
+}
+
+pub async fn admin_sql(sql: &str) {
+    use sqlx::Connection;
+    let url = format!("{}/postgres", pg_admin_url());
+    let mut conn = sqlx::PgConnection::connect(&url).await.expect("connect to PostgreSQL for tests");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string())).execute(&mut conn).await.expect(sql);
+    let _ = conn.close().await;
+}
+
+fn rand_suffix() -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    format!("{nanos:x}")
+}

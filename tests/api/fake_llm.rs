@@ -1,0 +1,85 @@
+//! A small OpenAI-compatible server on loopback standing in for a paid LLM
+//! provider: `/v1/embeddings` and `/v1/chat/completions`.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::routing::post;
+use axum::{Json, Router};
+use serde_json::{Value, json};
+
+#[derive(Default)]
+pub struct Seen {
+    pub embedding_calls: usize,
+    pub chat_calls: usize,
+    pub authorization: Vec<String>,
+    pub models: Vec<String>,
+}
+
+#[derive(Clone)]
+pub struct Fake {
+    pub seen: Arc<Mutex<Seen>>,
+    /// Delay before answering chat requests.
+    pub chat_delay: Duration,
+    /// Dimensions of returned embeddings.
+    pub dims: usize,
+}
+
+pub struct FakeLlm {
+    pub url: String,
+    pub seen: Arc<Mutex<Seen>>,
+}
+
+pub async fn start(chat_delay: Duration, dims: usize) -> FakeLlm {
+    let fake = Fake { seen: Default::default(), chat_delay, dims };
+    let seen = fake.seen.clone();
+    let app = Router::new()
+        .route("/v1/embeddings", post(embeddings))
+        .route("/v1/chat/completions", post(chat))
+        .with_state(fake);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    FakeLlm { url: format!("http://{addr}/v1"), seen }
+}
+
+fn record(fake: &Fake, headers: &axum::http::HeaderMap, body: &Value) {
+    let mut seen = fake.seen.lock().unwrap();
+    if let Some(a) = headers.get("authorization") {
+        seen.authorization.push(a.to_str().unwrap().to_string());
+    }
+    seen.models.push(body["model"].as_str().unwrap_or("").to_string());
+}
+
+async fn embeddings(State(fake): State<Fake>, headers: axum::http::HeaderMap, Json(body): Json<Value>) -> Json<Value> {
+    record(&fake, &headers, &body);
+    fake.seen.lock().unwrap().embedding_calls += 1;
+    let inputs = body["input"].as_array().cloned().unwrap_or_default();
+    // A "model" that puts each text on the axis of its first letter.
+    let data: Vec<Value> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let first = t.as_str().unwrap_or("").bytes().next().unwrap_or(0) as usize;
+            let mut v = vec![0.0f32; fake.dims];
+            v[first % fake.dims] = 1.0;
+            json!({"object": "embedding", "index": i, "embedding": v})
+        })
+        .collect();
+    Json(json!({"object": "list", "data": data, "model": body["model"]}))
+}
+
+async fn chat(State(fake): State<Fake>, headers: axum::http::HeaderMap, Json(body): Json<Value>) -> Json<Value> {
+    record(&fake, &headers, &body);
+    fake.seen.lock().unwrap().chat_calls += 1;
+    tokio::time::sleep(fake.chat_delay).await;
+    let prompt = body["messages"][1]["content"].as_str().unwrap_or("").to_string();
+    let question = prompt.rsplit("Question: ").next().unwrap_or("").to_string();
+    Json(json!({
+        "id": "chatcmpl-1",
+        "model": body["model"],
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": format!("FAKE ANSWER to: {question}")}}],
+        "usage": {"prompt_tokens": 30, "completion_tokens": 12, "total_tokens": 42}
+    }))
+}
