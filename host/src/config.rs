@@ -116,7 +116,11 @@ impl Config {
             None => figment = figment.merge(Toml::file("memhost.toml")),
         }
         figment = figment
-            .merge(Env::prefixed("MEMHOST_").ignore(&["config", "log"]).split("__"))
+            .merge(
+                Env::prefixed("MEMHOST_")
+                    .ignore(&["config", "log"])
+                    .split("__"),
+            )
             .merge(Env::raw().only(&["database_url", "redis_url"]));
         let config: Config = figment
             .extract()

@@ -1,14 +1,13 @@
 //! Answer providers: an extractive answerer that needs no model, and any
 //! OpenAI-compatible `/chat/completions` endpoint.
 
-use std::collections::HashSet;
-use std::time::Duration;
-
 use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::json;
+use std::collections::HashSet;
 
 use super::embedding::ProviderError;
+use super::openai::OpenAiClient;
 use super::text;
 use crate::config::{ProviderConfig, ProviderKind};
 
@@ -72,25 +71,13 @@ impl Answerer for ExtractiveAnswerer {
 
 /// An OpenAI-compatible chat endpoint.
 pub struct OpenAiAnswerer {
-    client: reqwest::Client,
-    url: String,
-    model: String,
-    api_key: Option<String>,
+    client: OpenAiClient,
 }
 
 impl OpenAiAnswerer {
     pub fn new(config: &ProviderConfig) -> anyhow::Result<OpenAiAnswerer> {
-        let base = config
-            .base_url
-            .as_deref()
-            .unwrap_or("https://api.openai.com/v1");
         Ok(OpenAiAnswerer {
-            client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(config.timeout_secs))
-                .build()?,
-            url: format!("{}/chat/completions", base.trim_end_matches('/')),
-            model: config.model.clone().unwrap_or_else(|| "gpt-4o-mini".into()),
-            api_key: config.api_key.clone(),
+            client: OpenAiClient::new(config, "gpt-4o-mini")?,
         })
     }
 }
@@ -131,7 +118,7 @@ impl Answerer for OpenAiAnswerer {
             .collect::<Vec<_>>()
             .join("\n");
         let body = json!({
-            "model": self.model,
+            "model": self.client.model,
             "temperature": 0,
             "messages": [
                 {"role": "system", "content": "Answer the question using only the memories given. \
@@ -139,25 +126,7 @@ impl Answerer for OpenAiAnswerer {
                 {"role": "user", "content": format!("Memories:\n{context}\n\nQuestion: {question}")},
             ],
         });
-        let mut request = self.client.post(&self.url).json(&body);
-        if let Some(key) = &self.api_key {
-            request = request.bearer_auth(key);
-        }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| ProviderError(format!("request failed: {e}")))?;
-        let status = response.status();
-        if !status.is_success() {
-            return Err(ProviderError(format!(
-                "{} answered HTTP {status}",
-                self.url
-            )));
-        }
-        let chat: ChatResponse = response
-            .json()
-            .await
-            .map_err(|e| ProviderError(format!("unreadable response: {e}")))?;
+        let chat: ChatResponse = self.client.post("chat/completions", &body).await?;
         let text = chat
             .choices
             .into_iter()
@@ -166,7 +135,7 @@ impl Answerer for OpenAiAnswerer {
             .ok_or_else(|| ProviderError("response has no answer".into()))?;
         Ok(Answer {
             text: text.trim().to_string(),
-            model: chat.model.unwrap_or_else(|| self.model.clone()),
+            model: chat.model.unwrap_or_else(|| self.client.model.clone()),
             tokens: chat.usage.map(|u| u.total_tokens),
         })
     }

@@ -1,12 +1,11 @@
 //! Embedding providers: a deterministic local embedder that needs no model
 //! download, and any OpenAI-compatible `/embeddings` endpoint.
 
-use std::time::Duration;
-
 use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::json;
 
+use super::openai::OpenAiClient;
 use super::text;
 use crate::config::{ProviderConfig, ProviderKind};
 
@@ -115,28 +114,13 @@ pub fn normalize(v: &mut [f32]) {
 
 /// An OpenAI-compatible embeddings endpoint (OpenAI, vLLM, Ollama, …).
 pub struct OpenAiEmbedder {
-    client: reqwest::Client,
-    url: String,
-    model: String,
-    api_key: Option<String>,
+    client: OpenAiClient,
 }
 
 impl OpenAiEmbedder {
     pub fn new(config: &ProviderConfig) -> anyhow::Result<OpenAiEmbedder> {
-        let base = config
-            .base_url
-            .as_deref()
-            .unwrap_or("https://api.openai.com/v1");
         Ok(OpenAiEmbedder {
-            client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(config.timeout_secs))
-                .build()?,
-            url: format!("{}/embeddings", base.trim_end_matches('/')),
-            model: config
-                .model
-                .clone()
-                .unwrap_or_else(|| "text-embedding-3-small".into()),
-            api_key: config.api_key.clone(),
+            client: OpenAiClient::new(config, "text-embedding-3-small")?,
         })
     }
 }
@@ -156,28 +140,13 @@ struct EmbeddingItem {
 #[async_trait]
 impl Embedder for OpenAiEmbedder {
     async fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, ProviderError> {
-        let mut request = self
+        let body: EmbeddingResponse = self
             .client
-            .post(&self.url)
-            .json(&json!({ "model": self.model, "input": texts, "dimensions": DIMENSIONS }));
-        if let Some(key) = &self.api_key {
-            request = request.bearer_auth(key);
-        }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| ProviderError(format!("request failed: {e}")))?;
-        let status = response.status();
-        if !status.is_success() {
-            return Err(ProviderError(format!(
-                "{} answered HTTP {status}",
-                self.url
-            )));
-        }
-        let body: EmbeddingResponse = response
-            .json()
-            .await
-            .map_err(|e| ProviderError(format!("unreadable response: {e}")))?;
+            .post(
+                "embeddings",
+                &json!({ "model": self.client.model, "input": texts, "dimensions": DIMENSIONS }),
+            )
+            .await?;
         if body.data.len() != texts.len() {
             return Err(ProviderError(format!(
                 "asked for {} embeddings, got {}",
@@ -194,7 +163,7 @@ impl Embedder for OpenAiEmbedder {
                 if v.len() != DIMENSIONS {
                     return Err(ProviderError(format!(
                         "model {} returned {} dimensions; memhost stores {DIMENSIONS}",
-                        self.model,
+                        self.client.model,
                         v.len()
                     )));
                 }
@@ -204,7 +173,7 @@ impl Embedder for OpenAiEmbedder {
             .collect()
     }
     fn model(&self) -> &str {
-        &self.model
+        &self.client.model
     }
     fn is_remote(&self) -> bool {
         true

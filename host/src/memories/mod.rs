@@ -7,6 +7,7 @@ pub mod answer;
 pub mod embedding;
 pub mod filter;
 pub mod index;
+mod openai;
 mod repo;
 pub mod text;
 

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# HTTP benchmarks for BENCHMARKS.md: a bare axum baseline, then memhost
+# GET/POST throughput and retrieval latency on SQLite and PostgreSQL, all in
+# one run on this machine.
+#
+#   host/benches/http/run.sh              # 30 s per measurement, 64 connections
+#   DUR=5s host/benches/http/run.sh       # quick look
+#   BACKENDS=sqlite host/benches/http/run.sh
+#
+# Needs wrk (apt-get install wrk) and, for postgres, the local PostgreSQL
+# with pgvector (.ci/setup.sh). Prints one line per measurement.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/../../.." && pwd)
+export BENCH_DIR="$ROOT/host/benches/http"
+DUR=${DUR:-30s}
+CONN=${CONN:-64}
+BACKENDS=${BACKENDS:-"sqlite postgres"}
+SIZES=${SIZES:-"10000 100000"}
+PG=${MEMHOST_TEST_PG:-postgres://postgres@127.0.0.1:5432}
+
+cd "$ROOT"
+cargo build --release -q --bin memhost --example bare_axum --example bench_seed
+BIN="$ROOT/target/release/memhost"
+SEED="$ROOT/target/release/examples/bench_seed"
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() { for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+wait_port() { for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$1/" && return 0; sleep 0.1; done; echo "port $1 did not open" >&2; exit 1; }
+
+# name script url [connections] [threads]
+measure() {
+  local line
+  line=$(wrk -t"${5:-2}" -c"${4:-$CONN}" -d"$DUR" -s "$BENCH_DIR/$2" "$3" | grep '^RESULT') || { echo "$1: wrk failed" >&2; exit 1; }
+  printf '%-34s %s\n' "$1" "${line#RESULT }"
+}
+
+echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB; wrk ${CONN} connections, ${DUR} each; $(date -u +%F)"
+
+"$ROOT/target/release/examples/bare_axum" 127.0.0.1:18999 >/dev/null &
+PIDS+=($!)
+wait_port 18999
+MEMHOST_BENCH_KEY="" MEMHOST_BENCH_PATH=/ measure "baseline: bare axum fixed JSON" get.lua http://127.0.0.1:18999
+kill "${PIDS[-1]}"
+
+for backend in $BACKENDS; do
+  export MEMHOST_DATA_DIR="$WORK/$backend" MEMHOST_LOG=warn MEMHOST_LISTEN=127.0.0.1:18998
+  unset DATABASE_URL MEMHOST_SECRET
+  if [ "$backend" = postgres ]; then
+    db="memhost_bench_$$"
+    psql -q "$PG/postgres" -c "CREATE DATABASE $db" >/dev/null
+    export DATABASE_URL="$PG/$db" MEMHOST_SECRET=bench-secret-0123456789abcdef
+  fi
+  org=$("$BIN" orgs create --name bench --plan enterprise --json | jq -r .id)
+  key=$("$BIN" keys create --org "$org" --scopes read,write,delete --json | jq -r .key)
+  "$BIN" serve >"$WORK/$backend.log" 2>&1 &
+  PIDS+=($!)
+  server=${PIDS[-1]}
+  wait_port 18998
+  id=$(curl -s localhost:18998/v1/memories -H "Authorization: Bearer $key" -H 'Content-Type: application/json' \
+        -d '{"text": "Alice likes green tea in the morning.", "metadata": {"user": "alice"}}' | jq -r .data.id)
+  export MEMHOST_BENCH_KEY="$key"
+  MEMHOST_BENCH_PATH="/v1/memories/$id" measure "$backend: GET /v1/memories/{id}" get.lua http://127.0.0.1:18998
+  measure "$backend: POST /v1/memories" post.lua http://127.0.0.1:18998
+
+  for n in $SIZES; do
+    org_n=$("$BIN" orgs create --name "bench-$n" --json | jq -r .id)
+    key_n=$("$BIN" keys create --org "$org_n" --scopes read --json | jq -r .key)
+    start=$(date +%s)
+    "$SEED" "$org_n" "$n" 2>/dev/null
+    echo "$backend: seeded $n memories in $(( $(date +%s) - start ))s"
+    # One query first: embedded mode loads the org's vectors on first use.
+    curl -s -o /dev/null localhost:18998/v1/retrieve -H "Authorization: Bearer $key_n" -H 'Content-Type: application/json' -d '{"context": "warm up"}'
+    MEMHOST_BENCH_KEY="$key_n" measure "$backend: retrieve @${n} (1 conn)" retrieve.lua http://127.0.0.1:18998 1 1
+    MEMHOST_BENCH_KEY="$key_n" measure "$backend: retrieve @${n} (${CONN} conn)" retrieve.lua http://127.0.0.1:18998
+  done
+  kill "$server"; wait "$server" 2>/dev/null || true
+  if [ "$backend" = postgres ]; then
+    psql -q "$PG/postgres" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null
+  fi
+done
