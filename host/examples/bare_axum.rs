@@ -7,9 +7,7 @@ use axum::routing::get;
 
 #[tokio::main]
 async fn main() {
-    let addr = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "127.0.0.1:18999".into());
+    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:18999".into());
     let app = Router::new().route(
         "/",
         get(|| async {
@@ -21,9 +19,6 @@ async fn main() {
         }),
     );
     let listener = tokio::net::TcpListener::bind(&addr).await.expect("bind");
-    println!(
-        "bare axum listening on http://{}",
-        listener.local_addr().unwrap()
-    );
+    println!("bare axum listening on http://{}", listener.local_addr().unwrap());
     axum::serve(listener, app).await.unwrap();
 }

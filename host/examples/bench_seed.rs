@@ -11,8 +11,8 @@ use memhost::memories::{Actor, MemoryScope};
 use memhost::metering::RequestUsage;
 
 const SUBJECTS: &[&str] = &[
-    "Alice", "Bob", "Carol", "Dave", "Erin", "Frank", "Grace", "Heidi", "Ivan", "Judy", "Mallory",
-    "Niaj", "Olivia", "Peggy", "Rupert", "Sybil", "Trent", "Victor", "Walter", "Yolanda",
+    "Alice", "Bob", "Carol", "Dave", "Erin", "Frank", "Grace", "Heidi", "Ivan", "Judy", "Mallory", "Niaj", "Olivia",
+    "Peggy", "Rupert", "Sybil", "Trent", "Victor", "Walter", "Yolanda",
 ];
 const VERBS: &[&str] = &[
     "likes",
@@ -70,10 +70,7 @@ const WHEN: &[&str] = &[
 struct Lcg(u64);
 impl Lcg {
     fn next(&mut self, n: usize) -> usize {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         ((self.0 >> 33) as usize) % n
     }
 }
@@ -100,10 +97,7 @@ async fn main() -> anyhow::Result<()> {
         _ => Environment::Live,
     };
     let state = memhost::app::build(memhost::config::Config::load(None)?).await?;
-    let scope = Arc::new(MemoryScope {
-        org_id: org.clone(),
-        environment,
-    });
+    let scope = Arc::new(MemoryScope { org_id: org.clone(), environment });
     let started = std::time::Instant::now();
     let workers = 8;
     let mut tasks = Vec::new();
@@ -114,17 +108,9 @@ async fn main() -> anyhow::Result<()> {
             let mut rng = Lcg(0x5eed + w as u64);
             for i in (w..count).step_by(workers) {
                 let text = sentence(&mut rng);
-                let metadata = serde_json::json!({"n": i, "bucket": i % 10})
-                    .as_object()
-                    .cloned();
+                let metadata = serde_json::json!({"n": i, "bucket": i % 10}).as_object().cloned();
                 memories
-                    .create(
-                        &scope,
-                        text,
-                        metadata,
-                        &Actor::default(),
-                        &RequestUsage::default(),
-                    )
+                    .create(&scope, text, metadata, &Actor::default(), &RequestUsage::default())
                     .await
                     .expect("seed memory");
             }
@@ -133,9 +119,6 @@ async fn main() -> anyhow::Result<()> {
     for t in tasks {
         t.await?;
     }
-    eprintln!(
-        "seeded {count} memories in {:.1}s",
-        started.elapsed().as_secs_f64()
-    );
+    eprintln!("seeded {count} memories in {:.1}s", started.elapsed().as_secs_f64());
     Ok(())
 }

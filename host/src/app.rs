@@ -19,7 +19,7 @@ pub async fn build(config: Config) -> anyhow::Result<AppState> {
     let embedder: Arc<dyn embedding::Embedder> = embedding::from_config(&config.embeddings)?.into();
     let answerer: Arc<dyn answer::Answerer> = answer::from_config(&config.answers)?.into();
     Ok(AppState {
-        auth: AuthService::new(db.clone(), secret),
+        auth: AuthService::new(db.clone(), secret, std::time::Duration::from_millis(config.auth_cache_ttl_ms)),
         memories: MemoryService::new(db.clone(), embedder, answerer),
         db,
         config: Arc::new(config),
@@ -33,29 +33,25 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let config = state.config.clone();
     let db = state.db.clone();
     let app = api::router(state)?;
-    let listener = tokio::net::TcpListener::bind(&config.listen)
-        .await
-        .with_context(|| format!("binding {}", config.listen))?;
+    let listener =
+        tokio::net::TcpListener::bind(&config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, backend = db.backend(), "memhost listening");
     // Tests and scripts read this line to learn the port when listening on :0.
     println!("memhost listening on http://{addr}");
 
     let grace = Duration::from_secs(config.shutdown_grace_secs);
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
-        shutdown_signal().await;
-        tracing::info!("shutting down: finishing in-flight requests");
-        tokio::spawn(async move {
-            tokio::time::sleep(grace).await;
-            tracing::warn!("grace period over; exiting with requests still in flight");
-            std::process::exit(1);
-        });
-    })
-    .await?;
+    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            tracing::info!("shutting down: finishing in-flight requests");
+            tokio::spawn(async move {
+                tokio::time::sleep(grace).await;
+                tracing::warn!("grace period over; exiting with requests still in flight");
+                std::process::exit(1);
+            });
+        })
+        .await?;
     db.close().await;
     tracing::info!("stopped");
     Ok(())

@@ -35,6 +35,10 @@ pub struct Config {
     pub database_max_connections: u32,
     /// Seconds in-flight requests get to finish after SIGTERM.
     pub shutdown_grace_secs: u64,
+    /// How long a verified API key is trusted without a database lookup, in
+    /// milliseconds; 0 disables. Revocations made through this instance apply
+    /// at once, others (CLI, other instances) within this time.
+    pub auth_cache_ttl_ms: u64,
     pub embeddings: ProviderConfig,
     pub answers: ProviderConfig,
 }
@@ -69,13 +73,7 @@ pub enum ProviderKind {
 
 impl Default for ProviderConfig {
     fn default() -> Self {
-        Self {
-            provider: ProviderKind::Local,
-            base_url: None,
-            model: None,
-            api_key: None,
-            timeout_secs: 30,
-        }
+        Self { provider: ProviderKind::Local, base_url: None, model: None, api_key: None, timeout_secs: 30 }
     }
 }
 
@@ -92,6 +90,7 @@ impl Default for Config {
             max_body_bytes: 10 * 1024 * 1024,
             database_max_connections: 32,
             shutdown_grace_secs: 30,
+            auth_cache_ttl_ms: 1000,
             embeddings: ProviderConfig::default(),
             answers: ProviderConfig::default(),
         }
@@ -103,9 +102,7 @@ impl Config {
     /// otherwise `MEMHOST_CONFIG`, otherwise `./memhost.toml` if present.
     pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
-        let file = file
-            .map(Path::to_path_buf)
-            .or_else(|| std::env::var_os("MEMHOST_CONFIG").map(PathBuf::from));
+        let file = file.map(Path::to_path_buf).or_else(|| std::env::var_os("MEMHOST_CONFIG").map(PathBuf::from));
         match file {
             Some(path) => {
                 if !path.exists() {
@@ -116,15 +113,9 @@ impl Config {
             None => figment = figment.merge(Toml::file("memhost.toml")),
         }
         figment = figment
-            .merge(
-                Env::prefixed("MEMHOST_")
-                    .ignore(&["config", "log"])
-                    .split("__"),
-            )
+            .merge(Env::prefixed("MEMHOST_").ignore(&["config", "log"]).split("__"))
             .merge(Env::raw().only(&["database_url", "redis_url"]));
-        let config: Config = figment
-            .extract()
-            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        let config: Config = figment.extract().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         config.validate()?;
         Ok(config)
     }
@@ -143,9 +134,7 @@ impl Config {
 
     /// True when the configuration selects PostgreSQL (production mode).
     pub fn is_postgres(&self) -> bool {
-        self.database_url
-            .as_deref()
-            .is_some_and(|u| u.starts_with("postgres://") || u.starts_with("postgresql://"))
+        self.database_url.as_deref().is_some_and(|u| u.starts_with("postgres://") || u.starts_with("postgresql://"))
     }
 }
 
@@ -159,11 +148,6 @@ fn string_or_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Err
     }
     Ok(match Either::deserialize(d)? {
         Either::List(v) => v,
-        Either::One(s) => s
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(String::from)
-            .collect(),
+        Either::One(s) => s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect(),
     })
 }

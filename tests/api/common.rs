@@ -68,47 +68,17 @@ impl Resp {
     #[track_caller]
     pub fn assert_error(&self, status: u16, code: &str) {
         assert_eq!(self.status.as_u16(), status, "body: {}", self.body);
-        assert_eq!(
-            self.body["success"],
-            Value::Bool(false),
-            "body: {}",
-            self.body
-        );
+        assert_eq!(self.body["success"], Value::Bool(false), "body: {}", self.body);
         assert_eq!(self.code(), code, "body: {}", self.body);
-        assert!(
-            self.body["error"]["message"]
-                .as_str()
-                .is_some_and(|m| !m.is_empty()),
-            "body: {}",
-            self.body
-        );
-        assert!(
-            self.body["meta"]["request_id"]
-                .as_str()
-                .is_some_and(|m| !m.is_empty()),
-            "body: {}",
-            self.body
-        );
+        assert!(self.body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "body: {}", self.body);
+        assert!(self.body["meta"]["request_id"].as_str().is_some_and(|m| !m.is_empty()), "body: {}", self.body);
     }
     #[track_caller]
     pub fn assert_ok(&self, status: u16) -> &Value {
         assert_eq!(self.status.as_u16(), status, "body: {}", self.body);
-        assert_eq!(
-            self.body["success"],
-            Value::Bool(true),
-            "body: {}",
-            self.body
-        );
-        assert!(
-            self.body["meta"]["request_id"].is_string(),
-            "body: {}",
-            self.body
-        );
-        assert!(
-            self.body["meta"]["processing_time_ms"].is_number(),
-            "body: {}",
-            self.body
-        );
+        assert_eq!(self.body["success"], Value::Bool(true), "body: {}", self.body);
+        assert!(self.body["meta"]["request_id"].is_string(), "body: {}", self.body);
+        assert!(self.body["meta"]["processing_time_ms"].is_number(), "body: {}", self.body);
         &self.body["data"]
     }
 }
@@ -123,10 +93,7 @@ impl TestServer {
     pub async fn start_with(backend: Backend, extra_env: &[(&str, &str)]) -> TestServer {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut env: Vec<(String, String)> = vec![
-            (
-                "MEMHOST_DATA_DIR".into(),
-                dir.path().join("data").display().to_string(),
-            ),
+            ("MEMHOST_DATA_DIR".into(), dir.path().join("data").display().to_string()),
             ("MEMHOST_LISTEN".into(), "127.0.0.1:0".into()),
             ("MEMHOST_LOG".into(), "warn".into()),
             ("MEMHOST_SHUTDOWN_GRACE_SECS".into(), "10".into()),
@@ -162,13 +129,8 @@ impl TestServer {
 
     fn spawn(&mut self) {
         let log = std::fs::File::create(self.log_path()).expect("log file");
-        let mut child = self
-            .command()
-            .arg("serve")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("spawn memhost");
+        let mut child =
+            self.command().arg("serve").stdout(Stdio::piped()).stderr(Stdio::from(log)).spawn().expect("spawn memhost");
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -214,10 +176,7 @@ impl TestServer {
     }
 
     pub fn database_url(&self) -> Option<String> {
-        self.env
-            .iter()
-            .find(|(k, _)| k == "DATABASE_URL")
-            .map(|(_, v)| v.clone())
+        self.env.iter().find(|(k, _)| k == "DATABASE_URL").map(|(_, v)| v.clone())
     }
 
     /// The binary with exactly this server's environment (nothing inherited
@@ -256,10 +215,7 @@ impl TestServer {
     }
 
     pub fn create_org(&self, plan: &str) -> String {
-        self.cli_json(&["orgs", "create", "--name", "Test Org", "--plan", plan])["id"]
-            .as_str()
-            .unwrap()
-            .to_string()
+        self.cli_json(&["orgs", "create", "--name", "Test Org", "--plan", plan])["id"].as_str().unwrap().to_string()
     }
 
     pub fn create_key(&self, org: &str, scopes: &str, test: bool) -> String {
@@ -277,16 +233,8 @@ impl TestServer {
         (org, key)
     }
 
-    pub async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        key: Option<&str>,
-        body: Option<Value>,
-    ) -> Resp {
-        let mut req = self
-            .client
-            .request(method, format!("{}{}", self.base, path));
+    pub async fn call(&self, method: Method, path: &str, key: Option<&str>, body: Option<Value>) -> Resp {
+        let mut req = self.client.request(method, format!("{}{}", self.base, path));
         if let Some(k) = key {
             req = req.bearer_auth(k);
         }
@@ -302,11 +250,7 @@ impl TestServer {
         let headers = resp.headers().clone();
         let text = resp.text().await.unwrap_or_default();
         let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        Resp {
-            status,
-            headers,
-            body,
-        }
+        Resp { status, headers, body }
     }
 
     pub async fn get(&self, path: &str, key: &str) -> Resp {
@@ -324,20 +268,12 @@ impl TestServer {
 
     /// Creates a memory and returns its id.
     pub async fn add(&self, key: &str, text: &str, metadata: Value) -> String {
-        let r = self
-            .post(
-                "/v1/memories",
-                key,
-                serde_json::json!({ "text": text, "metadata": metadata }),
-            )
-            .await;
+        let r = self.post("/v1/memories", key, serde_json::json!({ "text": text, "metadata": metadata })).await;
         r.assert_ok(201)["id"].as_str().unwrap().to_string()
     }
 
     pub fn terminate(&self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
-            .status();
+        let _ = Command::new("kill").args(["-TERM", &self.pid().to_string()]).status();
     }
 }
 
@@ -357,9 +293,7 @@ impl Drop for TestServer {
                     .enable_all()
                     .build()
                     .unwrap()
-                    .block_on(admin_sql(&format!(
-                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                    )))
+                    .block_on(admin_sql(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
             })
             .join();
         }
@@ -369,20 +303,12 @@ impl Drop for TestServer {
 pub async fn admin_sql(sql: &str) {
     use sqlx::Connection;
     let url = format!("{}/postgres", pg_admin_url());
-    let mut conn = sqlx::PgConnection::connect(&url)
-        .await
-        .expect("connect to PostgreSQL for tests");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
-        .execute(&mut conn)
-        .await
-        .expect(sql);
+    let mut conn = sqlx::PgConnection::connect(&url).await.expect("connect to PostgreSQL for tests");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string())).execute(&mut conn).await.expect(sql);
     let _ = conn.close().await;
 }
 
 fn rand_suffix() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
     format!("{nanos:x}")
 }

@@ -32,11 +32,7 @@ pub struct FakeLlm {
 }
 
 pub async fn start(chat_delay: Duration, dims: usize) -> FakeLlm {
-    let fake = Fake {
-        seen: Default::default(),
-        chat_delay,
-        dims,
-    };
+    let fake = Fake { seen: Default::default(), chat_delay, dims };
     let seen = fake.seen.clone();
     let app = Router::new()
         .route("/v1/embeddings", post(embeddings))
@@ -45,10 +41,7 @@ pub async fn start(chat_delay: Duration, dims: usize) -> FakeLlm {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    FakeLlm {
-        url: format!("http://{addr}/v1"),
-        seen,
-    }
+    FakeLlm { url: format!("http://{addr}/v1"), seen }
 }
 
 fn record(fake: &Fake, headers: &axum::http::HeaderMap, body: &Value) {
@@ -56,15 +49,10 @@ fn record(fake: &Fake, headers: &axum::http::HeaderMap, body: &Value) {
     if let Some(a) = headers.get("authorization") {
         seen.authorization.push(a.to_str().unwrap().to_string());
     }
-    seen.models
-        .push(body["model"].as_str().unwrap_or("").to_string());
+    seen.models.push(body["model"].as_str().unwrap_or("").to_string());
 }
 
-async fn embeddings(
-    State(fake): State<Fake>,
-    headers: axum::http::HeaderMap,
-    Json(body): Json<Value>,
-) -> Json<Value> {
+async fn embeddings(State(fake): State<Fake>, headers: axum::http::HeaderMap, Json(body): Json<Value>) -> Json<Value> {
     record(&fake, &headers, &body);
     fake.seen.lock().unwrap().embedding_calls += 1;
     let inputs = body["input"].as_array().cloned().unwrap_or_default();
@@ -82,18 +70,11 @@ async fn embeddings(
     Json(json!({"object": "list", "data": data, "model": body["model"]}))
 }
 
-async fn chat(
-    State(fake): State<Fake>,
-    headers: axum::http::HeaderMap,
-    Json(body): Json<Value>,
-) -> Json<Value> {
+async fn chat(State(fake): State<Fake>, headers: axum::http::HeaderMap, Json(body): Json<Value>) -> Json<Value> {
     record(&fake, &headers, &body);
     fake.seen.lock().unwrap().chat_calls += 1;
     tokio::time::sleep(fake.chat_delay).await;
-    let prompt = body["messages"][1]["content"]
-        .as_str()
-        .unwrap_or("")
-        .to_string();
+    let prompt = body["messages"][1]["content"].as_str().unwrap_or("").to_string();
     let question = prompt.rsplit("Question: ").next().unwrap_or("").to_string();
     Json(json!({
         "id": "chatcmpl-1",

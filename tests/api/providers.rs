@@ -6,10 +6,7 @@ use crate::both_backends;
 use crate::common::{Backend, TestServer};
 use crate::fake_llm;
 
-both_backends!(
-    openai_compatible_providers_are_used,
-    provider_failures_are_502_and_store_nothing
-);
+both_backends!(openai_compatible_providers_are_used, provider_failures_are_502_and_store_nothing);
 
 fn provider_env(url: &str) -> Vec<(&'static str, String)> {
     vec![
@@ -37,41 +34,21 @@ async fn openai_compatible_providers_are_used(backend: Backend) {
     s.add(&key, "apples are red", json!({})).await;
     s.add(&key, "bananas are yellow", json!({})).await;
 
-    let r = s
-        .post(
-            "/v1/query/answer",
-            &key,
-            json!({"context": "about bananas", "relevance_threshold": 0.5}),
-        )
-        .await;
+    let r = s.post("/v1/query/answer", &key, json!({"context": "about bananas", "relevance_threshold": 0.5})).await;
     let data = r.assert_ok(200).clone();
     assert_eq!(data["answer"], "FAKE ANSWER to: about bananas");
     assert_eq!(data["model"], "fake-chat");
     // The fake embeds by first letter: only the "a…" memory shares the axis of "about".
     assert_eq!(data["memories"][0]["text"], "apples are red");
     assert_eq!(data["memories"].as_array().unwrap().len(), 1);
-    assert_eq!(
-        r.body["meta"]["usage"]["model_calls"], 2,
-        "one embedding call and one chat call"
-    );
-    assert!(
-        r.body["meta"]["usage"]["tokens_processed"]
-            .as_u64()
-            .unwrap()
-            >= 42
-    );
+    assert_eq!(r.body["meta"]["usage"]["model_calls"], 2, "one embedding call and one chat call");
+    assert!(r.body["meta"]["usage"]["tokens_processed"].as_u64().unwrap() >= 42);
 
     let seen = fake.seen.lock().unwrap();
     assert_eq!(seen.embedding_calls, 3);
     assert_eq!(seen.chat_calls, 1);
-    assert!(
-        seen.authorization
-            .contains(&"Bearer sk-fake-embed".to_string())
-    );
-    assert!(
-        seen.authorization
-            .contains(&"Bearer sk-fake-chat".to_string())
-    );
+    assert!(seen.authorization.contains(&"Bearer sk-fake-embed".to_string()));
+    assert!(seen.authorization.contains(&"Bearer sk-fake-chat".to_string()));
     assert!(seen.models.contains(&"fake-embed".to_string()));
 }
 
@@ -83,20 +60,10 @@ async fn provider_failures_are_502_and_store_nothing(backend: Backend) {
     };
     let s = start(backend, &dead).await;
     let (_, key) = s.tenant();
-    let r = s
-        .post("/v1/memories", &key, json!({"text": "will not be stored"}))
-        .await;
+    let r = s.post("/v1/memories", &key, json!({"text": "will not be stored"})).await;
     r.assert_error(502, "PROVIDER_ERROR");
-    assert!(
-        !s.log().contains("sk-fake"),
-        "provider keys are never logged"
-    );
-    assert!(
-        s.get("/v1/memories", &key).await.data()["memories"]
-            .as_array()
-            .unwrap()
-            .is_empty()
-    );
+    assert!(!s.log().contains("sk-fake"), "provider keys are never logged");
+    assert!(s.get("/v1/memories", &key).await.data()["memories"].as_array().unwrap().is_empty());
 
     // A model with the wrong dimension is refused clearly.
     let fake = fake_llm::start(Duration::ZERO, 1536).await;
@@ -104,12 +71,5 @@ async fn provider_failures_are_502_and_store_nothing(backend: Backend) {
     let (_, key) = s.tenant();
     let r = s.post("/v1/memories", &key, json!({"text": "x"})).await;
     r.assert_error(502, "PROVIDER_ERROR");
-    assert!(
-        r.body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("1536"),
-        "{}",
-        r.body
-    );
+    assert!(r.body["error"]["message"].as_str().unwrap().contains("1536"), "{}", r.body);
 }

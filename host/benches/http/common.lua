@@ -1,6 +1,6 @@
 -- Shared by the wrk scripts: the API key comes from the environment, and
 -- done() prints one machine-readable line with throughput and percentiles.
-key = os.getenv("MEMHOST_BENCH_KEY")
+key = os.getenv("BENCH_KEY")
 
 function report(summary, latency)
   local secs = summary.duration / 1e6

@@ -1,5 +1,5 @@
 dofile(os.getenv("BENCH_DIR") .. "/common.lua")
-path = os.getenv("MEMHOST_BENCH_PATH") or "/"
+path = os.getenv("BENCH_PATH") or "/"
 request = function()
   if key then
     return wrk.format("GET", path, { ["Authorization"] = "Bearer " .. key })

@@ -76,15 +76,10 @@ fn meta(with_usage: bool) -> Meta {
     match current() {
         Some(ctx) => Meta {
             request_id: ctx.request_id.clone(),
-            processing_time_ms: (ctx.started.elapsed().as_secs_f64() * 1000.0 * 1000.0).round()
-                / 1000.0,
+            processing_time_ms: (ctx.started.elapsed().as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
             usage: with_usage.then(|| ctx.usage.snapshot()),
         },
-        None => Meta {
-            request_id: String::new(),
-            processing_time_ms: 0.0,
-            usage: None,
-        },
+        None => Meta { request_id: String::new(), processing_time_ms: 0.0, usage: None },
     }
 }
 
@@ -110,12 +105,7 @@ impl<T: Serialize> IntoResponse for ApiOk<T> {
 }
 
 /// Writes an error envelope.
-pub fn error_response(
-    status: StatusCode,
-    code: &str,
-    message: &str,
-    details: Option<Value>,
-) -> Response {
+pub fn error_response(status: StatusCode, code: &str, message: &str, details: Option<Value>) -> Response {
     let mut error = json!({ "code": code, "message": message });
     if let Some(d) = details {
         error["details"] = d;
@@ -146,11 +136,7 @@ pub async fn request_context(mut request: Request, next: Next) -> Response {
     let mut response = CURRENT
         .scope(ctx, async move {
             let response = next.run(request).await;
-            if response.extensions().get::<Enveloped>().is_some() {
-                response
-            } else {
-                wrap_bare(response)
-            }
+            if response.extensions().get::<Enveloped>().is_some() { response } else { wrap_bare(response) }
         })
         .await;
     if let Ok(v) = HeaderValue::from_str(&request_id) {
@@ -174,9 +160,7 @@ fn wrap_bare(response: Response) -> Response {
         StatusCode::METHOD_NOT_ALLOWED => ApiError::MethodNotAllowed,
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
         StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType,
-        s if s.is_client_error() => {
-            ApiError::invalid(s.canonical_reason().unwrap_or("bad request"))
-        }
+        s if s.is_client_error() => ApiError::invalid(s.canonical_reason().unwrap_or("bad request")),
         _ => ApiError::Internal(anyhow::anyhow!("unhandled response status {status}")),
     };
     let mut wrapped = error.into_response();
@@ -200,8 +184,6 @@ impl<S: Send + Sync> FromRequestParts<S> for Ctx {
             .get::<Arc<RequestContext>>()
             .cloned()
             .map(Ctx)
-            .ok_or_else(|| {
-                ApiError::Internal(anyhow::anyhow!("request context middleware missing"))
-            })
+            .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("request context middleware missing")))
     }
 }

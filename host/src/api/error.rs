@@ -13,10 +13,7 @@ use crate::memories::MemoryError;
 pub enum ApiError {
     /// 401: missing, malformed, unknown, revoked, deactivated or expired key.
     #[error("{message}")]
-    InvalidApiKey {
-        reason: &'static str,
-        message: String,
-    },
+    InvalidApiKey { reason: &'static str, message: String },
     #[error("this API key lacks the `{}` scope", .0.as_str())]
     InsufficientScope(Scope),
     #[error("API keys must be sent in the Authorization header, never in the URL")]
@@ -24,11 +21,7 @@ pub enum ApiError {
     #[error("memory {0} not found")]
     MemoryNotFound(String),
     #[error("{kind} {id} not found")]
-    NotFound {
-        kind: &'static str,
-        code: &'static str,
-        id: String,
-    },
+    NotFound { kind: &'static str, code: &'static str, id: String },
     #[error("no such endpoint")]
     RouteNotFound,
     #[error("method not allowed on this endpoint")]
@@ -38,10 +31,7 @@ pub enum ApiError {
     #[error("send the body as JSON with `Content-Type: application/json`")]
     UnsupportedMediaType,
     #[error("{message}")]
-    InvalidRequest {
-        message: String,
-        field: Option<String>,
-    },
+    InvalidRequest { message: String, field: Option<String> },
     #[error("{0}")]
     Conflict(String),
     #[error("{0}")]
@@ -56,17 +46,11 @@ pub enum ApiError {
 
 impl ApiError {
     pub fn invalid(message: impl Into<String>) -> ApiError {
-        ApiError::InvalidRequest {
-            message: message.into(),
-            field: None,
-        }
+        ApiError::InvalidRequest { message: message.into(), field: None }
     }
 
     pub fn invalid_field(field: impl Into<String>, message: impl Into<String>) -> ApiError {
-        ApiError::InvalidRequest {
-            message: message.into(),
-            field: Some(field.into()),
-        }
+        ApiError::InvalidRequest { message: message.into(), field: Some(field.into()) }
     }
 
     pub fn status(&self) -> StatusCode {
@@ -74,9 +58,7 @@ impl ApiError {
             ApiError::InvalidApiKey { .. } => StatusCode::UNAUTHORIZED,
             ApiError::InsufficientScope(_) | ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::KeyInUrl | ApiError::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
-            ApiError::MemoryNotFound(_) | ApiError::NotFound { .. } | ApiError::RouteNotFound => {
-                StatusCode::NOT_FOUND
-            }
+            ApiError::MemoryNotFound(_) | ApiError::NotFound { .. } | ApiError::RouteNotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -135,10 +117,9 @@ impl IntoResponse for ApiError {
         };
         let mut response = error_response(status, self.code(), &message, self.details());
         if status == StatusCode::UNAUTHORIZED {
-            response.headers_mut().insert(
-                axum::http::header::WWW_AUTHENTICATE,
-                axum::http::HeaderValue::from_static("Bearer"),
-            );
+            response
+                .headers_mut()
+                .insert(axum::http::header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
         }
         response
     }
@@ -152,20 +133,11 @@ impl From<AuthError> for ApiError {
             | AuthError::Unknown
             | AuthError::Revoked
             | AuthError::Inactive
-            | AuthError::Expired(_) => ApiError::InvalidApiKey {
-                reason: e.reason(),
-                message: e.to_string(),
-            },
+            | AuthError::Expired(_) => ApiError::InvalidApiKey { reason: e.reason(), message: e.to_string() },
             AuthError::Invalid(message) => ApiError::invalid(message),
-            AuthError::NotFound { kind, id } => ApiError::NotFound {
-                kind,
-                code: if kind == "org" {
-                    "ORG_NOT_FOUND"
-                } else {
-                    "KEY_NOT_FOUND"
-                },
-                id,
-            },
+            AuthError::NotFound { kind, id } => {
+                ApiError::NotFound { kind, code: if kind == "org" { "ORG_NOT_FOUND" } else { "KEY_NOT_FOUND" }, id }
+            }
             AuthError::Conflict(m) => ApiError::Conflict(m),
             AuthError::Database(e) => ApiError::Internal(e.into()),
         }

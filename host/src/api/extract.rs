@@ -28,8 +28,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
             .and_then(|v| v.split(';').next())
             .is_some_and(|mime| {
                 let mime = mime.trim().to_ascii_lowercase();
-                mime == "application/json"
-                    || (mime.starts_with("application/") && mime.ends_with("+json"))
+                mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
             });
         if !is_json {
             return Err(ApiError::UnsupportedMediaType);
@@ -55,23 +54,16 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         if inner.is_syntax() || inner.is_eof() {
             return ApiError::invalid(format!("request body is not valid JSON: {message}"));
         }
-        let named = ["missing field `", "unknown field `"].iter().find_map(|p| {
-            message
-                .split_once(p)
-                .and_then(|(_, rest)| rest.split_once('`'))
-                .map(|(f, _)| f.to_string())
-        });
+        let named = ["missing field `", "unknown field `"]
+            .iter()
+            .find_map(|p| message.split_once(p).and_then(|(_, rest)| rest.split_once('`')).map(|(f, _)| f.to_string()));
         // A missing field is reported at its parent's path, an unknown one at its own.
         let field = match (path.as_str(), named) {
             (".", Some(f)) => f,
             (p, Some(f)) if p != f && !p.ends_with(&format!(".{f}")) => format!("{p}.{f}"),
             (p, _) => p.to_string(),
         };
-        let field = if field.is_empty() || field == "." {
-            "body".to_string()
-        } else {
-            field
-        };
+        let field = if field.is_empty() || field == "." { "body".to_string() } else { field };
         ApiError::invalid_field(field.clone(), format!("invalid `{field}`: {message}"))
     })
 }
@@ -81,11 +73,7 @@ pub struct Auth(pub Principal);
 
 impl Auth {
     pub fn require(&self, scope: Scope) -> Result<&Principal, ApiError> {
-        if self.0.has_scope(scope) {
-            Ok(&self.0)
-        } else {
-            Err(ApiError::InsufficientScope(scope))
-        }
+        if self.0.has_scope(scope) { Ok(&self.0) } else { Err(ApiError::InsufficientScope(scope)) }
     }
 }
 
@@ -112,10 +100,7 @@ pub async fn refuse_key_in_url(request: Request, next: Next) -> Response {
         ApiKey::looks_like_key(q)
             || q.split('&').any(|pair| {
                 let name = pair.split('=').next().unwrap_or("").to_ascii_lowercase();
-                matches!(
-                    name.as_str(),
-                    "api_key" | "apikey" | "key" | "token" | "access_token" | "authorization"
-                )
+                matches!(name.as_str(), "api_key" | "apikey" | "key" | "token" | "access_token" | "authorization")
             })
     });
     if in_path || in_query {

@@ -35,35 +35,16 @@ pub fn router(state: AppState) -> anyhow::Result<Router> {
     let api = Router::new()
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
-        .route(
-            "/v1/memories",
-            post(memories::create)
-                .get(memories::list)
-                .delete(memories::delete_all),
-        )
-        .route(
-            "/v1/memories/{id}",
-            get(memories::get)
-                .put(memories::update)
-                .delete(memories::delete),
-        )
+        .route("/v1/memories", post(memories::create).get(memories::list).delete(memories::delete_all))
+        .route("/v1/memories/{id}", get(memories::get).put(memories::update).delete(memories::delete))
         .route("/v1/memories/{id}/history", get(memories::history))
         .route("/v1/retrieve", post(retrieval::retrieve))
         .route("/v1/query", post(retrieval::query))
         .route("/v1/query/answer", post(retrieval::answer))
         .route("/v1/account", get(account::account))
-        .route(
-            "/v1/account/api-keys",
-            get(account::list_keys).post(account::create_key),
-        )
-        .route(
-            "/v1/account/api-keys/{key_id}",
-            axum::routing::delete(account::revoke_key),
-        )
-        .route(
-            "/v1/account/api-keys/{key_id}/rotate",
-            post(account::rotate_key),
-        )
+        .route("/v1/account/api-keys", get(account::list_keys).post(account::create_key))
+        .route("/v1/account/api-keys/{key_id}", axum::routing::delete(account::revoke_key))
+        .route("/v1/account/api-keys/{key_id}/rotate", post(account::rotate_key))
         .with_state(state.clone())
         .merge(openapi::docs_router())
         .fallback(|| async { ApiError::RouteNotFound })

@@ -23,7 +23,7 @@ use super::routes::{account, health, memories, retrieval};
         retrieval::retrieve, retrieval::query, retrieval::answer,
         account::account, account::list_keys, account::create_key, account::revoke_key, account::rotate_key,
     ),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &CommonErrors),
     tags(
         (name = "memories", description = "Store and manage memories"),
         (name = "retrieval", description = "Find relevant memories and answer from them"),
@@ -40,13 +40,45 @@ impl Modify for BearerAuth {
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "bearer",
-            SecurityScheme::Http(
-                HttpBuilder::new()
-                    .scheme(HttpAuthScheme::Bearer)
-                    .bearer_format("mem_live_…")
-                    .build(),
-            ),
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("mem_live_…").build()),
         );
+    }
+}
+
+/// Adds the errors any operation can answer with, so each path need not
+/// repeat them: 401/403 where a key is needed, 400/413/415 where a body is read.
+struct CommonErrors;
+
+impl Modify for CommonErrors {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{RefOr, ResponseBuilder, content::ContentBuilder, schema::Ref};
+        let error = |description: &str| -> RefOr<utoipa::openapi::Response> {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorEnvelope"))).build(),
+                )
+                .build()
+                .into()
+        };
+        for item in openapi.paths.paths.values_mut() {
+            for op in [&mut item.get, &mut item.put, &mut item.post, &mut item.delete].into_iter().flatten() {
+                let responses = &mut op.responses.responses;
+                let mut add = |code: &str, description: &str| {
+                    responses.entry(code.to_string()).or_insert_with(|| error(description));
+                };
+                if op.security.is_some() {
+                    add("401", "INVALID_API_KEY: missing, malformed, unknown, revoked, deactivated or expired key");
+                    add("403", "INSUFFICIENT_SCOPE: the key lacks the scope this operation needs");
+                }
+                add("400", "INVALID_REQUEST: bad parameters or body; `details.field` names what was wrong");
+                if op.request_body.is_some() {
+                    add("413", "PAYLOAD_TOO_LARGE: the body is over the size limit (10 MB by default)");
+                    add("415", "UNSUPPORTED_MEDIA_TYPE: the body must be sent as application/json");
+                }
+            }
+        }
     }
 }
 

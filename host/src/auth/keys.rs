@@ -62,10 +62,7 @@ impl std::fmt::Debug for ApiKey {
 impl ApiKey {
     /// Generates a new random key.
     pub fn generate(environment: Environment) -> ApiKey {
-        ApiKey {
-            text: format!("mem_{}_{}", environment.as_str(), random_base62(SECRET_LEN)),
-            environment,
-        }
+        ApiKey { text: format!("mem_{}_{}", environment.as_str(), random_base62(SECRET_LEN)), environment }
     }
 
     /// Parses a presented key; `None` if it does not have the key format.
@@ -80,10 +77,7 @@ impl ApiKey {
         if rest.len() != SECRET_LEN || !rest.bytes().all(|b| b.is_ascii_alphanumeric()) {
             return None;
         }
-        Some(ApiKey {
-            text: s.to_string(),
-            environment,
-        })
+        Some(ApiKey { text: s.to_string(), environment })
     }
 
     /// True if `s` looks like one of our keys, even a malformed one; used to
@@ -174,11 +168,7 @@ mod tests {
         }
         for &c in BASE62 {
             let n = counts[c as usize];
-            assert!(
-                (700..1300).contains(&n),
-                "char {} seen {n} times",
-                c as char
-            );
+            assert!((700..1300).contains(&n), "char {} seen {n} times", c as char);
         }
     }
 }

@@ -18,19 +18,7 @@ pub use keys::{ApiKey, Environment};
 use crate::store::Database;
 
 /// What a key may do. `admin` implies every other scope.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-    Serialize,
-    Deserialize,
-    utoipa::ToSchema,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
     Read,
@@ -59,19 +47,16 @@ impl Scope {
     pub fn parse_list(s: &str) -> Result<Vec<Scope>, String> {
         let mut out = Vec::new();
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            out.push(Scope::parse(part).ok_or_else(|| {
-                format!("unknown scope `{part}` (expected read, write, delete or admin)")
-            })?);
+            out.push(
+                Scope::parse(part)
+                    .ok_or_else(|| format!("unknown scope `{part}` (expected read, write, delete or admin)"))?,
+            );
         }
         normalize_scopes(out)
     }
 
     pub fn join(scopes: &[Scope]) -> String {
-        scopes
-            .iter()
-            .map(|s| s.as_str())
-            .collect::<Vec<_>>()
-            .join(",")
+        scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(",")
     }
 }
 
@@ -168,9 +153,7 @@ impl Principal {
 pub enum AuthError {
     #[error("missing API key: send it as `Authorization: Bearer mem_live_…`")]
     Missing,
-    #[error(
-        "malformed API key: expected `Authorization: Bearer mem_live_<32 characters>` or mem_test_…"
-    )]
+    #[error("malformed API key: expected `Authorization: Bearer mem_live_<32 characters>` or mem_test_…")]
     Malformed,
     #[error("unknown API key")]
     Unknown,
@@ -228,39 +211,72 @@ pub struct CreatedKey {
 /// and a write on every request would serialise SQLite writers.
 const LAST_USED_EVERY: Duration = Duration::from_secs(60);
 
+/// Most verified keys kept in [`KeyCache`]; past it the cache starts over.
+const KEY_CACHE_MAX: usize = 100_000;
+
+/// Verified key records by key hash, for `ttl`: saves the key lookup on most
+/// requests. Expiry is still checked on every request against the record;
+/// a revocation, deactivation or rotation made through this process takes
+/// effect at once, one made elsewhere (the CLI, another instance) within `ttl`.
+struct KeyCache {
+    ttl: Duration,
+    entries: Mutex<HashMap<String, (Instant, ApiKeyRecord, String)>>,
+}
+
+impl KeyCache {
+    fn get(&self, hash: &str) -> Option<(ApiKeyRecord, String)> {
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let (at, record, plan) = entries.get(hash)?;
+        (at.elapsed() < self.ttl).then(|| (record.clone(), plan.clone()))
+    }
+
+    fn put(&self, hash: String, record: ApiKeyRecord, plan: String) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if entries.len() >= KEY_CACHE_MAX {
+            entries.clear();
+        }
+        entries.insert(hash, (Instant::now(), record, plan));
+    }
+
+    fn forget(&self, key_id: &str) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.retain(|_, (_, record, _)| record.id != key_id);
+    }
+}
+
 #[derive(Clone)]
 pub struct AuthService {
     db: Database,
     secret: Arc<[u8]>,
     last_used: Arc<Mutex<HashMap<String, Instant>>>,
+    cache: Arc<KeyCache>,
 }
 
 impl AuthService {
-    pub fn new(db: Database, secret: Vec<u8>) -> AuthService {
+    /// `cache_ttl` zero disables the verified-key cache.
+    pub fn new(db: Database, secret: Vec<u8>, cache_ttl: Duration) -> AuthService {
         AuthService {
             db,
             secret: secret.into(),
             last_used: Default::default(),
+            cache: Arc::new(KeyCache { ttl: cache_ttl, entries: Default::default() }),
         }
     }
 
     pub async fn create_org(&self, name: &str, plan: &str) -> Result<Org, AuthError> {
         let name = name.trim();
         if name.is_empty() || name.len() > 200 {
-            return Err(AuthError::Invalid(
-                "org name must be 1 to 200 characters".into(),
-            ));
+            return Err(AuthError::Invalid("org name must be 1 to 200 characters".into()));
         }
         let plan = plan.trim();
         if plan.is_empty()
             || plan.len() > 64
-            || !plan
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            || !plan.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
         {
-            return Err(AuthError::Invalid(
-                "plan must be 1 to 64 characters of a-z, 0-9, _ or -".into(),
-            ));
+            return Err(AuthError::Invalid("plan must be 1 to 64 characters of a-z, 0-9, _ or -".into()));
         }
         let org = Org {
             id: format!("org_{}", keys::random_base62(16)),
@@ -277,37 +293,24 @@ impl AuthService {
     }
 
     pub async fn get_org(&self, id: &str) -> Result<Org, AuthError> {
-        repo::get_org(&self.db, id)
-            .await?
-            .ok_or_else(|| AuthError::NotFound {
-                kind: "org",
-                id: id.to_string(),
-            })
+        repo::get_org(&self.db, id).await?.ok_or_else(|| AuthError::NotFound { kind: "org", id: id.to_string() })
     }
 
     pub async fn create_key(&self, new: NewKey) -> Result<CreatedKey, AuthError> {
         self.create_key_inner(new, None).await
     }
 
-    async fn create_key_inner(
-        &self,
-        new: NewKey,
-        rotated_from: Option<String>,
-    ) -> Result<CreatedKey, AuthError> {
+    async fn create_key_inner(&self, new: NewKey, rotated_from: Option<String>) -> Result<CreatedKey, AuthError> {
         let name = new.name.trim();
         if name.len() > 200 {
-            return Err(AuthError::Invalid(
-                "key name must be at most 200 characters".into(),
-            ));
+            return Err(AuthError::Invalid("key name must be at most 200 characters".into()));
         }
         let scopes = normalize_scopes(new.scopes).map_err(AuthError::Invalid)?;
         let created_at = now();
         if let Some(exp) = new.expires_at
             && exp <= created_at
         {
-            return Err(AuthError::Invalid(
-                "expires_at must be in the future".into(),
-            ));
+            return Err(AuthError::Invalid("expires_at must be in the future".into()));
         }
         self.get_org(&new.org_id).await?;
         let key = ApiKey::generate(new.environment);
@@ -327,10 +330,7 @@ impl AuthService {
             rotated_to: None,
         };
         repo::insert_key(&self.db, &record, &key.hash(&self.secret)).await?;
-        Ok(CreatedKey {
-            key: key.expose().to_string(),
-            record,
-        })
+        Ok(CreatedKey { key: key.expose().to_string(), record })
     }
 
     /// Keys of one org, or of every org when `org_id` is `None` (operator view).
@@ -341,39 +341,33 @@ impl AuthService {
     /// Finds a key by its id (`key_…`) or by the full key itself.
     pub async fn find_key(&self, id_or_key: &str) -> Result<ApiKeyRecord, AuthError> {
         let found = if let Some(key) = ApiKey::parse(id_or_key) {
-            repo::key_by_hash(&self.db, &key.hash(&self.secret))
-                .await?
-                .map(|(k, _)| k)
+            repo::key_by_hash(&self.db, &key.hash(&self.secret)).await?.map(|(k, _)| k)
         } else {
             repo::get_key(&self.db, id_or_key).await?
         };
-        found.ok_or_else(|| AuthError::NotFound {
-            kind: "API key",
-            id: redact(id_or_key),
-        })
+        found.ok_or_else(|| AuthError::NotFound { kind: "API key", id: redact(id_or_key) })
     }
 
     /// A key of one org; another org's key is "not found".
-    pub async fn find_org_key(
-        &self,
-        org_id: &str,
-        key_id: &str,
-    ) -> Result<ApiKeyRecord, AuthError> {
+    pub async fn find_org_key(&self, org_id: &str, key_id: &str) -> Result<ApiKeyRecord, AuthError> {
         match repo::get_key(&self.db, key_id).await? {
             Some(k) if k.org_id == org_id => Ok(k),
-            _ => Err(AuthError::NotFound {
-                kind: "API key",
-                id: redact(key_id),
-            }),
+            _ => Err(AuthError::NotFound { kind: "API key", id: redact(key_id) }),
         }
     }
 
     /// Checks a presented key and returns the principal it acts as.
     pub async fn authenticate(&self, presented: &str) -> Result<Principal, AuthError> {
         let key = ApiKey::parse(presented).ok_or(AuthError::Malformed)?;
-        let (record, plan) = repo::key_by_hash(&self.db, &key.hash(&self.secret))
-            .await?
-            .ok_or(AuthError::Unknown)?;
+        let hash = key.hash(&self.secret);
+        let (record, plan) = match self.cache.get(&hash) {
+            Some(hit) => hit,
+            None => {
+                let found = repo::key_by_hash(&self.db, &hash).await?.ok_or(AuthError::Unknown)?;
+                self.cache.put(hash, found.0.clone(), found.1.clone());
+                found
+            }
+        };
         check_usable(&record, now())?;
         self.touch(&record.id);
         Ok(Principal {
@@ -389,9 +383,7 @@ impl AuthService {
     /// and the org, for `memhost keys verify`.
     pub async fn verify(&self, presented: &str) -> Result<(ApiKeyRecord, Org), AuthError> {
         let key = ApiKey::parse(presented).ok_or(AuthError::Malformed)?;
-        let (record, _) = repo::key_by_hash(&self.db, &key.hash(&self.secret))
-            .await?
-            .ok_or(AuthError::Unknown)?;
+        let (record, _) = repo::key_by_hash(&self.db, &key.hash(&self.secret)).await?.ok_or(AuthError::Unknown)?;
         check_usable(&record, now())?;
         let org = self.get_org(&record.org_id).await?;
         Ok((record, org))
@@ -409,8 +401,8 @@ impl AuthService {
                 old.id
             )));
         }
-        let grace = chrono::Duration::from_std(grace)
-            .map_err(|_| AuthError::Invalid("grace period too long".into()))?;
+        let grace =
+            chrono::Duration::from_std(grace).map_err(|_| AuthError::Invalid("grace period too long".into()))?;
         let created = self
             .create_key_inner(
                 NewKey {
@@ -426,24 +418,19 @@ impl AuthService {
         let grace_end = now() + grace;
         let old_expiry = old.expires_at.map_or(grace_end, |e| e.min(grace_end));
         repo::mark_rotated(&self.db, &old.id, &created.record.id, old_expiry).await?;
+        self.cache.forget(&old.id);
         Ok(created)
     }
 
     /// Revokes (permanent), deactivates or reactivates a key.
-    pub async fn set_status(
-        &self,
-        key_id: &str,
-        status: KeyStatus,
-    ) -> Result<ApiKeyRecord, AuthError> {
+    pub async fn set_status(&self, key_id: &str, status: KeyStatus) -> Result<ApiKeyRecord, AuthError> {
         let key = self.find_key(key_id).await?;
         if key.status == KeyStatus::Revoked && status != KeyStatus::Revoked {
-            return Err(AuthError::Conflict(format!(
-                "key {} is revoked; revocation is permanent",
-                key.id
-            )));
+            return Err(AuthError::Conflict(format!("key {} is revoked; revocation is permanent", key.id)));
         }
         let revoked_at = (status == KeyStatus::Revoked).then(now);
         repo::set_key_status(&self.db, &key.id, status, revoked_at.or(key.revoked_at)).await?;
+        self.cache.forget(&key.id);
         self.find_key(&key.id).await
     }
 
@@ -452,10 +439,7 @@ impl AuthService {
         {
             let mut seen = self.last_used.lock().unwrap_or_else(|e| e.into_inner());
             let now = Instant::now();
-            if seen
-                .get(key_id)
-                .is_some_and(|t| now.duration_since(*t) < LAST_USED_EVERY)
-            {
+            if seen.get(key_id).is_some_and(|t| now.duration_since(*t) < LAST_USED_EVERY) {
                 return;
             }
             seen.insert(key_id.to_string(), now);
@@ -484,11 +468,7 @@ fn check_usable(record: &ApiKeyRecord, now: DateTime<Utc>) -> Result<(), AuthErr
 
 /// Never echo a full key back in an error.
 fn redact(s: &str) -> String {
-    if ApiKey::looks_like_key(s) {
-        format!("{}…", &s[..s.len().min(13)])
-    } else {
-        s.chars().take(64).collect()
-    }
+    if ApiKey::looks_like_key(s) { format!("{}…", &s[..s.len().min(13)]) } else { s.chars().take(64).collect() }
 }
 
 /// Now, truncated to microseconds so that what we store and what we return agree.

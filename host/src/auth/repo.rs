@@ -38,41 +38,27 @@ pub async fn insert_org(db: &Database, org: &Org) -> sqlx::Result<()> {
 pub async fn list_orgs(db: &Database) -> sqlx::Result<Vec<Org>> {
     let sql = "SELECT id, name, plan, created_at FROM orgs ORDER BY created_at, id";
     match db {
-        Database::Sqlite(s) => sqlx::query(sql)
-            .fetch_all(&s.read)
-            .await?
-            .iter()
-            .map(org_sqlite)
-            .collect(),
-        Database::Postgres(p) => sqlx::query(sql)
-            .fetch_all(p)
-            .await?
-            .iter()
-            .map(org_pg)
-            .collect(),
+        Database::Sqlite(s) => sqlx::query(sql).fetch_all(&s.read).await?.iter().map(org_sqlite).collect(),
+        Database::Postgres(p) => sqlx::query(sql).fetch_all(p).await?.iter().map(org_pg).collect(),
     }
 }
 
 pub async fn get_org(db: &Database, id: &str) -> sqlx::Result<Option<Org>> {
     match db {
-        Database::Sqlite(s) => {
-            sqlx::query("SELECT id, name, plan, created_at FROM orgs WHERE id = ?")
-                .bind(id)
-                .fetch_optional(&s.read)
-                .await?
-                .as_ref()
-                .map(org_sqlite)
-                .transpose()
-        }
-        Database::Postgres(p) => {
-            sqlx::query("SELECT id, name, plan, created_at FROM orgs WHERE id = $1")
-                .bind(id)
-                .fetch_optional(p)
-                .await?
-                .as_ref()
-                .map(org_pg)
-                .transpose()
-        }
+        Database::Sqlite(s) => sqlx::query("SELECT id, name, plan, created_at FROM orgs WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&s.read)
+            .await?
+            .as_ref()
+            .map(org_sqlite)
+            .transpose(),
+        Database::Postgres(p) => sqlx::query("SELECT id, name, plan, created_at FROM orgs WHERE id = $1")
+            .bind(id)
+            .fetch_optional(p)
+            .await?
+            .as_ref()
+            .map(org_pg)
+            .transpose(),
     }
 }
 
@@ -124,94 +110,58 @@ pub async fn insert_key(db: &Database, k: &ApiKeyRecord, hash: &str) -> sqlx::Re
 pub async fn list_keys(db: &Database, org_id: Option<&str>) -> sqlx::Result<Vec<ApiKeyRecord>> {
     match db {
         Database::Sqlite(s) => {
-            let sql = format!(
-                "SELECT {KEY_COLUMNS} FROM api_keys WHERE (?1 IS NULL OR org_id = ?1) ORDER BY created_at, id"
-            );
-            sqlx::query(safe(sql))
-                .bind(org_id)
-                .fetch_all(&s.read)
-                .await?
-                .iter()
-                .map(key_sqlite)
-                .collect()
+            let sql =
+                format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE (?1 IS NULL OR org_id = ?1) ORDER BY created_at, id");
+            sqlx::query(safe(sql)).bind(org_id).fetch_all(&s.read).await?.iter().map(key_sqlite).collect()
         }
         Database::Postgres(p) => {
             let sql = format!(
                 "SELECT {KEY_COLUMNS} FROM api_keys WHERE ($1::text IS NULL OR org_id = $1) ORDER BY created_at, id"
             );
-            sqlx::query(safe(sql))
-                .bind(org_id)
-                .fetch_all(p)
-                .await?
-                .iter()
-                .map(key_pg)
-                .collect()
+            sqlx::query(safe(sql)).bind(org_id).fetch_all(p).await?.iter().map(key_pg).collect()
         }
     }
 }
 
 pub async fn get_key(db: &Database, id: &str) -> sqlx::Result<Option<ApiKeyRecord>> {
     match db {
-        Database::Sqlite(s) => sqlx::query(safe(format!(
-            "SELECT {KEY_COLUMNS} FROM api_keys WHERE id = ?"
-        )))
-        .bind(id)
-        .fetch_optional(&s.read)
-        .await?
-        .as_ref()
-        .map(key_sqlite)
-        .transpose(),
-        Database::Postgres(p) => sqlx::query(safe(format!(
-            "SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1"
-        )))
-        .bind(id)
-        .fetch_optional(p)
-        .await?
-        .as_ref()
-        .map(key_pg)
-        .transpose(),
+        Database::Sqlite(s) => sqlx::query(safe(format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = ?")))
+            .bind(id)
+            .fetch_optional(&s.read)
+            .await?
+            .as_ref()
+            .map(key_sqlite)
+            .transpose(),
+        Database::Postgres(p) => sqlx::query(safe(format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1")))
+            .bind(id)
+            .fetch_optional(p)
+            .await?
+            .as_ref()
+            .map(key_pg)
+            .transpose(),
     }
 }
 
 /// The key with this hash and its org's plan.
-pub async fn key_by_hash(
-    db: &Database,
-    hash: &str,
-) -> sqlx::Result<Option<(ApiKeyRecord, String)>> {
-    let cols = KEY_COLUMNS
-        .split(", ")
-        .map(|c| format!("k.{c}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+pub async fn key_by_hash(db: &Database, hash: &str) -> sqlx::Result<Option<(ApiKeyRecord, String)>> {
+    let cols = KEY_COLUMNS.split(", ").map(|c| format!("k.{c}")).collect::<Vec<_>>().join(", ");
     match db {
         Database::Sqlite(s) => {
-            let sql = format!(
-                "SELECT {cols}, o.plan FROM api_keys k JOIN orgs o ON o.id = k.org_id WHERE k.key_hash = ?"
-            );
-            let row = sqlx::query(safe(sql))
-                .bind(hash)
-                .fetch_optional(&s.read)
-                .await?;
-            row.map(|r| Ok((key_sqlite(&r)?, r.try_get("plan")?)))
-                .transpose()
+            let sql =
+                format!("SELECT {cols}, o.plan FROM api_keys k JOIN orgs o ON o.id = k.org_id WHERE k.key_hash = ?");
+            let row = sqlx::query(safe(sql)).bind(hash).fetch_optional(&s.read).await?;
+            row.map(|r| Ok((key_sqlite(&r)?, r.try_get("plan")?))).transpose()
         }
         Database::Postgres(p) => {
-            let sql = format!(
-                "SELECT {cols}, o.plan FROM api_keys k JOIN orgs o ON o.id = k.org_id WHERE k.key_hash = $1"
-            );
+            let sql =
+                format!("SELECT {cols}, o.plan FROM api_keys k JOIN orgs o ON o.id = k.org_id WHERE k.key_hash = $1");
             let row = sqlx::query(safe(sql)).bind(hash).fetch_optional(p).await?;
-            row.map(|r| Ok((key_pg(&r)?, r.try_get("plan")?)))
-                .transpose()
+            row.map(|r| Ok((key_pg(&r)?, r.try_get("plan")?))).transpose()
         }
     }
 }
 
-pub async fn mark_rotated(
-    db: &Database,
-    old_id: &str,
-    new_id: &str,
-    expires_at: DateTime<Utc>,
-) -> sqlx::Result<()> {
+pub async fn mark_rotated(db: &Database, old_id: &str, new_id: &str, expires_at: DateTime<Utc>) -> sqlx::Result<()> {
     match db {
         Database::Sqlite(s) => {
             sqlx::query("UPDATE api_keys SET rotated_to = ?, expires_at = ? WHERE id = ?")
@@ -270,11 +220,7 @@ pub async fn touch_key(db: &Database, id: &str, at: DateTime<Utc>) -> sqlx::Resu
                 .await?;
         }
         Database::Postgres(p) => {
-            sqlx::query("UPDATE api_keys SET last_used_at = $1 WHERE id = $2")
-                .bind(at)
-                .bind(id)
-                .execute(p)
-                .await?;
+            sqlx::query("UPDATE api_keys SET last_used_at = $1 WHERE id = $2").bind(at).bind(id).execute(p).await?;
         }
     }
     Ok(())
@@ -299,17 +245,10 @@ fn org_pg(r: &PgRow) -> sqlx::Result<Org> {
 }
 
 fn decode_err(column: &str, value: &str) -> sqlx::Error {
-    sqlx::Error::ColumnDecode {
-        index: column.to_string(),
-        source: format!("unexpected value `{value}`").into(),
-    }
+    sqlx::Error::ColumnDecode { index: column.to_string(), source: format!("unexpected value `{value}`").into() }
 }
 
-fn parse_enum_columns(
-    env: &str,
-    scopes: &str,
-    status: &str,
-) -> sqlx::Result<(Environment, Vec<Scope>, KeyStatus)> {
+fn parse_enum_columns(env: &str, scopes: &str, status: &str) -> sqlx::Result<(Environment, Vec<Scope>, KeyStatus)> {
     Ok((
         Environment::parse(env).ok_or_else(|| decode_err("environment", env))?,
         Scope::parse_list(scopes).map_err(|_| decode_err("scopes", scopes))?,
@@ -318,16 +257,10 @@ fn parse_enum_columns(
 }
 
 fn key_sqlite(r: &SqliteRow) -> sqlx::Result<ApiKeyRecord> {
-    let (environment, scopes, status) = parse_enum_columns(
-        r.try_get("environment")?,
-        r.try_get("scopes")?,
-        r.try_get("status")?,
-    )?;
+    let (environment, scopes, status) =
+        parse_enum_columns(r.try_get("environment")?, r.try_get("scopes")?, r.try_get("status")?)?;
     let opt_time = |c: &str| -> sqlx::Result<Option<DateTime<Utc>>> {
-        r.try_get::<Option<String>, _>(c)?
-            .as_deref()
-            .map(parse_sqlite_time)
-            .transpose()
+        r.try_get::<Option<String>, _>(c)?.as_deref().map(parse_sqlite_time).transpose()
     };
     Ok(ApiKeyRecord {
         id: r.try_get("id")?,
@@ -347,11 +280,8 @@ fn key_sqlite(r: &SqliteRow) -> sqlx::Result<ApiKeyRecord> {
 }
 
 fn key_pg(r: &PgRow) -> sqlx::Result<ApiKeyRecord> {
-    let (environment, scopes, status) = parse_enum_columns(
-        r.try_get("environment")?,
-        r.try_get("scopes")?,
-        r.try_get("status")?,
-    )?;
+    let (environment, scopes, status) =
+        parse_enum_columns(r.try_get("environment")?, r.try_get("scopes")?, r.try_get("status")?)?;
     Ok(ApiKeyRecord {
         id: r.try_get("id")?,
         org_id: r.try_get("org_id")?,

@@ -25,15 +25,11 @@ pub fn load_or_create(config: &Config) -> anyhow::Result<Vec<u8>> {
     let path = config.data_dir.join("server_secret");
     match std::fs::read_to_string(&path) {
         Ok(s) if s.trim().len() >= 32 => return Ok(s.trim().as_bytes().to_vec()),
-        Ok(_) => anyhow::bail!(
-            "{} is too short; delete it only if no API keys exist yet",
-            path.display()
-        ),
+        Ok(_) => anyhow::bail!("{} is too short; delete it only if no API keys exist yet", path.display()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     }
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("creating {}", config.data_dir.display()))?;
+    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
     let secret = super::keys::random_secret_hex();
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);

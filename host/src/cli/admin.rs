@@ -7,9 +7,7 @@ use clap::{Args, Subcommand};
 use comfy_table::{ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
 use serde::Serialize;
 
-use crate::auth::{
-    self, ApiKeyRecord, AuthService, CreatedKey, Environment, KeyStatus, NewKey, Scope,
-};
+use crate::auth::{self, ApiKeyRecord, AuthService, CreatedKey, Environment, KeyStatus, NewKey, Scope};
 use crate::config::Config;
 use crate::store::Database;
 
@@ -115,7 +113,7 @@ pub enum DbCommand {
 async fn open(config: &Config) -> anyhow::Result<(Database, AuthService)> {
     let db = Database::connect(config).await?;
     let secret = auth::secret::load_or_create(config)?;
-    Ok((db.clone(), AuthService::new(db, secret)))
+    Ok((db.clone(), AuthService::new(db, secret, Duration::ZERO)))
 }
 
 pub async fn orgs(config: Config, cmd: OrgsCommand) -> anyhow::Result<()> {
@@ -125,12 +123,7 @@ pub async fn orgs(config: Config, cmd: OrgsCommand) -> anyhow::Result<()> {
             let org = auth.create_org(&name, &plan).await?;
             emit(out, &org, || {
                 let mut t = table(["id", "name", "plan", "created"]);
-                t.add_row([
-                    org.id.clone(),
-                    org.name.clone(),
-                    org.plan.clone(),
-                    org.created_at.to_rfc3339(),
-                ]);
+                t.add_row([org.id.clone(), org.name.clone(), org.plan.clone(), org.created_at.to_rfc3339()]);
                 format!("Org created.\n{t}")
             })?;
         }
@@ -139,12 +132,7 @@ pub async fn orgs(config: Config, cmd: OrgsCommand) -> anyhow::Result<()> {
             emit(out, &orgs, || {
                 let mut t = table(["id", "name", "plan", "created"]);
                 for o in &orgs {
-                    t.add_row([
-                        o.id.clone(),
-                        o.name.clone(),
-                        o.plan.clone(),
-                        o.created_at.to_rfc3339(),
-                    ]);
+                    t.add_row([o.id.clone(), o.name.clone(), o.plan.clone(), o.created_at.to_rfc3339()]);
                 }
                 format!("{t}\n{} org(s)", orgs.len())
             })?;
@@ -163,41 +151,20 @@ pub async fn keys(config: Config, cmd: KeysCommand) -> anyhow::Result<()> {
 
 async fn keys_inner(auth: &AuthService, cmd: KeysCommand) -> anyhow::Result<()> {
     match cmd {
-        KeysCommand::Create {
-            org,
-            name,
-            scopes,
-            test,
-            expires_in_days,
-            out,
-        } => {
+        KeysCommand::Create { org, name, scopes, test, expires_in_days, out } => {
             let scopes = Scope::parse_list(&scopes).map_err(anyhow::Error::msg)?;
             let expires_at = match expires_in_days {
                 Some(0) => anyhow::bail!("--expires-in-days must be at least 1"),
                 Some(d) => Some(auth::now() + chrono::Duration::days(d.min(3650) as i64)),
                 None => None,
             };
-            let environment = if test {
-                Environment::Test
-            } else {
-                Environment::Live
-            };
-            let created = auth
-                .create_key(NewKey {
-                    org_id: org,
-                    name,
-                    environment,
-                    scopes,
-                    expires_at,
-                })
-                .await?;
+            let environment = if test { Environment::Test } else { Environment::Live };
+            let created = auth.create_key(NewKey { org_id: org, name, environment, scopes, expires_at }).await?;
             emit_created(out, &created, "API key created")?;
         }
         KeysCommand::List { org, out } => {
             let keys = auth.list_keys(org.as_deref()).await?;
-            emit(out, &keys, || {
-                format!("{}\n{} key(s)", key_table(&keys), keys.len())
-            })?;
+            emit(out, &keys, || format!("{}\n{} key(s)", key_table(&keys), keys.len()))?;
         }
         KeysCommand::Verify { key, out } => match auth.verify(&key).await {
             Ok((record, org)) => {
@@ -207,29 +174,18 @@ async fn keys_inner(auth: &AuthService, cmd: KeysCommand) -> anyhow::Result<()> 
                     key: &'a ApiKeyRecord,
                     org: &'a auth::Org,
                 }
-                emit(
-                    out,
-                    &Valid {
-                        valid: true,
-                        key: &record,
-                        org: &org,
-                    },
-                    || {
-                        let mut t = table(["", ""]);
-                        t.add_row(["status".to_string(), "VALID".to_string()]);
-                        t.add_row(["key id".to_string(), record.id.clone()]);
-                        t.add_row(["prefix".to_string(), format!("{}…", record.prefix)]);
-                        t.add_row(["org".to_string(), format!("{} ({})", org.name, org.id)]);
-                        t.add_row(["plan".to_string(), org.plan.clone()]);
-                        t.add_row(["environment".to_string(), record.environment.to_string()]);
-                        t.add_row(["scopes".to_string(), Scope::join(&record.scopes)]);
-                        t.add_row([
-                            "expires".to_string(),
-                            record.expires_at.map_or("never".into(), |e| e.to_rfc3339()),
-                        ]);
-                        t.to_string()
-                    },
-                )?;
+                emit(out, &Valid { valid: true, key: &record, org: &org }, || {
+                    let mut t = table(["", ""]);
+                    t.add_row(["status".to_string(), "VALID".to_string()]);
+                    t.add_row(["key id".to_string(), record.id.clone()]);
+                    t.add_row(["prefix".to_string(), format!("{}…", record.prefix)]);
+                    t.add_row(["org".to_string(), format!("{} ({})", org.name, org.id)]);
+                    t.add_row(["plan".to_string(), org.plan.clone()]);
+                    t.add_row(["environment".to_string(), record.environment.to_string()]);
+                    t.add_row(["scopes".to_string(), Scope::join(&record.scopes)]);
+                    t.add_row(["expires".to_string(), record.expires_at.map_or("never".into(), |e| e.to_rfc3339())]);
+                    t.to_string()
+                })?;
             }
             Err(e) => {
                 if out.json {
@@ -247,38 +203,19 @@ async fn keys_inner(auth: &AuthService, cmd: KeysCommand) -> anyhow::Result<()> 
             let grace = parse_duration(&grace)?;
             let created = auth.rotate(&key, grace).await?;
             let old = created.record.rotated_from.clone().unwrap_or_default();
-            emit_created(
-                out,
-                &created,
-                &format!(
-                    "Key {old} rotated; it keeps working for {}",
-                    humanize(grace)
-                ),
-            )?;
+            emit_created(out, &created, &format!("Key {old} rotated; it keeps working for {}", humanize(grace)))?;
         }
         KeysCommand::Revoke { key, out } => status(auth, &key, KeyStatus::Revoked, out).await?,
-        KeysCommand::Deactivate { key, out } => {
-            status(auth, &key, KeyStatus::Inactive, out).await?
-        }
+        KeysCommand::Deactivate { key, out } => status(auth, &key, KeyStatus::Inactive, out).await?,
         KeysCommand::Activate { key, out } => status(auth, &key, KeyStatus::Active, out).await?,
     }
     Ok(())
 }
 
-async fn status(
-    auth: &AuthService,
-    key: &str,
-    status: KeyStatus,
-    out: Output,
-) -> anyhow::Result<()> {
+async fn status(auth: &AuthService, key: &str, status: KeyStatus, out: Output) -> anyhow::Result<()> {
     let record = auth.set_status(key, status).await?;
     emit(out, &record, || {
-        format!(
-            "Key {} is now {}.\n{}",
-            record.id,
-            record.status.as_str(),
-            key_table(std::slice::from_ref(&record))
-        )
+        format!("Key {} is now {}.\n{}", record.id, record.status.as_str(), key_table(std::slice::from_ref(&record)))
     })
 }
 
@@ -295,17 +232,11 @@ pub async fn db(config: Config, cmd: DbCommand) -> anyhow::Result<()> {
                 if let Some(v) = &info.vector_extension {
                     t.add_row(["vectors".to_string(), v.clone()]);
                 }
-                t.add_row([
-                    "migrations applied".to_string(),
-                    info.migrations_applied.to_string(),
-                ]);
+                t.add_row(["migrations applied".to_string(), info.migrations_applied.to_string()]);
                 t.add_row(["orgs".to_string(), info.orgs.to_string()]);
                 t.add_row(["api keys".to_string(), info.api_keys.to_string()]);
                 t.add_row(["memories".to_string(), info.memories.to_string()]);
-                t.add_row([
-                    "history events".to_string(),
-                    info.memory_history.to_string(),
-                ]);
+                t.add_row(["history events".to_string(), info.memory_history.to_string()]);
                 t.to_string()
             })?;
         }
@@ -314,11 +245,7 @@ pub async fn db(config: Config, cmd: DbCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn emit<T: Serialize>(
-    out: Output,
-    value: &T,
-    human: impl FnOnce() -> String,
-) -> anyhow::Result<()> {
+fn emit<T: Serialize>(out: Output, value: &T, human: impl FnOnce() -> String) -> anyhow::Result<()> {
     if out.json {
         println!("{}", serde_json::to_string_pretty(value)?);
     } else {
@@ -339,8 +266,7 @@ fn emit_created(out: Output, created: &CreatedKey, headline: &str) -> anyhow::Re
 
 fn table<const N: usize>(header: [&str; N]) -> Table {
     let mut t = Table::new();
-    t.load_preset(UTF8_FULL_CONDENSED)
-        .set_content_arrangement(ContentArrangement::Dynamic);
+    t.load_preset(UTF8_FULL_CONDENSED).set_content_arrangement(ContentArrangement::Dynamic);
     if header.iter().any(|h| !h.is_empty()) {
         t.set_header(header);
     }
@@ -348,17 +274,7 @@ fn table<const N: usize>(header: [&str; N]) -> Table {
 }
 
 fn key_table(keys: &[ApiKeyRecord]) -> Table {
-    let mut t = table([
-        "id",
-        "org",
-        "name",
-        "prefix",
-        "env",
-        "scopes",
-        "status",
-        "expires",
-        "last used",
-    ]);
+    let mut t = table(["id", "org", "name", "prefix", "env", "scopes", "status", "expires", "last used"]);
     for k in keys {
         t.add_row([
             k.id.clone(),
@@ -368,10 +284,8 @@ fn key_table(keys: &[ApiKeyRecord]) -> Table {
             k.environment.to_string(),
             Scope::join(&k.scopes),
             k.status.as_str().to_string(),
-            k.expires_at
-                .map_or("never".into(), |e| e.format("%Y-%m-%d %H:%M").to_string()),
-            k.last_used_at
-                .map_or("-".into(), |e| e.format("%Y-%m-%d %H:%M").to_string()),
+            k.expires_at.map_or("never".into(), |e| e.format("%Y-%m-%d %H:%M").to_string()),
+            k.last_used_at.map_or("-".into(), |e| e.format("%Y-%m-%d %H:%M").to_string()),
         ]);
     }
     t
@@ -381,9 +295,7 @@ fn key_table(keys: &[ApiKeyRecord]) -> Table {
 pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
     let s = s.trim();
     let (digits, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| anyhow::anyhow!("invalid duration `{s}` (try 30m, 24h or 7d)"))?;
+    let n: u64 = digits.parse().map_err(|_| anyhow::anyhow!("invalid duration `{s}` (try 30m, 24h or 7d)"))?;
     let secs = match unit {
         "" | "s" => n,
         "m" => n * 60,

@@ -76,9 +76,7 @@ pub struct OpenAiAnswerer {
 
 impl OpenAiAnswerer {
     pub fn new(config: &ProviderConfig) -> anyhow::Result<OpenAiAnswerer> {
-        Ok(OpenAiAnswerer {
-            client: OpenAiClient::new(config, "gpt-4o-mini")?,
-        })
+        Ok(OpenAiAnswerer { client: OpenAiClient::new(config, "gpt-4o-mini")? })
     }
 }
 
@@ -111,12 +109,8 @@ struct ChatUsage {
 #[async_trait]
 impl Answerer for OpenAiAnswerer {
     async fn answer(&self, question: &str, memories: &[&str]) -> Result<Answer, ProviderError> {
-        let context = memories
-            .iter()
-            .enumerate()
-            .map(|(i, m)| format!("[{}] {}", i + 1, m))
-            .collect::<Vec<_>>()
-            .join("\n");
+        let context =
+            memories.iter().enumerate().map(|(i, m)| format!("[{}] {}", i + 1, m)).collect::<Vec<_>>().join("\n");
         let body = json!({
             "model": self.client.model,
             "temperature": 0,
@@ -153,18 +147,12 @@ mod tests {
         let a = ExtractiveAnswerer
             .answer(
                 "Where does Alice work?",
-                &[
-                    "Alice enjoys chess. Alice works at Acme Robotics in Berlin.",
-                    "Bob works from home.",
-                ],
+                &["Alice enjoys chess. Alice works at Acme Robotics in Berlin.", "Bob works from home."],
             )
             .await
             .unwrap();
         assert_eq!(a.text, "Alice works at Acme Robotics in Berlin.");
-        let none = ExtractiveAnswerer
-            .answer("quantum chromodynamics?", &["Bob likes tea."])
-            .await
-            .unwrap();
+        let none = ExtractiveAnswerer.answer("quantum chromodynamics?", &["Bob likes tea."]).await.unwrap();
         assert_eq!(none.text, NO_ANSWER);
     }
 }

@@ -119,9 +119,7 @@ pub struct OpenAiEmbedder {
 
 impl OpenAiEmbedder {
     pub fn new(config: &ProviderConfig) -> anyhow::Result<OpenAiEmbedder> {
-        Ok(OpenAiEmbedder {
-            client: OpenAiClient::new(config, "text-embedding-3-small")?,
-        })
+        Ok(OpenAiEmbedder { client: OpenAiClient::new(config, "text-embedding-3-small")? })
     }
 }
 
@@ -142,17 +140,10 @@ impl Embedder for OpenAiEmbedder {
     async fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, ProviderError> {
         let body: EmbeddingResponse = self
             .client
-            .post(
-                "embeddings",
-                &json!({ "model": self.client.model, "input": texts, "dimensions": DIMENSIONS }),
-            )
+            .post("embeddings", &json!({ "model": self.client.model, "input": texts, "dimensions": DIMENSIONS }))
             .await?;
         if body.data.len() != texts.len() {
-            return Err(ProviderError(format!(
-                "asked for {} embeddings, got {}",
-                texts.len(),
-                body.data.len()
-            )));
+            return Err(ProviderError(format!("asked for {} embeddings, got {}", texts.len(), body.data.len())));
         }
         let mut items = body.data;
         items.sort_by_key(|i| i.index.unwrap_or(0));
@@ -217,11 +208,6 @@ mod tests {
         let q = LocalEmbedder::embed_one("what does the user like to drink?");
         let tea = LocalEmbedder::embed_one("User likes drinking green tea in the morning");
         let car = LocalEmbedder::embed_one("The car was parked at the airport garage");
-        assert!(
-            dot(&q, &tea) > dot(&q, &car) + 0.2,
-            "{} vs {}",
-            dot(&q, &tea),
-            dot(&q, &car)
-        );
+        assert!(dot(&q, &tea) > dot(&q, &car) + 0.2, "{} vs {}", dot(&q, &tea), dot(&q, &car));
     }
 }

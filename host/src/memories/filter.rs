@@ -26,9 +26,8 @@ impl MetadataFilter {
     pub fn from_json(filters: &Map<String, Value>) -> Result<MetadataFilter, FilterError> {
         let mut pairs = Vec::new();
         for (k, v) in filters {
-            let text = scalar_text(v).ok_or_else(|| {
-                FilterError(format!("filters.{k} must be a string, number or boolean"))
-            })?;
+            let text = scalar_text(v)
+                .ok_or_else(|| FilterError(format!("filters.{k} must be a string, number or boolean")))?;
             pairs.push((k.clone(), text));
         }
         MetadataFilter::checked(pairs)
@@ -38,15 +37,10 @@ impl MetadataFilter {
     /// backslashes or control characters (they would need escaping in a JSON path).
     pub fn checked(pairs: Vec<(String, String)>) -> Result<MetadataFilter, FilterError> {
         if pairs.len() > MAX_FILTER_KEYS {
-            return Err(FilterError(format!(
-                "at most {MAX_FILTER_KEYS} metadata filters"
-            )));
+            return Err(FilterError(format!("at most {MAX_FILTER_KEYS} metadata filters")));
         }
         for (k, _) in &pairs {
-            if k.is_empty()
-                || k.len() > 128
-                || k.chars().any(|c| c == '"' || c == '\\' || c.is_control())
-            {
+            if k.is_empty() || k.len() > 128 || k.chars().any(|c| c == '"' || c == '\\' || c.is_control()) {
                 return Err(FilterError(format!(
                     "invalid metadata filter key `{}`: 1 to 128 characters, no quotes or backslashes",
                     k.chars().take(128).collect::<String>()
@@ -65,12 +59,7 @@ impl MetadataFilter {
     }
 
     pub fn matches(&self, metadata: &Map<String, Value>) -> bool {
-        self.pairs.iter().all(|(k, want)| {
-            metadata
-                .get(k)
-                .and_then(scalar_text)
-                .is_some_and(|got| &got == want)
-        })
+        self.pairs.iter().all(|(k, want)| metadata.get(k).and_then(scalar_text).is_some_and(|got| &got == want))
     }
 }
 

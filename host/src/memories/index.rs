@@ -77,13 +77,7 @@ impl OrgVectors {
     }
 
     /// The `k` best (id, score) at or above `threshold`, best first.
-    pub fn search(
-        &self,
-        query: &[f32],
-        k: usize,
-        threshold: f32,
-        filter: &MetadataFilter,
-    ) -> Vec<(Uuid, f32)> {
+    pub fn search(&self, query: &[f32], k: usize, threshold: f32, filter: &MetadataFilter) -> Vec<(Uuid, f32)> {
         let mut hits: Vec<(f32, u32)> = Vec::new();
         for (i, v) in self.vectors.chunks_exact(DIMENSIONS).enumerate() {
             let score = dot(query, v).clamp(0.0, 1.0);
@@ -98,9 +92,7 @@ impl OrgVectors {
         }
         hits.sort_by(by_score);
         hits.truncate(k);
-        hits.into_iter()
-            .map(|(s, i)| (self.ids[i as usize], s))
-            .collect()
+        hits.into_iter().map(|(s, i)| (self.ids[i as usize], s)).collect()
     }
 }
 
@@ -115,10 +107,7 @@ pub struct VectorIndex {
 impl VectorIndex {
     pub fn slot(&self, scope: &MemoryScope) -> Slot {
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        slots
-            .entry((scope.org_id.clone(), scope.environment.as_str()))
-            .or_default()
-            .clone()
+        slots.entry((scope.org_id.clone(), scope.environment.as_str())).or_default().clone()
     }
 }
 
@@ -128,22 +117,13 @@ mod tests {
     use crate::memories::embedding::LocalEmbedder;
 
     fn meta(pairs: &[(&str, &str)]) -> Arc<Map<String, Value>> {
-        Arc::new(
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
-                .collect(),
-        )
+        Arc::new(pairs.iter().map(|(k, v)| (k.to_string(), Value::String(v.to_string()))).collect())
     }
 
     #[test]
     fn upsert_remove_search() {
         let mut idx = OrgVectors::default();
-        let texts = [
-            "green tea in the morning",
-            "parking at the airport",
-            "tea ceremony in Kyoto",
-        ];
+        let texts = ["green tea in the morning", "parking at the airport", "tea ceremony in Kyoto"];
         let ids: Vec<Uuid> = texts.iter().map(|_| Uuid::now_v7()).collect();
         for (id, t) in ids.iter().zip(texts) {
             idx.upsert(
@@ -167,12 +147,7 @@ mod tests {
         // the moved row is still addressable
         idx.upsert(ids[2], &LocalEmbedder::embed_one("airport"), meta(&[]));
         assert_eq!(idx.len(), 2);
-        let hits = idx.search(
-            &LocalEmbedder::embed_one("airport"),
-            1,
-            0.0,
-            &MetadataFilter::default(),
-        );
+        let hits = idx.search(&LocalEmbedder::embed_one("airport"), 1, 0.0, &MetadataFilter::default());
         assert!(hits[0].1 > 0.99);
     }
 }

@@ -47,10 +47,7 @@ pub struct MemoryScope {
 
 impl From<&Principal> for MemoryScope {
     fn from(p: &Principal) -> Self {
-        MemoryScope {
-            org_id: p.org_id.clone(),
-            environment: p.environment,
-        }
+        MemoryScope { org_id: p.org_id.clone(), environment: p.environment }
     }
 }
 
@@ -153,10 +150,7 @@ pub enum MemoryError {
     NotFound(String),
     /// Bad input; `field` names what was wrong.
     #[error("{message}")]
-    Invalid {
-        field: &'static str,
-        message: String,
-    },
+    Invalid { field: &'static str, message: String },
     #[error(transparent)]
     Provider(#[from] ProviderError),
     #[error(transparent)]
@@ -164,10 +158,7 @@ pub enum MemoryError {
 }
 
 fn invalid(field: &'static str, message: impl Into<String>) -> MemoryError {
-    MemoryError::Invalid {
-        field,
-        message: message.into(),
-    }
+    MemoryError::Invalid { field, message: message.into() }
 }
 
 #[derive(Clone)]
@@ -180,17 +171,8 @@ pub struct MemoryService {
 }
 
 impl MemoryService {
-    pub fn new(
-        db: Database,
-        embedder: Arc<dyn Embedder>,
-        answerer: Arc<dyn Answerer>,
-    ) -> MemoryService {
-        MemoryService {
-            db,
-            embedder,
-            answerer,
-            index: Default::default(),
-        }
+    pub fn new(db: Database, embedder: Arc<dyn Embedder>, answerer: Arc<dyn Answerer>) -> MemoryService {
+        MemoryService { db, embedder, answerer, index: Default::default() }
     }
 
     pub async fn create(
@@ -206,13 +188,7 @@ impl MemoryService {
         validate_metadata(&metadata)?;
         let embedding = self.embed(&text, usage).await?;
         let now = crate::auth::now();
-        let memory = Memory {
-            id: Uuid::now_v7(),
-            text,
-            metadata,
-            created_at: now,
-            updated_at: now,
-        };
+        let memory = Memory { id: Uuid::now_v7(), text, metadata, created_at: now, updated_at: now };
         repo::insert(&self.db, scope, &memory, &embedding, actor).await?;
         if matches!(self.db, Database::Sqlite(_)) {
             let slot = self.index.slot(scope);
@@ -225,16 +201,9 @@ impl MemoryService {
         Ok(memory)
     }
 
-    pub async fn get(
-        &self,
-        scope: &MemoryScope,
-        id: &str,
-        usage: &RequestUsage,
-    ) -> Result<Memory, MemoryError> {
+    pub async fn get(&self, scope: &MemoryScope, id: &str, usage: &RequestUsage) -> Result<Memory, MemoryError> {
         let uuid = parse_id(id)?;
-        let memory = repo::get(&self.db, scope, uuid)
-            .await?
-            .ok_or_else(|| MemoryError::NotFound(id.to_string()))?;
+        let memory = repo::get(&self.db, scope, uuid).await?.ok_or_else(|| MemoryError::NotFound(id.to_string()))?;
         usage.add_memories(1);
         Ok(memory)
     }
@@ -269,17 +238,10 @@ impl MemoryService {
             Some(s) => Some(s.write().await),
             None => None,
         };
-        let (_, new) = repo::update(
-            &self.db,
-            scope,
-            uuid,
-            text.as_deref(),
-            metadata.as_ref(),
-            embedding.as_deref(),
-            actor,
-        )
-        .await?
-        .ok_or_else(|| MemoryError::NotFound(id.to_string()))?;
+        let (_, new) =
+            repo::update(&self.db, scope, uuid, text.as_deref(), metadata.as_ref(), embedding.as_deref(), actor)
+                .await?
+                .ok_or_else(|| MemoryError::NotFound(id.to_string()))?;
         if let Some(vectors) = guard.as_mut().and_then(|g| g.as_mut()) {
             let metadata = Arc::new(new.metadata.clone());
             match &embedding {
@@ -304,9 +266,7 @@ impl MemoryService {
             Some(s) => Some(s.write().await),
             None => None,
         };
-        repo::delete(&self.db, scope, uuid, actor)
-            .await?
-            .ok_or_else(|| MemoryError::NotFound(id.to_string()))?;
+        repo::delete(&self.db, scope, uuid, actor).await?.ok_or_else(|| MemoryError::NotFound(id.to_string()))?;
         if let Some(vectors) = guard.as_mut().and_then(|g| g.as_mut()) {
             vectors.remove(uuid);
         }
@@ -324,26 +284,15 @@ impl MemoryService {
     ) -> Result<MemoryPage, MemoryError> {
         let limit = limit.unwrap_or(DEFAULT_PAGE);
         if !(1..=MAX_PAGE).contains(&limit) {
-            return Err(invalid(
-                "limit",
-                format!("limit must be between 1 and {MAX_PAGE}"),
-            ));
+            return Err(invalid("limit", format!("limit must be between 1 and {MAX_PAGE}")));
         }
         let before = cursor.map(decode_cursor).transpose()?;
         let mut memories = repo::list(&self.db, scope, limit + 1, before, filter).await?;
         let has_more = memories.len() > limit as usize;
         memories.truncate(limit as usize);
-        let next_cursor = if has_more {
-            memories.last().map(|m| encode_cursor(m.id))
-        } else {
-            None
-        };
+        let next_cursor = if has_more { memories.last().map(|m| encode_cursor(m.id)) } else { None };
         usage.add_memories(memories.len() as u64);
-        Ok(MemoryPage {
-            memories,
-            next_cursor,
-            has_more,
-        })
+        Ok(MemoryPage { memories, next_cursor, has_more })
     }
 
     pub async fn delete_all(
@@ -364,11 +313,7 @@ impl MemoryService {
         Ok(n)
     }
 
-    pub async fn history(
-        &self,
-        scope: &MemoryScope,
-        id: &str,
-    ) -> Result<Vec<MemoryEvent>, MemoryError> {
+    pub async fn history(&self, scope: &MemoryScope, id: &str) -> Result<Vec<MemoryEvent>, MemoryError> {
         let uuid = parse_id(id)?;
         let events = repo::history(&self.db, scope, uuid).await?;
         if events.is_empty() {
@@ -387,37 +332,22 @@ impl MemoryService {
         if params.query.trim().is_empty() {
             return Err(invalid("query", "the query text must not be empty"));
         }
-        validate_text(&params.query).map_err(|_| {
-            invalid(
-                "query",
-                format!("the query must be at most {MAX_TEXT_BYTES} bytes"),
-            )
-        })?;
+        validate_text(&params.query)
+            .map_err(|_| invalid("query", format!("the query must be at most {MAX_TEXT_BYTES} bytes")))?;
         if !(1..=MAX_RESULTS).contains(&params.max_memories) {
-            return Err(invalid(
-                "max_memories",
-                format!("max_memories must be between 1 and {MAX_RESULTS}"),
-            ));
+            return Err(invalid("max_memories", format!("max_memories must be between 1 and {MAX_RESULTS}")));
         }
         if !(0.0..=1.0).contains(&params.relevance_threshold) {
-            return Err(invalid(
-                "relevance_threshold",
-                "relevance_threshold must be between 0 and 1",
-            ));
+            return Err(invalid("relevance_threshold", "relevance_threshold must be between 0 and 1"));
         }
         let query = self.embed(&params.query, usage).await?;
         let results = match &self.db {
-            Database::Postgres(pool) => {
-                repo::search_pg(pool, scope, &query, params.max_memories, &params.filter)
-                    .await?
-                    .into_iter()
-                    .map(|(memory, score)| ScoredMemory {
-                        memory,
-                        score: score.clamp(0.0, 1.0),
-                    })
-                    .filter(|m| m.score >= params.relevance_threshold)
-                    .collect::<Vec<_>>()
-            }
+            Database::Postgres(pool) => repo::search_pg(pool, scope, &query, params.max_memories, &params.filter)
+                .await?
+                .into_iter()
+                .map(|(memory, score)| ScoredMemory { memory, score: score.clamp(0.0, 1.0) })
+                .filter(|m| m.score >= params.relevance_threshold)
+                .collect::<Vec<_>>(),
             Database::Sqlite(db) => {
                 let hits = self.search_index(scope, &db.read, query, params).await?;
                 let ids: Vec<Uuid> = hits.iter().map(|h| h.0).collect();
@@ -425,10 +355,7 @@ impl MemoryService {
                 hits.into_iter()
                     .filter_map(|(id, score)| {
                         let i = rows.iter().position(|m| m.id == id)?;
-                        Some(ScoredMemory {
-                            memory: rows.swap_remove(i),
-                            score,
-                        })
+                        Some(ScoredMemory { memory: rows.swap_remove(i), score })
                     })
                     .collect()
             }
@@ -456,21 +383,13 @@ impl MemoryService {
             }
             guard = write.downgrade();
         }
-        let (k, threshold, filter) = (
-            params.max_memories as usize,
-            params.relevance_threshold,
-            params.filter.clone(),
-        );
+        let (k, threshold, filter) = (params.max_memories as usize, params.relevance_threshold, params.filter.clone());
         // The scan is CPU work: keep it off the async worker threads.
         tokio::task::spawn_blocking(move || {
-            guard
-                .as_ref()
-                .map_or_else(Vec::new, |v| v.search(&query, k, threshold, &filter))
+            guard.as_ref().map_or_else(Vec::new, |v| v.search(&query, k, threshold, &filter))
         })
         .await
-        .map_err(|e| {
-            MemoryError::Database(sqlx::Error::Protocol(format!("search task failed: {e}")))
-        })
+        .map_err(|e| MemoryError::Database(sqlx::Error::Protocol(format!("search task failed: {e}"))))
     }
 
     /// Retrieves memories for `question` and answers from them.
@@ -486,14 +405,12 @@ impl MemoryService {
         if self.answerer.is_remote() {
             usage.add_model_call();
         }
-        usage.add_tokens(answer.tokens.unwrap_or_else(|| {
-            estimate_tokens(&answer.text) + texts.iter().map(|t| estimate_tokens(t)).sum::<u64>()
-        }));
-        Ok(AnswerResult {
-            answer: answer.text,
-            model: answer.model,
-            memories,
-        })
+        usage.add_tokens(
+            answer.tokens.unwrap_or_else(|| {
+                estimate_tokens(&answer.text) + texts.iter().map(|t| estimate_tokens(t)).sum::<u64>()
+            }),
+        );
+        Ok(AnswerResult { answer: answer.text, model: answer.model, memories })
     }
 
     async fn embed(&self, text: &str, usage: &RequestUsage) -> Result<Vec<f32>, MemoryError> {
@@ -502,9 +419,7 @@ impl MemoryService {
         if self.embedder.is_remote() {
             usage.add_model_call();
         }
-        vectors
-            .pop()
-            .ok_or_else(|| ProviderError("no embedding returned".into()).into())
+        vectors.pop().ok_or_else(|| ProviderError("no embedding returned".into()).into())
     }
 }
 
@@ -513,21 +428,13 @@ fn validate_text(text: &str) -> Result<(), MemoryError> {
         return Err(invalid("text", "text must not be empty"));
     }
     if text.len() > MAX_TEXT_BYTES {
-        return Err(invalid(
-            "text",
-            format!(
-                "text must be at most {MAX_TEXT_BYTES} bytes (got {})",
-                text.len()
-            ),
-        ));
+        return Err(invalid("text", format!("text must be at most {MAX_TEXT_BYTES} bytes (got {})", text.len())));
     }
     Ok(())
 }
 
 fn validate_metadata(metadata: &Map<String, Value>) -> Result<(), MemoryError> {
-    let size = serde_json::to_vec(metadata)
-        .map(|v| v.len())
-        .unwrap_or(usize::MAX);
+    let size = serde_json::to_vec(metadata).map(|v| v.len()).unwrap_or(usize::MAX);
     if size > MAX_METADATA_BYTES {
         return Err(invalid(
             "metadata",

@@ -37,14 +37,7 @@ pub async fn insert(
     embedding: &[f32],
     actor: &Actor,
 ) -> sqlx::Result<()> {
-    let change = Change {
-        kind: EventKind::Add,
-        memory_id: m.id,
-        old: None,
-        new: Some(m),
-        actor,
-        at: m.created_at,
-    };
+    let change = Change { kind: EventKind::Add, memory_id: m.id, old: None, new: Some(m), actor, at: m.created_at };
     match db {
         Database::Sqlite(s) => {
             let mut tx = s.write.begin().await?;
@@ -111,17 +104,15 @@ async fn get_sqlite<'e, E: sqlx::Executor<'e, Database = Sqlite>>(
     scope: &MemoryScope,
     id: Uuid,
 ) -> sqlx::Result<Option<Memory>> {
-    sqlx::query(safe(format!(
-        "SELECT {COLUMNS} FROM memories WHERE org_id = ? AND environment = ? AND id = ?"
-    )))
-    .bind(&scope.org_id)
-    .bind(scope.environment.as_str())
-    .bind(id.to_string())
-    .fetch_optional(executor)
-    .await?
-    .as_ref()
-    .map(memory_sqlite)
-    .transpose()
+    sqlx::query(safe(format!("SELECT {COLUMNS} FROM memories WHERE org_id = ? AND environment = ? AND id = ?")))
+        .bind(&scope.org_id)
+        .bind(scope.environment.as_str())
+        .bind(id.to_string())
+        .fetch_optional(executor)
+        .await?
+        .as_ref()
+        .map(memory_sqlite)
+        .transpose()
 }
 
 /// Replaces text and/or metadata; returns (old, new), or `None` if absent.
@@ -162,14 +153,7 @@ pub async fn update(
             .bind(id.to_string())
             .execute(&mut *tx)
             .await?;
-            let change = Change {
-                kind: EventKind::Update,
-                memory_id: id,
-                old: Some(&old),
-                new: Some(&new),
-                actor,
-                at,
-            };
+            let change = Change { kind: EventKind::Update, memory_id: id, old: Some(&old), new: Some(&new), actor, at };
             history_sqlite(&mut tx, scope, &change).await?;
             tx.commit().await?;
             Ok(Some((old, new)))
@@ -201,14 +185,7 @@ pub async fn update(
             .bind(id)
             .execute(&mut *tx)
             .await?;
-            let change = Change {
-                kind: EventKind::Update,
-                memory_id: id,
-                old: Some(&old),
-                new: Some(&new),
-                actor,
-                at,
-            };
+            let change = Change { kind: EventKind::Update, memory_id: id, old: Some(&old), new: Some(&new), actor, at };
             history_pg(&mut tx, scope, &change).await?;
             tx.commit().await?;
             Ok(Some((old, new)))
@@ -217,12 +194,7 @@ pub async fn update(
 }
 
 /// Deletes one memory; returns it, or `None` if absent.
-pub async fn delete(
-    db: &Database,
-    scope: &MemoryScope,
-    id: Uuid,
-    actor: &Actor,
-) -> sqlx::Result<Option<Memory>> {
+pub async fn delete(db: &Database, scope: &MemoryScope, id: Uuid, actor: &Actor) -> sqlx::Result<Option<Memory>> {
     let at = crate::auth::now();
     match db {
         Database::Sqlite(s) => {
@@ -236,14 +208,7 @@ pub async fn delete(
                 .bind(id.to_string())
                 .execute(&mut *tx)
                 .await?;
-            let change = Change {
-                kind: EventKind::Delete,
-                memory_id: id,
-                old: Some(&old),
-                new: None,
-                actor,
-                at,
-            };
+            let change = Change { kind: EventKind::Delete, memory_id: id, old: Some(&old), new: None, actor, at };
             history_sqlite(&mut tx, scope, &change).await?;
             tx.commit().await?;
             Ok(Some(old))
@@ -261,14 +226,7 @@ pub async fn delete(
             let Some(old) = row.as_ref().map(memory_pg).transpose()? else {
                 return Ok(None);
             };
-            let change = Change {
-                kind: EventKind::Delete,
-                memory_id: id,
-                old: Some(&old),
-                new: None,
-                actor,
-                at,
-            };
+            let change = Change { kind: EventKind::Delete, memory_id: id, old: Some(&old), new: None, actor, at };
             history_pg(&mut tx, scope, &change).await?;
             tx.commit().await?;
             Ok(Some(old))
@@ -286,36 +244,23 @@ pub async fn list(
 ) -> sqlx::Result<Vec<Memory>> {
     match db {
         Database::Sqlite(s) => {
-            let mut sql =
-                format!("SELECT {COLUMNS} FROM memories WHERE org_id = ? AND environment = ?");
+            let mut sql = format!("SELECT {COLUMNS} FROM memories WHERE org_id = ? AND environment = ?");
             if before.is_some() {
                 sql.push_str(" AND id < ?");
             }
             sql.push_str(&sqlite_filter_sql(filter));
             sql.push_str(" ORDER BY id DESC LIMIT ?");
-            let mut q = sqlx::query(safe(sql))
-                .bind(&scope.org_id)
-                .bind(scope.environment.as_str());
+            let mut q = sqlx::query(safe(sql)).bind(&scope.org_id).bind(scope.environment.as_str());
             if let Some(b) = before {
                 q = q.bind(b.to_string());
             }
             for (k, v) in filter.pairs() {
-                q = q
-                    .bind(sqlite_path(k))
-                    .bind(sqlite_path(k))
-                    .bind(sqlite_path(k))
-                    .bind(v);
+                q = q.bind(sqlite_path(k)).bind(sqlite_path(k)).bind(sqlite_path(k)).bind(v);
             }
-            q.bind(limit as i64)
-                .fetch_all(&s.read)
-                .await?
-                .iter()
-                .map(memory_sqlite)
-                .collect()
+            q.bind(limit as i64).fetch_all(&s.read).await?.iter().map(memory_sqlite).collect()
         }
         Database::Postgres(p) => {
-            let mut sql =
-                format!("SELECT {COLUMNS} FROM memories WHERE org_id = $1 AND environment = $2");
+            let mut sql = format!("SELECT {COLUMNS} FROM memories WHERE org_id = $1 AND environment = $2");
             let mut n = 2;
             if before.is_some() {
                 n += 1;
@@ -323,9 +268,7 @@ pub async fn list(
             }
             sql.push_str(&pg_filter_sql(filter, &mut n));
             sql.push_str(&format!(" ORDER BY id DESC LIMIT ${}", n + 1));
-            let mut q = sqlx::query(safe(sql))
-                .bind(&scope.org_id)
-                .bind(scope.environment.as_str());
+            let mut q = sqlx::query(safe(sql)).bind(&scope.org_id).bind(scope.environment.as_str());
             if let Some(b) = before {
                 q = q.bind(b);
             }
@@ -352,20 +295,12 @@ pub async fn delete_all(
     match db {
         Database::Sqlite(s) => {
             let mut tx = s.write.begin().await?;
-            let cond = format!(
-                "org_id = ? AND environment = ?{}",
-                sqlite_filter_sql(filter)
-            );
+            let cond = format!("org_id = ? AND environment = ?{}", sqlite_filter_sql(filter));
             let select_sql = format!("SELECT id FROM memories WHERE {cond}");
-            let mut q = sqlx::query_scalar::<_, String>(safe(select_sql))
-                .bind(&scope.org_id)
-                .bind(scope.environment.as_str());
+            let mut q =
+                sqlx::query_scalar::<_, String>(safe(select_sql)).bind(&scope.org_id).bind(scope.environment.as_str());
             for (k, v) in filter.pairs() {
-                q = q
-                    .bind(sqlite_path(k))
-                    .bind(sqlite_path(k))
-                    .bind(sqlite_path(k))
-                    .bind(v);
+                q = q.bind(sqlite_path(k)).bind(sqlite_path(k)).bind(sqlite_path(k)).bind(v);
             }
             let ids = q.fetch_all(&mut *tx).await?;
             for id in &ids {
@@ -383,15 +318,9 @@ pub async fn delete_all(
                 .await?;
             }
             let delete_sql = format!("DELETE FROM memories WHERE {cond}");
-            let mut q = sqlx::query(safe(delete_sql))
-                .bind(&scope.org_id)
-                .bind(scope.environment.as_str());
+            let mut q = sqlx::query(safe(delete_sql)).bind(&scope.org_id).bind(scope.environment.as_str());
             for (k, v) in filter.pairs() {
-                q = q
-                    .bind(sqlite_path(k))
-                    .bind(sqlite_path(k))
-                    .bind(sqlite_path(k))
-                    .bind(v);
+                q = q.bind(sqlite_path(k)).bind(sqlite_path(k)).bind(sqlite_path(k)).bind(v);
             }
             let n = q.execute(&mut *tx).await?.rows_affected();
             tx.commit().await?;
@@ -399,10 +328,7 @@ pub async fn delete_all(
         }
         Database::Postgres(p) => {
             let mut n = 5;
-            let cond = format!(
-                "org_id = $4 AND environment = $5{}",
-                pg_filter_sql(filter, &mut n)
-            );
+            let cond = format!("org_id = $4 AND environment = $5{}", pg_filter_sql(filter, &mut n));
             let sql = format!(
                 "WITH gone AS (DELETE FROM memories WHERE {cond} RETURNING id, org_id, environment, text, metadata) \
                  INSERT INTO memory_history (id, memory_id, org_id, environment, event, old_text, old_metadata, \
@@ -426,11 +352,7 @@ pub async fn delete_all(
     }
 }
 
-pub async fn history(
-    db: &Database,
-    scope: &MemoryScope,
-    memory_id: Uuid,
-) -> sqlx::Result<Vec<MemoryEvent>> {
+pub async fn history(db: &Database, scope: &MemoryScope, memory_id: Uuid) -> sqlx::Result<Vec<MemoryEvent>> {
     const COLS: &str = "id, memory_id, event, old_text, new_text, old_metadata, new_metadata, request_id, \
                         actor_key_id, created_at";
     match db {
@@ -481,12 +403,8 @@ pub async fn history(
                         event: EventKind::parse(r.try_get("event")?),
                         old_text: r.try_get("old_text")?,
                         new_text: r.try_get("new_text")?,
-                        old_metadata: r
-                            .try_get::<Option<Json<Map<String, Value>>>, _>("old_metadata")?
-                            .map(|j| j.0),
-                        new_metadata: r
-                            .try_get::<Option<Json<Map<String, Value>>>, _>("new_metadata")?
-                            .map(|j| j.0),
+                        old_metadata: r.try_get::<Option<Json<Map<String, Value>>>, _>("old_metadata")?.map(|j| j.0),
+                        new_metadata: r.try_get::<Option<Json<Map<String, Value>>>, _>("new_metadata")?.map(|j| j.0),
                         request_id: r.try_get("request_id")?,
                         actor_key_id: r.try_get("actor_key_id")?,
                         created_at: r.try_get("created_at")?,
@@ -498,21 +416,13 @@ pub async fn history(
 }
 
 /// Rows by id (any order) from SQLite, for the hits of the in-process index.
-pub async fn fetch_many_sqlite(
-    pool: &SqlitePool,
-    scope: &MemoryScope,
-    ids: &[Uuid],
-) -> sqlx::Result<Vec<Memory>> {
+pub async fn fetch_many_sqlite(pool: &SqlitePool, scope: &MemoryScope, ids: &[Uuid]) -> sqlx::Result<Vec<Memory>> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }
     let placeholders = vec!["?"; ids.len()].join(", ");
-    let sql = format!(
-        "SELECT {COLUMNS} FROM memories WHERE org_id = ? AND environment = ? AND id IN ({placeholders})"
-    );
-    let mut q = sqlx::query(safe(sql))
-        .bind(&scope.org_id)
-        .bind(scope.environment.as_str());
+    let sql = format!("SELECT {COLUMNS} FROM memories WHERE org_id = ? AND environment = ? AND id IN ({placeholders})");
+    let mut q = sqlx::query(safe(sql)).bind(&scope.org_id).bind(scope.environment.as_str());
     for id in ids {
         q = q.bind(id.to_string());
     }
@@ -520,18 +430,13 @@ pub async fn fetch_many_sqlite(
 }
 
 /// Loads every vector of a scope into an in-process index.
-pub async fn load_vectors_sqlite(
-    pool: &SqlitePool,
-    scope: &MemoryScope,
-) -> sqlx::Result<OrgVectors> {
+pub async fn load_vectors_sqlite(pool: &SqlitePool, scope: &MemoryScope) -> sqlx::Result<OrgVectors> {
     use futures_util::TryStreamExt;
     let mut index = OrgVectors::default();
-    let mut rows = sqlx::query(
-        "SELECT id, metadata, embedding FROM memories WHERE org_id = ? AND environment = ?",
-    )
-    .bind(&scope.org_id)
-    .bind(scope.environment.as_str())
-    .fetch(pool);
+    let mut rows = sqlx::query("SELECT id, metadata, embedding FROM memories WHERE org_id = ? AND environment = ?")
+        .bind(&scope.org_id)
+        .bind(scope.environment.as_str())
+        .fetch(pool);
     while let Some(r) = rows.try_next().await? {
         let id = parse_uuid(r.try_get("id")?)?;
         let metadata = json_obj(r.try_get("metadata")?)?;
@@ -556,10 +461,8 @@ pub async fn search_pg(
          WHERE org_id = $2 AND environment = $3{filter_sql} ORDER BY embedding <=> $1::vector LIMIT ${}",
         n + 1
     );
-    let mut q = sqlx::query(safe(sql))
-        .bind(vector_text(embedding))
-        .bind(&scope.org_id)
-        .bind(scope.environment.as_str());
+    let mut q =
+        sqlx::query(safe(sql)).bind(vector_text(embedding)).bind(&scope.org_id).bind(scope.environment.as_str());
     for (key, v) in filter.pairs() {
         q = q.bind(key).bind(key).bind(v);
     }
@@ -567,17 +470,11 @@ pub async fn search_pg(
     // Search wider than k, and keep scanning past rows the filters reject
     // (pgvector ≥ 0.8 iterative scans), so filtered queries still fill k.
     let ef = (k * 2).clamp(40, 1000);
-    sqlx::query(safe(format!("SET LOCAL hnsw.ef_search = {ef}")))
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("SET LOCAL hnsw.iterative_scan = relaxed_order")
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query(safe(format!("SET LOCAL hnsw.ef_search = {ef}"))).execute(&mut *tx).await?;
+    sqlx::query("SET LOCAL hnsw.iterative_scan = relaxed_order").execute(&mut *tx).await?;
     let rows = q.bind(k as i64).fetch_all(&mut *tx).await?;
     tx.commit().await?;
-    rows.iter()
-        .map(|r| Ok((memory_pg(r)?, r.try_get::<f64, _>("score")? as f32)))
-        .collect()
+    rows.iter().map(|r| Ok((memory_pg(r)?, r.try_get::<f64, _>("score")? as f32))).collect()
 }
 
 async fn history_sqlite(
@@ -697,9 +594,7 @@ fn vector_blob(v: &[f32]) -> Vec<u8> {
 }
 
 fn blob_vector(b: &[u8]) -> Vec<f32> {
-    b.chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
+    b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
 }
 
 /// pgvector's text form: `[0.1,0.2,…]`.

@@ -1,12 +1,11 @@
 //! Text normalisation shared by the local embedder and the extractive answerer.
 
 const STOPWORDS: &[&str] = &[
-    "a", "about", "all", "also", "am", "an", "and", "any", "are", "as", "at", "be", "been", "but",
-    "by", "can", "could", "did", "do", "does", "for", "from", "had", "has", "have", "he", "her",
-    "hers", "him", "his", "how", "i", "if", "in", "into", "is", "it", "its", "just", "me", "my",
-    "no", "not", "of", "on", "or", "our", "she", "so", "some", "than", "that", "the", "their",
-    "them", "then", "there", "these", "they", "this", "to", "too", "us", "was", "we", "were",
-    "what", "when", "where", "which", "who", "whom", "why", "will", "with", "would", "you", "your",
+    "a", "about", "all", "also", "am", "an", "and", "any", "are", "as", "at", "be", "been", "but", "by", "can",
+    "could", "did", "do", "does", "for", "from", "had", "has", "have", "he", "her", "hers", "him", "his", "how", "i",
+    "if", "in", "into", "is", "it", "its", "just", "me", "my", "no", "not", "of", "on", "or", "our", "she", "so",
+    "some", "than", "that", "the", "their", "them", "then", "there", "these", "they", "this", "to", "too", "us", "was",
+    "we", "were", "what", "when", "where", "which", "who", "whom", "why", "will", "with", "would", "you", "your",
 ];
 
 /// Lower-cased, stop-word-free, lightly stemmed word tokens.
@@ -34,14 +33,9 @@ pub fn stem(word: &str) -> String {
 }
 
 fn strip_suffix(word: &str) -> String {
-    for (suffix, replacement, min_stem) in [
-        ("ies", "y", 2),
-        ("sses", "ss", 2),
-        ("ing", "", 3),
-        ("ed", "", 3),
-        ("es", "", 4),
-        ("s", "", 3),
-    ] {
+    for (suffix, replacement, min_stem) in
+        [("ies", "y", 2), ("sses", "ss", 2), ("ing", "", 3), ("ed", "", 3), ("es", "", 4), ("s", "", 3)]
+    {
         if let Some(stem) = word.strip_suffix(suffix)
             && stem.len() >= min_stem
             && !(suffix == "s" && stem.ends_with('s'))
@@ -50,8 +44,7 @@ fn strip_suffix(word: &str) -> String {
             // "stopped" -> "stopp" -> "stop"
             if (suffix == "ing" || suffix == "ed") && out.len() >= 2 {
                 let b = out.as_bytes();
-                if b[b.len() - 1] == b[b.len() - 2] && !matches!(b[b.len() - 1], b'l' | b's' | b'z')
-                {
+                if b[b.len() - 1] == b[b.len() - 2] && !matches!(b[b.len() - 1], b'l' | b's' | b'z') {
                     out.pop();
                 }
             }
@@ -67,8 +60,8 @@ pub fn sentences(text: &str) -> Vec<&str> {
     let mut start = 0;
     let bytes = text.as_bytes();
     for (i, &b) in bytes.iter().enumerate() {
-        let end_of_sentence = matches!(b, b'.' | b'!' | b'?' | b'\n')
-            && bytes.get(i + 1).is_none_or(|n| n.is_ascii_whitespace());
+        let end_of_sentence =
+            matches!(b, b'.' | b'!' | b'?' | b'\n') && bytes.get(i + 1).is_none_or(|n| n.is_ascii_whitespace());
         if end_of_sentence {
             let s = text[start..=i].trim();
             if !s.is_empty() {
@@ -97,21 +90,12 @@ mod tests {
         assert_eq!(stem("running"), "run");
         assert_eq!(stem("stopped"), "stop");
         assert_eq!(stem("glass"), "glass");
-        assert_eq!(
-            tokens("The user LIKES green tea!"),
-            vec!["user", "lik", "green", "tea"]
-        );
+        assert_eq!(tokens("The user LIKES green tea!"), vec!["user", "lik", "green", "tea"]);
     }
 
     #[test]
     fn sentences_split() {
-        assert_eq!(
-            sentences("One. Two!  Three?\nFour"),
-            vec!["One.", "Two!", "Three?", "Four"]
-        );
-        assert_eq!(
-            sentences("Version 1.5 is out."),
-            vec!["Version 1.5 is out."]
-        );
+        assert_eq!(sentences("One. Two!  Three?\nFour"), vec!["One.", "Two!", "Three?", "Four"]);
+        assert_eq!(sentences("Version 1.5 is out."), vec!["Version 1.5 is out."]);
     }
 }

@@ -13,9 +13,7 @@ use std::time::Duration;
 use anyhow::Context;
 use serde::Serialize;
 use sqlx::postgres::{PgPool, PgPoolOptions};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Postgres, Transaction};
 
 use crate::config::Config;
@@ -67,10 +65,9 @@ impl Database {
         }
 
         let path = match config.database_url.as_deref() {
-            Some(url) if url.starts_with("sqlite:") => PathBuf::from(
-                url.trim_start_matches("sqlite://")
-                    .trim_start_matches("sqlite:"),
-            ),
+            Some(url) if url.starts_with("sqlite:") => {
+                PathBuf::from(url.trim_start_matches("sqlite://").trim_start_matches("sqlite:"))
+            }
             Some(other) => anyhow::bail!(
                 "DATABASE_URL must start with postgres:// or sqlite: (got a URL with scheme `{}`)",
                 other.split(':').next().unwrap_or("")
@@ -78,8 +75,7 @@ impl Database {
             None => config.data_dir.join("memhost.db"),
         };
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent)
-                .with_context(|| format!("creating data directory {}", parent.display()))?;
+            std::fs::create_dir_all(parent).with_context(|| format!("creating data directory {}", parent.display()))?;
         }
         let options = SqliteConnectOptions::from_str("sqlite://")?
             .filename(&path)
@@ -93,17 +89,9 @@ impl Database {
             .connect_with(options.clone())
             .await
             .with_context(|| format!("opening SQLite database {}", path.display()))?;
-        sqlx::migrate!("../migrations/sqlite")
-            .run(&write)
-            .await
-            .context("applying SQLite migrations")?;
-        let readers = std::thread::available_parallelism()
-            .map_or(4, |n| n.get() * 2)
-            .max(4) as u32;
-        let read = SqlitePoolOptions::new()
-            .max_connections(readers)
-            .connect_with(options.read_only(true))
-            .await?;
+        sqlx::migrate!("../migrations/sqlite").run(&write).await.context("applying SQLite migrations")?;
+        let readers = std::thread::available_parallelism().map_or(4, |n| n.get() * 2).max(4) as u32;
+        let read = SqlitePoolOptions::new().max_connections(readers).connect_with(options.read_only(true)).await?;
         Ok(Database::Sqlite(SqliteDb { read, write, path }))
     }
 
@@ -116,17 +104,17 @@ impl Database {
 
     /// Opens a PostgreSQL transaction bound to one org: it runs as role
     /// `memhost_tenant` with `memhost.org_id` set, so row-level security
-    /// confines every statement in it to that org.
-    pub async fn tenant_tx(
-        pool: &PgPool,
-        org_id: &str,
-    ) -> sqlx::Result<Transaction<'static, Postgres>> {
-        let mut tx = pool.begin().await?;
-        sqlx::query("SELECT set_config('memhost.org_id', $1, true), set_config('role', 'memhost_tenant', true)")
-            .bind(org_id)
-            .execute(&mut *tx)
-            .await?;
-        Ok(tx)
+    /// confines every statement in it to that org. `BEGIN` and the settings
+    /// travel in one round trip (a simple query may hold several statements;
+    /// it cannot take parameters, hence the strict check on the org id).
+    pub async fn tenant_tx(pool: &PgPool, org_id: &str) -> sqlx::Result<Transaction<'static, Postgres>> {
+        if org_id.is_empty() || org_id.len() > 64 || !org_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return Err(sqlx::Error::Protocol(format!("refusing unexpected org id {org_id:?}")));
+        }
+        pool.begin_with(safe(format!(
+            "BEGIN; SELECT set_config('memhost.org_id', '{org_id}', true), set_config('role', 'memhost_tenant', true)"
+        )))
+        .await
     }
 
     /// A trivial query, for readiness.
@@ -141,18 +129,12 @@ impl Database {
         match self {
             Database::Sqlite(db) => {
                 let pool = &db.read;
-                let version: String = sqlx::query_scalar("SELECT sqlite_version()")
-                    .fetch_one(pool)
-                    .await?;
+                let version: String = sqlx::query_scalar("SELECT sqlite_version()").fetch_one(pool).await?;
                 Ok(DbInfo {
                     backend: "sqlite",
                     location: db.path.display().to_string(),
                     server_version: format!("SQLite {version}"),
-                    migrations_applied: count(
-                        pool,
-                        "SELECT COUNT(*) FROM _sqlx_migrations WHERE success",
-                    )
-                    .await?,
+                    migrations_applied: count(pool, "SELECT COUNT(*) FROM _sqlx_migrations WHERE success").await?,
                     orgs: count(pool, "SELECT COUNT(*) FROM orgs").await?,
                     api_keys: count(pool, "SELECT COUNT(*) FROM api_keys").await?,
                     memories: count(pool, "SELECT COUNT(*) FROM memories").await?,
@@ -161,27 +143,21 @@ impl Database {
                 })
             }
             Database::Postgres(pool) => {
-                let version: String = sqlx::query_scalar("SELECT version()")
-                    .fetch_one(pool)
-                    .await?;
-                let location: String =
-                    sqlx::query_scalar("SELECT current_database() || ' on ' || coalesce(inet_server_addr()::text, 'local socket')")
-                        .fetch_one(pool)
-                        .await?;
-                let vector: Option<String> = sqlx::query_scalar(
-                    "SELECT extversion FROM pg_extension WHERE extname = 'vector'",
+                let version: String = sqlx::query_scalar("SELECT version()").fetch_one(pool).await?;
+                let location: String = sqlx::query_scalar(
+                    "SELECT current_database() || ' on ' || coalesce(inet_server_addr()::text, 'local socket')",
                 )
-                .fetch_optional(pool)
+                .fetch_one(pool)
                 .await?;
+                let vector: Option<String> =
+                    sqlx::query_scalar("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
+                        .fetch_optional(pool)
+                        .await?;
                 Ok(DbInfo {
                     backend: "postgres",
                     location,
                     server_version: version.split(" on ").next().unwrap_or(&version).to_string(),
-                    migrations_applied: count_pg(
-                        pool,
-                        "SELECT COUNT(*) FROM _sqlx_migrations WHERE success",
-                    )
-                    .await?,
+                    migrations_applied: count_pg(pool, "SELECT COUNT(*) FROM _sqlx_migrations WHERE success").await?,
                     orgs: count_pg(pool, "SELECT COUNT(*) FROM orgs").await?,
                     api_keys: count_pg(pool, "SELECT COUNT(*) FROM api_keys").await?,
                     memories: count_pg(pool, "SELECT COUNT(*) FROM memories").await?,

@@ -35,7 +35,8 @@ pub struct CreateKeyRequest {
     pub environment: Option<Environment>,
     /// When the key stops working (RFC 3339).
     pub expires_at: Option<DateTime<Utc>>,
-    /// Alternatively, days from now until the key stops working.
+    /// Alternatively, days from now until the key stops working (1 to 3650).
+    #[schema(minimum = 1, maximum = 3650)]
     pub expires_in_days: Option<u32>,
 }
 
@@ -43,6 +44,7 @@ pub struct CreateKeyRequest {
 #[serde(deny_unknown_fields)]
 pub struct RotateKeyRequest {
     /// How long the old key keeps working, in seconds (default 86400, at most 30 days).
+    #[schema(maximum = 2592000)]
     pub grace_period_seconds: Option<u64>,
 }
 
@@ -52,25 +54,16 @@ pub const MAX_GRACE: Duration = Duration::from_secs(30 * 24 * 3600);
 /// The org, plan and calling key.
 #[utoipa::path(get, path = "/v1/account", tag = "account", security(("bearer" = [])),
     responses((status = 200, body = Envelope<Account>), (status = 401, body = ErrorEnvelope)))]
-pub async fn account(
-    State(state): State<AppState>,
-    auth: Auth,
-) -> Result<ApiOk<Account>, ApiError> {
+pub async fn account(State(state): State<AppState>, auth: Auth) -> Result<ApiOk<Account>, ApiError> {
     let org = state.auth.get_org(&auth.0.org_id).await?;
-    let api_key = state
-        .auth
-        .find_org_key(&auth.0.org_id, &auth.0.key_id)
-        .await?;
+    let api_key = state.auth.find_org_key(&auth.0.org_id, &auth.0.key_id).await?;
     Ok(ApiOk::ok(Account { org, api_key }))
 }
 
 /// The org's API keys (admin scope).
 #[utoipa::path(get, path = "/v1/account/api-keys", tag = "account", security(("bearer" = [])),
     responses((status = 200, body = Envelope<ApiKeyList>), (status = 403, body = ErrorEnvelope)))]
-pub async fn list_keys(
-    State(state): State<AppState>,
-    auth: Auth,
-) -> Result<ApiOk<ApiKeyList>, ApiError> {
+pub async fn list_keys(State(state): State<AppState>, auth: Auth) -> Result<ApiOk<ApiKeyList>, ApiError> {
     let principal = auth.require(Scope::Admin)?;
     let api_keys = state.auth.list_keys(Some(&principal.org_id)).await?;
     Ok(ApiOk::ok(ApiKeyList { api_keys }))
@@ -88,25 +81,17 @@ pub async fn create_key(
     let principal = auth.require(Scope::Admin)?;
     let environment = body.environment.unwrap_or(principal.environment);
     if principal.environment == Environment::Test && environment == Environment::Live {
-        return Err(ApiError::Forbidden(
-            "a test key cannot create live keys".into(),
-        ));
+        return Err(ApiError::Forbidden("a test key cannot create live keys".into()));
     }
     let expires_at = match (body.expires_at, body.expires_in_days) {
         (Some(_), Some(_)) => {
-            return Err(ApiError::invalid_field(
-                "expires_at",
-                "give expires_at or expires_in_days, not both",
-            ));
+            return Err(ApiError::invalid_field("expires_at", "give expires_at or expires_in_days, not both"));
         }
         (Some(t), None) => Some(t),
-        (None, Some(0)) => {
-            return Err(ApiError::invalid_field(
-                "expires_in_days",
-                "expires_in_days must be at least 1",
-            ));
+        (None, Some(days)) if !(1..=3650).contains(&days) => {
+            return Err(ApiError::invalid_field("expires_in_days", "expires_in_days must be from 1 to 3650"));
         }
-        (None, Some(days)) => Some(Utc::now() + chrono::Duration::days(days.min(3650) as i64)),
+        (None, Some(days)) => Some(Utc::now() + chrono::Duration::days(days as i64)),
         (None, None) => None,
     };
     let created = state
@@ -115,9 +100,7 @@ pub async fn create_key(
             org_id: principal.org_id.clone(),
             name: body.name,
             environment,
-            scopes: body
-                .scopes
-                .unwrap_or_else(|| vec![Scope::Read, Scope::Write]),
+            scopes: body.scopes.unwrap_or_else(|| vec![Scope::Read, Scope::Write]),
             expires_at,
         })
         .await?;
@@ -135,9 +118,7 @@ pub async fn revoke_key(
 ) -> Result<ApiOk<ApiKeyRecord>, ApiError> {
     let principal = auth.require(Scope::Admin)?;
     let key = state.auth.find_org_key(&principal.org_id, &key_id).await?;
-    Ok(ApiOk::ok(
-        state.auth.set_status(&key.id, KeyStatus::Revoked).await?,
-    ))
+    Ok(ApiOk::ok(state.auth.set_status(&key.id, KeyStatus::Revoked).await?))
 }
 
 /// Rotate an API key (admin scope): the new key works at once, the old one
@@ -153,14 +134,9 @@ pub async fn rotate_key(
 ) -> Result<ApiOk<CreatedKey>, ApiError> {
     let principal = auth.require(Scope::Admin)?;
     let key = state.auth.find_org_key(&principal.org_id, &key_id).await?;
-    let grace = body
-        .grace_period_seconds
-        .map_or(DEFAULT_GRACE, Duration::from_secs);
+    let grace = body.grace_period_seconds.map_or(DEFAULT_GRACE, Duration::from_secs);
     if grace > MAX_GRACE {
-        return Err(ApiError::invalid_field(
-            "grace_period_seconds",
-            "the grace period is at most 30 days (2592000 s)",
-        ));
+        return Err(ApiError::invalid_field("grace_period_seconds", "the grace period is at most 30 days (2592000 s)"));
     }
     Ok(ApiOk::created(state.auth.rotate(&key.id, grace).await?))
 }

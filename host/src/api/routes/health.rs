@@ -22,23 +22,13 @@ pub struct Ready {
 /// Liveness.
 #[utoipa::path(get, path = "/health", tag = "operations", responses((status = 200, body = Envelope<Health>)))]
 pub async fn health() -> ApiOk<Health> {
-    ApiOk::ok(Health {
-        status: "ok",
-        version: env!("CARGO_PKG_VERSION"),
-    })
+    ApiOk::ok(Health { status: "ok", version: env!("CARGO_PKG_VERSION") })
 }
 
 /// Readiness: the database answers.
 #[utoipa::path(get, path = "/ready", tag = "operations",
     responses((status = 200, body = Envelope<Ready>), (status = 503, body = ErrorEnvelope)))]
 pub async fn ready(State(state): State<AppState>) -> Result<ApiOk<Ready>, ApiError> {
-    state
-        .db
-        .ping()
-        .await
-        .map_err(|e| ApiError::NotReady(format!("database: {e}")))?;
-    Ok(ApiOk::ok(Ready {
-        status: "ready",
-        database: state.db.backend(),
-    }))
+    state.db.ping().await.map_err(|e| ApiError::NotReady(format!("database: {e}")))?;
+    Ok(ApiOk::ok(Ready { status: "ready", database: state.db.backend() }))
 }

@@ -19,7 +19,7 @@ use crate::memories::{Actor, Memory, MemoryEvent, MemoryPage, MemoryScope};
 #[serde(deny_unknown_fields)]
 pub struct CreateMemory {
     /// The memory, in natural language.
-    #[schema(example = "Alice prefers green tea in the morning.")]
+    #[schema(example = "Alice prefers green tea in the morning.", min_length = 1, max_length = 100000)]
     pub text: String,
     /// Any JSON object; filterable by top-level keys.
     #[schema(value_type = Option<Object>)]
@@ -29,6 +29,7 @@ pub struct CreateMemory {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateMemory {
+    #[schema(min_length = 1, max_length = 100000)]
     pub text: Option<String>,
     /// Replaces the whole metadata object.
     #[schema(value_type = Option<Object>)]
@@ -47,10 +48,7 @@ pub struct MemoryHistory {
 }
 
 fn actor(ctx: &Ctx, auth: &Auth) -> Actor {
-    Actor {
-        request_id: Some(ctx.0.request_id.clone()),
-        key_id: Some(auth.0.key_id.clone()),
-    }
+    Actor { request_id: Some(ctx.0.request_id.clone()), key_id: Some(auth.0.key_id.clone()) }
 }
 
 /// Create a memory.
@@ -64,16 +62,8 @@ pub async fn create(
     ApiJson(body): ApiJson<CreateMemory>,
 ) -> Result<ApiOk<Memory>, ApiError> {
     let principal = auth.require(Scope::Write)?;
-    let memory = state
-        .memories
-        .create(
-            &principal.into(),
-            body.text,
-            body.metadata,
-            &actor(&ctx, &auth),
-            &ctx.0.usage,
-        )
-        .await?;
+    let memory =
+        state.memories.create(&principal.into(), body.text, body.metadata, &actor(&ctx, &auth), &ctx.0.usage).await?;
     Ok(ApiOk::created(memory))
 }
 
@@ -88,12 +78,7 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> Result<ApiOk<Memory>, ApiError> {
     let principal = auth.require(Scope::Read)?;
-    Ok(ApiOk::ok(
-        state
-            .memories
-            .get(&principal.into(), &id, &ctx.0.usage)
-            .await?,
-    ))
+    Ok(ApiOk::ok(state.memories.get(&principal.into(), &id, &ctx.0.usage).await?))
 }
 
 /// Update a memory's text and/or metadata.
@@ -110,14 +95,7 @@ pub async fn update(
     let principal = auth.require(Scope::Write)?;
     let memory = state
         .memories
-        .update(
-            &principal.into(),
-            &id,
-            body.text,
-            body.metadata,
-            &actor(&ctx, &auth),
-            &ctx.0.usage,
-        )
+        .update(&principal.into(), &id, body.text, body.metadata, &actor(&ctx, &auth), &ctx.0.usage)
         .await?;
     Ok(ApiOk::ok(memory))
 }
@@ -133,10 +111,7 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> Result<ApiOk<Deleted>, ApiError> {
     let principal = auth.require(Scope::Delete)?;
-    state
-        .memories
-        .delete(&principal.into(), &id, &actor(&ctx, &auth), &ctx.0.usage)
-        .await?;
+    state.memories.delete(&principal.into(), &id, &actor(&ctx, &auth), &ctx.0.usage).await?;
     Ok(ApiOk::ok(Deleted { deleted: 1 }))
 }
 
@@ -151,16 +126,13 @@ pub async fn history(
 ) -> Result<ApiOk<MemoryHistory>, ApiError> {
     let principal = auth.require(Scope::Read)?;
     let events = state.memories.history(&principal.into(), &id).await?;
-    Ok(ApiOk::ok(MemoryHistory {
-        memory_id: id,
-        events,
-    }))
+    Ok(ApiOk::ok(MemoryHistory { memory_id: id, events }))
 }
 
 /// List memories, newest first, with cursor pagination and metadata filters.
 #[utoipa::path(get, path = "/v1/memories", tag = "memories", security(("bearer" = [])),
     params(
-        ("limit" = Option<u32>, Query, description = "1 to 100, default 20"),
+        ("limit" = Option<u32>, Query, description = "1 to 100, default 20", minimum = 1, maximum = 100),
         ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
         ("metadata.<key>" = Option<String>, Query, description = "only memories whose metadata `<key>` equals this value; repeatable with other keys"),
     ),
@@ -177,20 +149,12 @@ pub async fn list(
         .single
         .get("limit")
         .map(|l| {
-            l.parse::<u32>().map_err(|_| {
-                ApiError::invalid_field("limit", "limit must be a whole number from 1 to 100")
-            })
+            l.parse::<u32>().map_err(|_| ApiError::invalid_field("limit", "limit must be a whole number from 1 to 100"))
         })
         .transpose()?;
     let page = state
         .memories
-        .list(
-            &principal.into(),
-            limit,
-            query.single.get("cursor").map(String::as_str),
-            &query.filter,
-            &ctx.0.usage,
-        )
+        .list(&principal.into(), limit, query.single.get("cursor").map(String::as_str), &query.filter, &ctx.0.usage)
         .await?;
     Ok(ApiOk::ok(page))
 }
@@ -218,10 +182,7 @@ pub async fn delete_all(
         ));
     }
     let scope: MemoryScope = principal.into();
-    let deleted = state
-        .memories
-        .delete_all(&scope, &query.filter, &actor(&ctx, &auth))
-        .await?;
+    let deleted = state.memories.delete_all(&scope, &query.filter, &actor(&ctx, &auth)).await?;
     ctx.0.usage.add_memories(deleted);
     Ok(ApiOk(StatusCode::OK, Deleted { deleted }))
 }
@@ -242,23 +203,16 @@ impl ListQuery {
                 pairs.push((key.to_string(), v));
             } else if known.contains(&k.as_str()) {
                 if single.insert(k.clone(), v).is_some() {
-                    return Err(ApiError::invalid_field(
-                        k.clone(),
-                        format!("`{k}` given more than once"),
-                    ));
+                    return Err(ApiError::invalid_field(k.clone(), format!("`{k}` given more than once")));
                 }
             } else {
                 return Err(ApiError::invalid_field(
                     k.clone(),
-                    format!(
-                        "unknown query parameter `{k}` (expected {}, or metadata.<key>)",
-                        known.join(", ")
-                    ),
+                    format!("unknown query parameter `{k}` (expected {}, or metadata.<key>)", known.join(", ")),
                 ));
             }
         }
-        let filter =
-            MetadataFilter::checked(pairs).map_err(|e| ApiError::invalid_field("metadata", e.0))?;
+        let filter = MetadataFilter::checked(pairs).map_err(|e| ApiError::invalid_field("metadata", e.0))?;
         Ok(ListQuery { single, filter })
     }
 }

@@ -10,32 +10,40 @@ use crate::api::error::ApiError;
 use crate::api::extract::{ApiJson, Auth};
 use crate::auth::Scope;
 use crate::memories::filter::MetadataFilter;
-use crate::memories::{
-    AnswerResult, DEFAULT_RESULTS, DEFAULT_THRESHOLD, ScoredMemory, SearchParams,
-};
+use crate::memories::{AnswerResult, DEFAULT_RESULTS, DEFAULT_THRESHOLD, ScoredMemory, SearchParams};
 
 /// A retrieval request. `context` (or its alias `query`) is the text to match.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetrievalRequest {
     #[serde(alias = "query")]
-    #[schema(example = "What does Alice drink in the morning?")]
+    #[schema(example = "What does Alice drink in the morning?", min_length = 1, max_length = 100000)]
     pub context: String,
     /// 1 to 100, default 10.
+    #[schema(minimum = 1, maximum = 100)]
     pub max_memories: Option<u32>,
     /// 0 to 1, default 0.05: memories scoring below are left out.
+    #[schema(minimum = 0.0, maximum = 1.0)]
     pub relevance_threshold: Option<f32>,
     /// Exact matches on top-level metadata keys (string, number or boolean values).
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<std::collections::HashMap<String, FilterValue>>)]
     pub filters: Option<Map<String, Value>>,
+}
+
+/// A filter value, for the OpenAPI description only: filters are parsed from
+/// JSON by [`MetadataFilter::from_json`], which names a bad value's key.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub enum FilterValue {
+    Text(String),
+    Number(f64),
+    Boolean(bool),
 }
 
 impl RetrievalRequest {
     fn params(self) -> Result<SearchParams, ApiError> {
         let filter = match &self.filters {
-            Some(f) => {
-                MetadataFilter::from_json(f).map_err(|e| ApiError::invalid_field("filters", e.0))?
-            }
+            Some(f) => MetadataFilter::from_json(f).map_err(|e| ApiError::invalid_field("filters", e.0))?,
             None => MetadataFilter::default(),
         };
         Ok(SearchParams {
@@ -72,10 +80,7 @@ pub async fn retrieve(
     ApiJson(body): ApiJson<RetrievalRequest>,
 ) -> Result<ApiOk<RetrievalResult>, ApiError> {
     let principal = auth.require(Scope::Read)?;
-    let memories = state
-        .memories
-        .search(&principal.into(), &body.params()?, &ctx.0.usage)
-        .await?;
+    let memories = state.memories.search(&principal.into(), &body.params()?, &ctx.0.usage).await?;
     Ok(ApiOk::ok(RetrievalResult { memories }))
 }
 
@@ -90,10 +95,7 @@ pub async fn query(
     ApiJson(body): ApiJson<RetrievalRequest>,
 ) -> Result<ApiOk<QueryResult>, ApiError> {
     let principal = auth.require(Scope::Read)?;
-    let memories = state
-        .memories
-        .search(&principal.into(), &body.params()?, &ctx.0.usage)
-        .await?;
+    let memories = state.memories.search(&principal.into(), &body.params()?, &ctx.0.usage).await?;
     let context = memories
         .iter()
         .enumerate()
@@ -114,9 +116,6 @@ pub async fn answer(
     ApiJson(body): ApiJson<RetrievalRequest>,
 ) -> Result<ApiOk<AnswerResult>, ApiError> {
     let principal = auth.require(Scope::Read)?;
-    let result = state
-        .memories
-        .answer(&principal.into(), &body.params()?, &ctx.0.usage)
-        .await?;
+    let result = state.memories.answer(&principal.into(), &body.params()?, &ctx.0.usage).await?;
     Ok(ApiOk::ok(result))
 }
