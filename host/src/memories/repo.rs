@@ -85,16 +85,9 @@ pub async fn get(db: &Database, scope: &MemoryScope, id: Uuid) -> sqlx::Result<O
         Database::Sqlite(s) => get_sqlite(&s.read, scope, id).await,
         Database::Postgres(p) => {
             let mut tx = Database::tenant_tx(p, &scope.org_id).await?;
-            let row = sqlx::query(safe(format!(
-                "SELECT {COLUMNS} FROM memories WHERE org_id = $1 AND environment = $2 AND id = $3"
-            )))
-            .bind(&scope.org_id)
-            .bind(scope.environment.as_str())
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?;
+            let memory = get_pg(&mut *tx, scope, id, false).await?;
             tx.commit().await?;
-            row.as_ref().map(memory_pg).transpose()
+            Ok(memory)
         }
     }
 }
@@ -113,6 +106,27 @@ async fn get_sqlite<'e, E: sqlx::Executor<'e, Database = Sqlite>>(
         .as_ref()
         .map(memory_sqlite)
         .transpose()
+}
+
+/// One memory; `lock` takes a row lock for a following update.
+async fn get_pg<'e, E: sqlx::Executor<'e, Database = sqlx::Postgres>>(
+    executor: E,
+    scope: &MemoryScope,
+    id: Uuid,
+    lock: bool,
+) -> sqlx::Result<Option<Memory>> {
+    let lock = if lock { " FOR UPDATE" } else { "" };
+    sqlx::query(safe(format!(
+        "SELECT {COLUMNS} FROM memories WHERE org_id = $1 AND environment = $2 AND id = $3{lock}"
+    )))
+    .bind(&scope.org_id)
+    .bind(scope.environment.as_str())
+    .bind(id)
+    .fetch_optional(executor)
+    .await?
+    .as_ref()
+    .map(memory_pg)
+    .transpose()
 }
 
 /// Replaces text and/or metadata; returns (old, new), or `None` if absent.
@@ -160,15 +174,7 @@ pub async fn update(
         }
         Database::Postgres(p) => {
             let mut tx = Database::tenant_tx(p, &scope.org_id).await?;
-            let row = sqlx::query(safe(format!(
-                "SELECT {COLUMNS} FROM memories WHERE org_id = $1 AND environment = $2 AND id = $3 FOR UPDATE"
-            )))
-            .bind(&scope.org_id)
-            .bind(scope.environment.as_str())
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?;
-            let Some(old) = row.as_ref().map(memory_pg).transpose()? else {
+            let Some(old) = get_pg(&mut *tx, scope, id, true).await? else {
                 return Ok(None);
             };
             let new = apply(&old);
