@@ -20,6 +20,13 @@ fi
 
 bash .ci/install-pgvector.sh
 
+# The plugins build for wasm32-wasip2. rust-toolchain.toml lists the target,
+# but rustup adds listed targets only when it installs the toolchain, not to
+# one that is already installed (the host's build script also checks).
+if command -v rustup >/dev/null 2>&1; then
+  rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
+fi
+
 # PostgreSQL is started before a session on this kind of machine; start it if it is not.
 if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
   echo "setup: starting PostgreSQL"

@@ -10,6 +10,7 @@ use crate::api::{self, AppState};
 use crate::auth::{self, AuthService};
 use crate::config::Config;
 use crate::memories::{MemoryService, answer, embedding};
+use crate::plugins::PluginService;
 use crate::store::Database;
 
 /// Connects to the database and builds the services.
@@ -18,9 +19,15 @@ pub async fn build(config: Config) -> anyhow::Result<AppState> {
     let secret = auth::secret::load_or_create(&config)?;
     let embedder: Arc<dyn embedding::Embedder> = embedding::from_config(&config.embeddings)?.into();
     let answerer: Arc<dyn answer::Answerer> = answer::from_config(&config.answers)?.into();
+    let cache_dir = config.plugin_cache_dir.clone().unwrap_or_else(|| config.data_dir.join("plugin-cache"));
+    let plugins = PluginService::start(db.clone(), config.plugins.clone(), cache_dir, Some(embedder.clone()))
+        .await
+        .context("starting the plugin runtime")?;
+    plugins.follow_changes();
     Ok(AppState {
         auth: AuthService::new(db.clone(), secret, std::time::Duration::from_millis(config.auth_cache_ttl_ms)),
         memories: MemoryService::new(db.clone(), embedder, answerer),
+        plugins,
         db,
         config: Arc::new(config),
     })

@@ -41,6 +41,11 @@ pub struct Config {
     pub auth_cache_ttl_ms: u64,
     pub embeddings: ProviderConfig,
     pub answers: ProviderConfig,
+    /// Where precompiled plugin artifacts are cached; default
+    /// `<data_dir>/plugin-cache`. Instances may share one.
+    pub plugin_cache_dir: Option<PathBuf>,
+    /// Plugin sandbox limits per kind and failure policies.
+    pub plugins: crate::plugins::PluginsConfig,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -93,9 +98,16 @@ impl Default for Config {
             auth_cache_ttl_ms: 1000,
             embeddings: ProviderConfig::default(),
             answers: ProviderConfig::default(),
+            plugin_cache_dir: None,
+            plugins: crate::plugins::PluginsConfig::default(),
         }
     }
 }
+
+/// `MEMHOST_*` variables that are not configuration keys: read elsewhere
+/// (the config file path, the log filter, the CLI's server and key, build and
+/// test settings), so the strict configuration parser must skip them.
+const NOT_CONFIG_ENV: [&str; 7] = ["config", "log", "url", "api_key", "plugins_dir", "skip_plugin_build", "test_pg"];
 
 impl Config {
     /// Loads the configuration. `file` is used when given (and must exist);
@@ -113,7 +125,7 @@ impl Config {
             None => figment = figment.merge(Toml::file("memhost.toml")),
         }
         figment = figment
-            .merge(Env::prefixed("MEMHOST_").ignore(&["config", "log"]).split("__"))
+            .merge(Env::prefixed("MEMHOST_").ignore(&NOT_CONFIG_ENV).split("__"))
             .merge(Env::raw().only(&["database_url", "redis_url"]));
         let config: Config = figment.extract().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         config.validate()?;

@@ -2,7 +2,8 @@
 //!
 //! One module per domain (see DESIGN.md): `api` (routes, envelope, errors),
 //! `auth` (orgs, API keys, principals), `memories` (storage, embeddings,
-//! retrieval, answers), `store` (database pools and migrations), `config`,
+//! retrieval, answers), `plugins` (the WebAssembly sandbox, registry and
+//! activation), `store` (database pools and migrations), `config`,
 //! `cli` (the `memhost` command), and `app` (wiring the services together).
 
 pub mod api;
@@ -12,4 +13,5 @@ pub mod cli;
 pub mod config;
 pub mod memories;
 pub mod metering;
+pub mod plugins;
 pub mod store;

@@ -97,6 +97,8 @@ impl TestServer {
             ("MEMHOST_LISTEN".into(), "127.0.0.1:0".into()),
             ("MEMHOST_LOG".into(), "warn".into()),
             ("MEMHOST_SHUTDOWN_GRACE_SECS".into(), "10".into()),
+            // Shared by every test server: the built-in plugins compile once.
+            ("MEMHOST_PLUGIN_CACHE_DIR".into(), plugin_cache_dir()),
         ];
         let mut pg_database = None;
         if backend == Backend::Postgres {
@@ -226,6 +228,23 @@ impl TestServer {
         self.cli_json(&args)["key"].as_str().unwrap().to_string()
     }
 
+    /// An operator org and an admin key for it (may use `/admin`).
+    pub fn operator(&self) -> (String, String) {
+        let org = self.cli_json(&["orgs", "create", "--name", "Operator", "--plan", "enterprise", "--operator"])["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let key = self.create_key(&org, "read,write,delete,admin", false);
+        (org, key)
+    }
+
+    /// Uploads a plugin's bytes to `/admin/plugins?{query}`.
+    pub async fn upload_plugin(&self, key: &str, wasm: Vec<u8>, query: &str) -> Resp {
+        let url = format!("{}/admin/plugins?{query}", self.base);
+        let req = self.client.post(url).bearer_auth(key).header("content-type", "application/wasm").body(wasm);
+        self.send(req).await
+    }
+
     /// A fresh org and an all-scopes live key for it.
     pub fn tenant(&self) -> (String, String) {
         let org = self.create_org("free");
@@ -298,6 +317,19 @@ impl Drop for TestServer {
             .join();
         }
     }
+}
+
+/// Where the host's build script put the plugins (default and fixtures).
+pub const PLUGINS_DIR: &str = env!("MEMHOST_PLUGINS_DIR");
+
+/// A built plugin's bytes by crate name (`pricing-flat`, `hostile-loop`, …).
+pub fn plugin_wasm(name: &str) -> Vec<u8> {
+    let path = format!("{PLUGINS_DIR}/{}.wasm", name.replace('-', "_"));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn plugin_cache_dir() -> String {
+    std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("plugin-cache").display().to_string()
 }
 
 pub async fn admin_sql(sql: &str) {

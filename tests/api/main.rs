@@ -10,6 +10,8 @@ mod cli;
 mod errors;
 mod memories;
 mod operations;
+mod plugin_cli;
+mod plugins;
 mod providers;
 mod retrieval;
 mod tenancy;

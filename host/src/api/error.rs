@@ -40,6 +40,9 @@ pub enum ApiError {
     Provider(String),
     #[error("service not ready: {0}")]
     NotReady(String),
+    /// A domain refusal with its own status and code (plugin uploads, …).
+    #[error("{message}")]
+    Rejected { status: StatusCode, code: &'static str, message: String, details: Option<Value> },
     #[error("internal error")]
     Internal(#[from] anyhow::Error),
 }
@@ -65,6 +68,7 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Provider(_) => StatusCode::BAD_GATEWAY,
             ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Rejected { status, .. } => *status,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -84,6 +88,7 @@ impl ApiError {
             ApiError::Conflict(_) => "CONFLICT",
             ApiError::Provider(_) => "PROVIDER_ERROR",
             ApiError::NotReady(_) => "SERVICE_UNAVAILABLE",
+            ApiError::Rejected { code, .. } => code,
             ApiError::Internal(_) => "INTERNAL_ERROR",
         }
     }
@@ -99,6 +104,7 @@ impl ApiError {
             ApiError::MemoryNotFound(id) => Some(json!({ "memory_id": id })),
             ApiError::NotFound { id, .. } => Some(json!({ "id": id })),
             ApiError::InvalidRequest { field: Some(f), .. } => Some(json!({ "field": f })),
+            ApiError::Rejected { details, .. } => details.clone(),
             _ => None,
         }
     }
@@ -116,6 +122,13 @@ impl IntoResponse for ApiError {
             other => other.to_string(),
         };
         let mut response = error_response(status, self.code(), &message, self.details());
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            // The rest of the body was not read, so this connection cannot
+            // carry another request: say so, or a client reuses it and fails.
+            response
+                .headers_mut()
+                .insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+        }
         if status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()
@@ -151,6 +164,36 @@ impl From<MemoryError> for ApiError {
             MemoryError::Invalid { field, message } => ApiError::invalid_field(field, message),
             MemoryError::Provider(p) => ApiError::Provider(p.to_string()),
             MemoryError::Database(e) => ApiError::Internal(e.into()),
+        }
+    }
+}
+
+impl From<crate::plugins::PluginError> for ApiError {
+    fn from(e: crate::plugins::PluginError) -> Self {
+        use crate::plugins::{PluginError as P, RunError};
+        let rejected = |status: StatusCode, code: &'static str, message: String, details: Option<Value>| {
+            ApiError::Rejected { status, code, message, details }
+        };
+        match e {
+            P::Upload(u) => {
+                let details = json!({ "reason": u.code().to_ascii_lowercase(), "trap": u.trap() });
+                rejected(StatusCode::UNPROCESSABLE_ENTITY, u.code(), u.to_string(), Some(details))
+            }
+            P::NotFound(id) => ApiError::NotFound { kind: "plugin", code: "PLUGIN_NOT_FOUND", id },
+            P::Ambiguous(_) | P::InvalidRequest(_) => ApiError::invalid(e.to_string()),
+            P::InvalidConfig(ref errors) => {
+                let details = json!({ "errors": errors });
+                rejected(StatusCode::UNPROCESSABLE_ENTITY, "INVALID_CONFIG", e.to_string(), Some(details))
+            }
+            P::Conflict(m) => ApiError::Conflict(m),
+            P::NoneActive(_) => rejected(StatusCode::NOT_FOUND, "PLUGIN_NOT_FOUND", e.to_string(), None),
+            P::Run(RunError::Call(ref c)) => {
+                let details = json!({ "trap": c.code() });
+                rejected(StatusCode::UNPROCESSABLE_ENTITY, "PLUGIN_FAILED", e.to_string(), Some(details))
+            }
+            P::Run(RunError::WrongKind { .. } | RunError::BadInput(_)) => ApiError::invalid(e.to_string()),
+            P::Db(err) => ApiError::Internal(err.into()),
+            P::Internal(err) => ApiError::Internal(err),
         }
     }
 }

@@ -108,3 +108,34 @@ pub async fn refuse_key_in_url(request: Request, next: Next) -> Response {
     }
     next.run(request).await
 }
+
+/// The raw request body; too large: 413 in the envelope.
+pub struct RawBody(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for RawBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        Bytes::from_request(req, state).await.map(RawBody).map_err(|rejection| {
+            if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge
+            } else {
+                ApiError::invalid(format!("could not read the request body: {rejection}"))
+            }
+        })
+    }
+}
+
+/// Query parameters; unknown or ill-typed ones: 400 in the envelope.
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        let query = parts.uri.query().unwrap_or("");
+        serde_urlencoded::from_str(query)
+            .map(ApiQuery)
+            .map_err(|e| ApiError::invalid(format!("invalid query parameters: {e}")))
+    }
+}

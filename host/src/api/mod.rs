@@ -18,6 +18,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use crate::auth::AuthService;
 use crate::config::Config;
 use crate::memories::MemoryService;
+use crate::plugins::PluginService;
 use crate::store::Database;
 use error::ApiError;
 
@@ -28,10 +29,11 @@ pub struct AppState {
     pub db: Database,
     pub auth: AuthService,
     pub memories: MemoryService,
+    pub plugins: PluginService,
 }
 
 pub fn router(state: AppState) -> anyhow::Result<Router> {
-    use routes::{account, health, memories, retrieval};
+    use routes::{account, health, memories, plugins, retrieval};
     let api = Router::new()
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
@@ -45,6 +47,16 @@ pub fn router(state: AppState) -> anyhow::Result<Router> {
         .route("/v1/account/api-keys", get(account::list_keys).post(account::create_key))
         .route("/v1/account/api-keys/{key_id}", axum::routing::delete(account::revoke_key))
         .route("/v1/account/api-keys/{key_id}/rotate", post(account::rotate_key))
+        .route(
+            "/admin/plugins",
+            post(plugins::upload).layer(DefaultBodyLimit::max(plugins::UPLOAD_BODY_LIMIT)).get(plugins::list),
+        )
+        .route("/admin/plugins/{id}", get(plugins::get))
+        .route("/admin/plugins/{id}/activate", post(plugins::activate))
+        .route("/admin/plugins/{id}/rollback", post(plugins::rollback))
+        .route("/admin/plugins/{id}/deactivate", post(plugins::deactivate))
+        .route("/admin/plugins/{id}/run", post(plugins::run))
+        .route("/admin/plugins/active/{kind}/run", post(plugins::run_active))
         .with_state(state.clone())
         .merge(openapi::docs_router())
         .fallback(|| async { ApiError::RouteNotFound })

@@ -6,7 +6,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
-use super::routes::{account, health, memories, retrieval};
+use super::routes::{account, health, memories, plugins, retrieval};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -22,12 +22,16 @@ use super::routes::{account, health, memories, retrieval};
         memories::delete_all, memories::history,
         retrieval::retrieve, retrieval::query, retrieval::answer,
         account::account, account::list_keys, account::create_key, account::revoke_key, account::rotate_key,
+        plugins::upload, plugins::list, plugins::get, plugins::activate, plugins::rollback, plugins::deactivate,
+        plugins::run, plugins::run_active,
     ),
     modifiers(&BearerAuth, &CommonErrors),
     tags(
         (name = "memories", description = "Store and manage memories"),
         (name = "retrieval", description = "Find relevant memories and answer from them"),
         (name = "account", description = "The org and its API keys"),
+        (name = "plugins", description = "Operators: upload, activate, roll back and try sandboxed plugins \
+            (admin key of an operator org)"),
         (name = "operations", description = "Health and readiness"),
     )
 )]

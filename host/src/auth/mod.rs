@@ -102,6 +102,8 @@ pub struct Org {
     pub id: String,
     pub name: String,
     pub plan: String,
+    /// An operator org runs the service: its admin keys may use `/admin`.
+    pub operator: bool,
     pub created_at: DateTime<Utc>,
 }
 
@@ -137,6 +139,8 @@ impl ApiKeyRecord {
 pub struct Principal {
     pub org_id: String,
     pub plan: String,
+    /// The org runs this service: its admin keys may use `/admin`.
+    pub operator: bool,
     pub key_id: String,
     pub scopes: Vec<Scope>,
     pub environment: Environment,
@@ -220,17 +224,17 @@ const KEY_CACHE_MAX: usize = 100_000;
 /// effect at once, one made elsewhere (the CLI, another instance) within `ttl`.
 struct KeyCache {
     ttl: Duration,
-    entries: Mutex<HashMap<String, (Instant, ApiKeyRecord, String)>>,
+    entries: Mutex<HashMap<String, (Instant, ApiKeyRecord, String, bool)>>,
 }
 
 impl KeyCache {
-    fn get(&self, hash: &str) -> Option<(ApiKeyRecord, String)> {
+    fn get(&self, hash: &str) -> Option<(ApiKeyRecord, String, bool)> {
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        let (at, record, plan) = entries.get(hash)?;
-        (at.elapsed() < self.ttl).then(|| (record.clone(), plan.clone()))
+        let (at, record, plan, operator) = entries.get(hash)?;
+        (at.elapsed() < self.ttl).then(|| (record.clone(), plan.clone(), *operator))
     }
 
-    fn put(&self, hash: String, record: ApiKeyRecord, plan: String) {
+    fn put(&self, hash: String, record: ApiKeyRecord, plan: String, operator: bool) {
         if self.ttl.is_zero() {
             return;
         }
@@ -238,12 +242,12 @@ impl KeyCache {
         if entries.len() >= KEY_CACHE_MAX {
             entries.clear();
         }
-        entries.insert(hash, (Instant::now(), record, plan));
+        entries.insert(hash, (Instant::now(), record, plan, operator));
     }
 
     fn forget(&self, key_id: &str) {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries.retain(|_, (_, record, _)| record.id != key_id);
+        entries.retain(|_, (_, record, _, _)| record.id != key_id);
     }
 }
 
@@ -266,7 +270,7 @@ impl AuthService {
         }
     }
 
-    pub async fn create_org(&self, name: &str, plan: &str) -> Result<Org, AuthError> {
+    pub async fn create_org(&self, name: &str, plan: &str, operator: bool) -> Result<Org, AuthError> {
         let name = name.trim();
         if name.is_empty() || name.len() > 200 {
             return Err(AuthError::Invalid("org name must be 1 to 200 characters".into()));
@@ -282,6 +286,7 @@ impl AuthService {
             id: format!("org_{}", keys::random_base62(16)),
             name: name.to_string(),
             plan: plan.to_string(),
+            operator,
             created_at: now(),
         };
         repo::insert_org(&self.db, &org).await?;
@@ -341,7 +346,7 @@ impl AuthService {
     /// Finds a key by its id (`key_…`) or by the full key itself.
     pub async fn find_key(&self, id_or_key: &str) -> Result<ApiKeyRecord, AuthError> {
         let found = if let Some(key) = ApiKey::parse(id_or_key) {
-            repo::key_by_hash(&self.db, &key.hash(&self.secret)).await?.map(|(k, _)| k)
+            repo::key_by_hash(&self.db, &key.hash(&self.secret)).await?.map(|(k, _, _)| k)
         } else {
             repo::get_key(&self.db, id_or_key).await?
         };
@@ -360,11 +365,11 @@ impl AuthService {
     pub async fn authenticate(&self, presented: &str) -> Result<Principal, AuthError> {
         let key = ApiKey::parse(presented).ok_or(AuthError::Malformed)?;
         let hash = key.hash(&self.secret);
-        let (record, plan) = match self.cache.get(&hash) {
+        let (record, plan, operator) = match self.cache.get(&hash) {
             Some(hit) => hit,
             None => {
                 let found = repo::key_by_hash(&self.db, &hash).await?.ok_or(AuthError::Unknown)?;
-                self.cache.put(hash, found.0.clone(), found.1.clone());
+                self.cache.put(hash, found.0.clone(), found.1.clone(), found.2);
                 found
             }
         };
@@ -373,6 +378,7 @@ impl AuthService {
         Ok(Principal {
             org_id: record.org_id,
             plan,
+            operator,
             key_id: record.id,
             scopes: record.scopes,
             environment: record.environment,
@@ -383,7 +389,7 @@ impl AuthService {
     /// and the org, for `memhost keys verify`.
     pub async fn verify(&self, presented: &str) -> Result<(ApiKeyRecord, Org), AuthError> {
         let key = ApiKey::parse(presented).ok_or(AuthError::Malformed)?;
-        let (record, _) = repo::key_by_hash(&self.db, &key.hash(&self.secret)).await?.ok_or(AuthError::Unknown)?;
+        let (record, _, _) = repo::key_by_hash(&self.db, &key.hash(&self.secret)).await?.ok_or(AuthError::Unknown)?;
         check_usable(&record, now())?;
         let org = self.get_org(&record.org_id).await?;
         Ok((record, org))

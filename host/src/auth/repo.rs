@@ -14,19 +14,21 @@ const KEY_COLUMNS: &str = "id, org_id, name, environment, prefix, scopes, status
 pub async fn insert_org(db: &Database, org: &Org) -> sqlx::Result<()> {
     match db {
         Database::Sqlite(s) => {
-            sqlx::query("INSERT INTO orgs (id, name, plan, created_at) VALUES (?, ?, ?, ?)")
+            sqlx::query("INSERT INTO orgs (id, name, plan, operator, created_at) VALUES (?, ?, ?, ?, ?)")
                 .bind(&org.id)
                 .bind(&org.name)
                 .bind(&org.plan)
+                .bind(org.operator)
                 .bind(sqlite_time(org.created_at))
                 .execute(&s.write)
                 .await?;
         }
         Database::Postgres(p) => {
-            sqlx::query("INSERT INTO orgs (id, name, plan, created_at) VALUES ($1, $2, $3, $4)")
+            sqlx::query("INSERT INTO orgs (id, name, plan, operator, created_at) VALUES ($1, $2, $3, $4, $5)")
                 .bind(&org.id)
                 .bind(&org.name)
                 .bind(&org.plan)
+                .bind(org.operator)
                 .bind(org.created_at)
                 .execute(p)
                 .await?;
@@ -36,7 +38,7 @@ pub async fn insert_org(db: &Database, org: &Org) -> sqlx::Result<()> {
 }
 
 pub async fn list_orgs(db: &Database) -> sqlx::Result<Vec<Org>> {
-    let sql = "SELECT id, name, plan, created_at FROM orgs ORDER BY created_at, id";
+    let sql = "SELECT id, name, plan, operator, created_at FROM orgs ORDER BY created_at, id";
     match db {
         Database::Sqlite(s) => sqlx::query(sql).fetch_all(&s.read).await?.iter().map(org_sqlite).collect(),
         Database::Postgres(p) => sqlx::query(sql).fetch_all(p).await?.iter().map(org_pg).collect(),
@@ -45,14 +47,14 @@ pub async fn list_orgs(db: &Database) -> sqlx::Result<Vec<Org>> {
 
 pub async fn get_org(db: &Database, id: &str) -> sqlx::Result<Option<Org>> {
     match db {
-        Database::Sqlite(s) => sqlx::query("SELECT id, name, plan, created_at FROM orgs WHERE id = ?")
+        Database::Sqlite(s) => sqlx::query("SELECT id, name, plan, operator, created_at FROM orgs WHERE id = ?")
             .bind(id)
             .fetch_optional(&s.read)
             .await?
             .as_ref()
             .map(org_sqlite)
             .transpose(),
-        Database::Postgres(p) => sqlx::query("SELECT id, name, plan, created_at FROM orgs WHERE id = $1")
+        Database::Postgres(p) => sqlx::query("SELECT id, name, plan, operator, created_at FROM orgs WHERE id = $1")
             .bind(id)
             .fetch_optional(p)
             .await?
@@ -142,21 +144,23 @@ pub async fn get_key(db: &Database, id: &str) -> sqlx::Result<Option<ApiKeyRecor
     }
 }
 
-/// The key with this hash and its org's plan.
-pub async fn key_by_hash(db: &Database, hash: &str) -> sqlx::Result<Option<(ApiKeyRecord, String)>> {
+/// The key with this hash, its org's plan, and whether the org is an operator.
+pub async fn key_by_hash(db: &Database, hash: &str) -> sqlx::Result<Option<(ApiKeyRecord, String, bool)>> {
     let cols = KEY_COLUMNS.split(", ").map(|c| format!("k.{c}")).collect::<Vec<_>>().join(", ");
     match db {
         Database::Sqlite(s) => {
-            let sql =
-                format!("SELECT {cols}, o.plan FROM api_keys k JOIN orgs o ON o.id = k.org_id WHERE k.key_hash = ?");
+            let sql = format!(
+                "SELECT {cols}, o.plan, o.operator FROM api_keys k JOIN orgs o ON o.id = k.org_id WHERE k.key_hash = ?"
+            );
             let row = sqlx::query(safe(sql)).bind(hash).fetch_optional(&s.read).await?;
-            row.map(|r| Ok((key_sqlite(&r)?, r.try_get("plan")?))).transpose()
+            row.map(|r| Ok((key_sqlite(&r)?, r.try_get("plan")?, r.try_get("operator")?))).transpose()
         }
         Database::Postgres(p) => {
-            let sql =
-                format!("SELECT {cols}, o.plan FROM api_keys k JOIN orgs o ON o.id = k.org_id WHERE k.key_hash = $1");
+            let sql = format!(
+                "SELECT {cols}, o.plan, o.operator FROM api_keys k JOIN orgs o ON o.id = k.org_id WHERE k.key_hash = $1"
+            );
             let row = sqlx::query(safe(sql)).bind(hash).fetch_optional(p).await?;
-            row.map(|r| Ok((key_pg(&r)?, r.try_get("plan")?))).transpose()
+            row.map(|r| Ok((key_pg(&r)?, r.try_get("plan")?, r.try_get("operator")?))).transpose()
         }
     }
 }
@@ -231,6 +235,7 @@ fn org_sqlite(r: &SqliteRow) -> sqlx::Result<Org> {
         id: r.try_get("id")?,
         name: r.try_get("name")?,
         plan: r.try_get("plan")?,
+        operator: r.try_get("operator")?,
         created_at: parse_sqlite_time(r.try_get("created_at")?)?,
     })
 }
@@ -240,6 +245,7 @@ fn org_pg(r: &PgRow) -> sqlx::Result<Org> {
         id: r.try_get("id")?,
         name: r.try_get("name")?,
         plan: r.try_get("plan")?,
+        operator: r.try_get("operator")?,
         created_at: r.try_get("created_at")?,
     })
 }

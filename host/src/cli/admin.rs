@@ -15,7 +15,7 @@ use crate::store::Database;
 pub struct Output {
     /// Print JSON instead of a table.
     #[arg(long)]
-    json: bool,
+    pub(super) json: bool,
 }
 
 #[derive(Subcommand)]
@@ -27,6 +27,10 @@ pub enum OrgsCommand {
         /// Plan id (e.g. free, starter, professional, enterprise).
         #[arg(long, default_value = "free")]
         plan: String,
+        /// The org runs this service: its admin keys may use the admin API
+        /// (`/admin/…`: plugins and other operator work).
+        #[arg(long)]
+        operator: bool,
         #[command(flatten)]
         out: Output,
     },
@@ -119,20 +123,32 @@ async fn open(config: &Config) -> anyhow::Result<(Database, AuthService)> {
 pub async fn orgs(config: Config, cmd: OrgsCommand) -> anyhow::Result<()> {
     let (db, auth) = open(&config).await?;
     match cmd {
-        OrgsCommand::Create { name, plan, out } => {
-            let org = auth.create_org(&name, &plan).await?;
+        OrgsCommand::Create { name, plan, operator, out } => {
+            let org = auth.create_org(&name, &plan, operator).await?;
             emit(out, &org, || {
-                let mut t = table(["id", "name", "plan", "created"]);
-                t.add_row([org.id.clone(), org.name.clone(), org.plan.clone(), org.created_at.to_rfc3339()]);
+                let mut t = table(["id", "name", "plan", "operator", "created"]);
+                t.add_row([
+                    org.id.clone(),
+                    org.name.clone(),
+                    org.plan.clone(),
+                    org.operator.to_string(),
+                    org.created_at.to_rfc3339(),
+                ]);
                 format!("Org created.\n{t}")
             })?;
         }
         OrgsCommand::List { out } => {
             let orgs = auth.list_orgs().await?;
             emit(out, &orgs, || {
-                let mut t = table(["id", "name", "plan", "created"]);
+                let mut t = table(["id", "name", "plan", "operator", "created"]);
                 for o in &orgs {
-                    t.add_row([o.id.clone(), o.name.clone(), o.plan.clone(), o.created_at.to_rfc3339()]);
+                    t.add_row([
+                        o.id.clone(),
+                        o.name.clone(),
+                        o.plan.clone(),
+                        o.operator.to_string(),
+                        o.created_at.to_rfc3339(),
+                    ]);
                 }
                 format!("{t}\n{} org(s)", orgs.len())
             })?;
@@ -264,7 +280,7 @@ fn emit_created(out: Output, created: &CreatedKey, headline: &str) -> anyhow::Re
     })
 }
 
-fn table<const N: usize>(header: [&str; N]) -> Table {
+pub(super) fn table<const N: usize>(header: [&str; N]) -> Table {
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED).set_content_arrangement(ContentArrangement::Dynamic);
     if header.iter().any(|h| !h.is_empty()) {

@@ -2,6 +2,8 @@
 //! work on the same database as the server (embedded or PostgreSQL).
 
 mod admin;
+mod plugin;
+mod scaffold;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -37,6 +39,9 @@ enum Command {
     /// Database information.
     #[command(subcommand)]
     Db(admin::DbCommand),
+    /// Write, check and run plugins locally; upload and activate them on a server.
+    #[command(subcommand)]
+    Plugin(plugin::PluginCommand),
 }
 
 pub fn main() -> ExitCode {
@@ -68,6 +73,7 @@ pub fn main() -> ExitCode {
             Command::Orgs(cmd) => admin::orgs(config, cmd).await,
             Command::Keys(cmd) => admin::keys(config, cmd).await,
             Command::Db(cmd) => admin::db(config, cmd).await,
+            Command::Plugin(cmd) => plugin::run(config, cmd).await,
         }
     });
     match result {

@@ -1,4 +1,5 @@
 pub mod account;
 pub mod health;
 pub mod memories;
+pub mod plugins;
 pub mod retrieval;

@@ -1,0 +1,264 @@
+//! `/admin/plugins`: upload, inspect, activate, roll back and try plugins.
+//! Only admin keys of an operator org may use these routes: plugins decide
+//! every tenant's prices and limits.
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use serde::{Deserialize, Serialize};
+
+use crate::api::AppState;
+use crate::api::envelope::{ApiOk, Envelope, ErrorEnvelope};
+use crate::api::error::ApiError;
+use crate::api::extract::{ApiJson, ApiQuery, Auth, RawBody};
+use crate::auth::{Principal, Scope};
+use crate::plugins::{
+    ActivateRequest, ActivationRecord, CallInput, DeactivateRequest, LimitOverrides, PluginKind, PluginView,
+    RollbackRequest, RunReport, Uploaded,
+};
+
+/// Uploads may be larger than ordinary bodies so that a plugin over the
+/// 10 MiB plugin limit gets the precise `PLUGIN_TOO_LARGE` answer.
+pub const UPLOAD_BODY_LIMIT: usize = 16 << 20;
+
+/// Admin scope on a key of an operator org.
+fn operator(auth: &Auth) -> Result<&Principal, ApiError> {
+    let principal = auth.require(Scope::Admin)?;
+    if !principal.operator {
+        return Err(ApiError::Forbidden(
+            "plugin administration needs an admin key of an operator org (`memhost orgs create --operator`)".into(),
+        ));
+    }
+    Ok(principal)
+}
+
+fn who(p: &Principal) -> String {
+    format!("{}/{}", p.org_id, p.key_id)
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct UploadParams {
+    /// The kind the plugin must be (`pricing`, `rate-limit`, `alert-channel`,
+    /// `extractor`); default: inferred from the world it implements.
+    pub kind: Option<String>,
+    /// Per-plugin limit overrides (else the kind's configured limits).
+    pub fuel: Option<u64>,
+    pub deadline_ms: Option<u64>,
+    pub memory_bytes: Option<u64>,
+    pub max_input_bytes: Option<u64>,
+    pub max_output_bytes: Option<u64>,
+}
+
+fn parse_kind(s: &str, field: &str) -> Result<PluginKind, ApiError> {
+    PluginKind::parse(s).ok_or_else(|| {
+        ApiError::invalid_field(
+            field,
+            format!("unknown plugin kind `{s}`; expected pricing, rate-limit, alert-channel or extractor"),
+        )
+    })
+}
+
+/// Upload a plugin: the `.wasm` component as the raw body. It is validated
+/// (component, world, WIT version, imports, `describe`, self-check) and
+/// stored by SHA-256; uploading the same bytes again changes nothing.
+#[utoipa::path(post, path = "/admin/plugins", tag = "plugins", params(UploadParams),
+    request_body(content = Vec<u8>, content_type = "application/wasm", description = "The component (at most 10 MiB)"),
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "Stored", body = Envelope<Uploaded>),
+        (status = 200, description = "These bytes were already stored", body = Envelope<Uploaded>),
+        (status = 422, description = "Refused: NOT_A_COMPONENT, WRONG_WORLD, MISSING_EXPORT, WIT_TOO_NEW, WIT_TOO_OLD, \
+            FORBIDDEN_IMPORT, PLUGIN_TOO_LARGE, SELF_CHECK_FAILED …; `details.reason` and `details.trap` say why", body = ErrorEnvelope),
+    ))]
+pub async fn upload(
+    State(state): State<AppState>,
+    auth: Auth,
+    ApiQuery(params): ApiQuery<UploadParams>,
+    RawBody(body): RawBody,
+) -> Result<ApiOk<Uploaded>, ApiError> {
+    let principal = operator(&auth)?;
+    if body.is_empty() {
+        return Err(ApiError::invalid_field("body", "send the plugin's .wasm file as the request body"));
+    }
+    let kind = params.kind.as_deref().map(|k| parse_kind(k, "kind")).transpose()?;
+    let limits = LimitOverrides {
+        fuel: params.fuel,
+        deadline_ms: params.deadline_ms,
+        memory_bytes: params.memory_bytes,
+        max_input_bytes: params.max_input_bytes,
+        max_output_bytes: params.max_output_bytes,
+    };
+    let uploaded = state.plugins.upload(&body, kind, limits, &who(principal)).await?;
+    Ok(if uploaded.created { ApiOk::created(uploaded) } else { ApiOk::ok(uploaded) })
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListParams {
+    /// Only plugins of this kind.
+    pub kind: Option<String>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PluginList {
+    pub plugins: Vec<PluginView>,
+}
+
+/// Stored plugins, newest first, with where each is active.
+#[utoipa::path(get, path = "/admin/plugins", tag = "plugins", params(ListParams), security(("bearer" = [])),
+    responses((status = 200, body = Envelope<PluginList>)))]
+pub async fn list(
+    State(state): State<AppState>,
+    auth: Auth,
+    ApiQuery(params): ApiQuery<ListParams>,
+) -> Result<ApiOk<PluginList>, ApiError> {
+    operator(&auth)?;
+    let kind = params.kind.as_deref().map(|k| parse_kind(k, "kind")).transpose()?;
+    Ok(ApiOk::ok(PluginList { plugins: state.plugins.list(kind).await? }))
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PluginDetail {
+    #[serde(flatten)]
+    pub plugin: PluginView,
+    /// Every activation of this plugin, current and past, newest first.
+    pub history: Vec<ActivationRecord>,
+}
+
+/// One plugin by id (its SHA-256) or a unique prefix of at least 8 characters.
+#[utoipa::path(get, path = "/admin/plugins/{id}", tag = "plugins", security(("bearer" = [])),
+    params(("id" = String, Path, description = "SHA-256 of the component, or a unique prefix")),
+    responses((status = 200, body = Envelope<PluginDetail>), (status = 404, body = ErrorEnvelope)))]
+pub async fn get(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<ApiOk<PluginDetail>, ApiError> {
+    operator(&auth)?;
+    let (plugin, history) = state.plugins.get(&id).await?;
+    Ok(ApiOk::ok(PluginDetail { plugin, history }))
+}
+
+/// An optional JSON body: none, empty or `null` means the default request.
+fn optional_body<T: serde::de::DeserializeOwned + Default>(body: &Bytes) -> Result<T, ApiError> {
+    let trimmed = body.trim_ascii();
+    if trimmed.is_empty() || trimmed == b"null" {
+        return Ok(T::default());
+    }
+    crate::api::extract::parse_json(body)
+}
+
+/// Make this plugin the active one for a target (`global`, `plan:<plan>`,
+/// `org:<org id>` or `canary` with `canary_percent`), with a config that must
+/// match its schema. The swap is atomic; calls in flight finish on the old one.
+#[utoipa::path(post, path = "/admin/plugins/{id}/activate", tag = "plugins", request_body = ActivateRequest,
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "SHA-256 of the component, or a unique prefix")),
+    responses((status = 200, body = Envelope<ActivationRecord>), (status = 404, body = ErrorEnvelope),
+        (status = 422, description = "INVALID_CONFIG or SELF_CHECK_FAILED", body = ErrorEnvelope)))]
+pub async fn activate(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    RawBody(body): RawBody,
+) -> Result<ApiOk<ActivationRecord>, ApiError> {
+    let principal = operator(&auth)?;
+    let request: ActivateRequest = optional_body(&body)?;
+    Ok(ApiOk::ok(state.plugins.activate(&id, request, &who(principal)).await?))
+}
+
+/// Go back from this plugin (active for the target) to the version active
+/// before it, or to `to`.
+#[utoipa::path(post, path = "/admin/plugins/{id}/rollback", tag = "plugins", request_body = RollbackRequest,
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The currently active plugin")),
+    responses((status = 200, body = Envelope<ActivationRecord>), (status = 404, body = ErrorEnvelope),
+        (status = 409, description = "Not active for the target, or nothing earlier", body = ErrorEnvelope)))]
+pub async fn rollback(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    RawBody(body): RawBody,
+) -> Result<ApiOk<ActivationRecord>, ApiError> {
+    let principal = operator(&auth)?;
+    let request: RollbackRequest = optional_body(&body)?;
+    Ok(ApiOk::ok(state.plugins.rollback(&id, request, &who(principal)).await?))
+}
+
+/// Stop using this plugin for a target; lookups fall through to the next
+/// route (org, plan, canary, global).
+#[utoipa::path(post, path = "/admin/plugins/{id}/deactivate", tag = "plugins", request_body = DeactivateRequest,
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "SHA-256 of the component, or a unique prefix")),
+    responses((status = 200, body = Envelope<PluginView>), (status = 404, body = ErrorEnvelope),
+        (status = 409, body = ErrorEnvelope)))]
+pub async fn deactivate(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    RawBody(body): RawBody,
+) -> Result<ApiOk<PluginView>, ApiError> {
+    operator(&auth)?;
+    let request: DeactivateRequest = optional_body(&body)?;
+    Ok(ApiOk::ok(state.plugins.deactivate(&id, request).await?))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunRequest {
+    /// The call, e.g. `{"function": "rate", "plan": "starter", "usage": {"api_calls": 12000}}`.
+    pub input: CallInput,
+    /// The plugin's config for this run (default `{}`).
+    #[schema(value_type = Option<Object>)]
+    pub config: Option<serde_json::Value>,
+}
+
+/// Run a stored plugin on an input in the server's sandbox, with its limits:
+/// returns its output (or its error), fuel, peak memory, time and digest.
+#[utoipa::path(post, path = "/admin/plugins/{id}/run", tag = "plugins", request_body = RunRequest,
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "SHA-256 of the component, or a unique prefix")),
+    responses((status = 200, body = Envelope<RunReport>), (status = 404, body = ErrorEnvelope),
+        (status = 422, description = "PLUGIN_FAILED: trapped, out of fuel, over its deadline or memory", body = ErrorEnvelope)))]
+pub async fn run(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<RunRequest>,
+) -> Result<ApiOk<RunReport>, ApiError> {
+    operator(&auth)?;
+    Ok(ApiOk::ok(state.plugins.run(&id, body.input, body.config).await?))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunActiveRequest {
+    pub input: CallInput,
+    /// Resolve the active plugin as for this org (org, plan, canary routes).
+    pub org_id: Option<String>,
+    /// Resolve as for this plan (default: the org's plan, if `org_id` is given).
+    pub plan: Option<String>,
+}
+
+/// Run whichever plugin of a kind is active (for an org or plan, else
+/// globally) with its activation's config.
+#[utoipa::path(post, path = "/admin/plugins/active/{kind}/run", tag = "plugins", request_body = RunActiveRequest,
+    security(("bearer" = [])),
+    params(("kind" = String, Path, description = "pricing, rate-limit, alert-channel or extractor")),
+    responses((status = 200, body = Envelope<RunReport>), (status = 404, body = ErrorEnvelope),
+        (status = 422, body = ErrorEnvelope)))]
+pub async fn run_active(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(kind): Path<String>,
+    ApiJson(body): ApiJson<RunActiveRequest>,
+) -> Result<ApiOk<RunReport>, ApiError> {
+    operator(&auth)?;
+    let kind = parse_kind(&kind, "kind")?;
+    let plan = match (&body.plan, &body.org_id) {
+        (Some(p), _) => Some(p.clone()),
+        (None, Some(org)) => Some(state.auth.get_org(org).await?.plan),
+        (None, None) => None,
+    };
+    Ok(ApiOk::ok(state.plugins.run_active(kind, body.org_id.as_deref(), plan.as_deref(), body.input).await?))
+}

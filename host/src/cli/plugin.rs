@@ -1,0 +1,512 @@
+//! `memhost plugin …`: the plugin author's loop (new → build → check → run)
+//! locally, with the same sandbox and checks as the server, and the operator's
+//! (upload → list → activate → rollback) against a running server.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use super::admin::{Output, table};
+use crate::config::Config;
+use crate::plugins::build_plan;
+use crate::plugins::calls::{self, CallInput};
+use crate::plugins::host_calls::{HostCalls, HttpGate};
+use crate::plugins::validate;
+use crate::plugins::{LimitOverrides, PluginKind, Runtime};
+
+#[derive(Subcommand)]
+pub enum PluginCommand {
+    /// Create a plugin crate that builds as is (SDK and WIT vendored).
+    New {
+        /// pricing, rate-limit, alert-channel or extractor.
+        kind: String,
+        /// Crate and plugin name (a-z, 0-9, `-`).
+        name: String,
+        /// Where to create it (default: ./<name>).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Build the plugin crate in a directory (default: here) for
+    /// wasm32-wasip2, small; in memhost's own `plugins/`, build them all.
+    Build {
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Validate a .wasm as the server would on upload, without a server.
+    Check {
+        file: PathBuf,
+        /// The kind it must be (default: inferred from its world).
+        #[arg(long)]
+        kind: Option<String>,
+        #[command(flatten)]
+        limits: LimitArgs,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Run a .wasm on an input as the host would: output, fuel, memory, time.
+    Run {
+        file: PathBuf,
+        /// JSON call, e.g. {"function": "rate", "plan": "starter", "usage": {…}}.
+        #[arg(long)]
+        input: PathBuf,
+        /// The plugin's config (JSON or YAML file; default `{}`). Not
+        /// `--config`, which is memhost's own configuration file.
+        #[arg(long)]
+        plugin_config: Option<PathBuf>,
+        #[command(flatten)]
+        limits: LimitArgs,
+    },
+    /// Upload a .wasm to a running server.
+    Upload {
+        file: PathBuf,
+        #[arg(long)]
+        kind: Option<String>,
+        #[command(flatten)]
+        limits: LimitArgs,
+        #[command(flatten)]
+        server: ServerArgs,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// List the plugins on a running server.
+    List {
+        #[arg(long)]
+        kind: Option<String>,
+        #[command(flatten)]
+        server: ServerArgs,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Activate a plugin on a running server.
+    Activate {
+        /// Plugin id or unique prefix (8+ characters).
+        id: String,
+        /// global (default), plan:<plan>, org:<org id> or canary.
+        #[arg(long)]
+        target: Option<String>,
+        /// For `--target canary`: share of orgs, 1–100.
+        #[arg(long)]
+        canary_percent: Option<i32>,
+        /// The plugin's config (JSON or YAML file); default: the replaced
+        /// activation's.
+        #[arg(long)]
+        plugin_config: Option<PathBuf>,
+        #[command(flatten)]
+        server: ServerArgs,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Roll a target back from this plugin to the version before it (or --to).
+    Rollback {
+        id: String,
+        #[arg(long)]
+        target: Option<String>,
+        #[arg(long)]
+        to: Option<String>,
+        #[command(flatten)]
+        server: ServerArgs,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Stop using a plugin for a target on a running server.
+    Deactivate {
+        id: String,
+        #[arg(long)]
+        target: Option<String>,
+        #[command(flatten)]
+        server: ServerArgs,
+        #[command(flatten)]
+        out: Output,
+    },
+}
+
+/// Per-plugin limit overrides.
+#[derive(Args, Clone, Copy, Default)]
+pub struct LimitArgs {
+    /// Fuel per call.
+    #[arg(long)]
+    fuel: Option<u64>,
+    /// Wall-clock deadline per call, in ms.
+    #[arg(long)]
+    deadline_ms: Option<u64>,
+    /// Memory cap in bytes.
+    #[arg(long)]
+    memory_bytes: Option<u64>,
+}
+
+impl LimitArgs {
+    fn overrides(self) -> LimitOverrides {
+        LimitOverrides {
+            fuel: self.fuel,
+            deadline_ms: self.deadline_ms,
+            memory_bytes: self.memory_bytes,
+            ..Default::default()
+        }
+    }
+
+    fn query(self) -> Vec<(&'static str, String)> {
+        [("fuel", self.fuel), ("deadline_ms", self.deadline_ms), ("memory_bytes", self.memory_bytes)]
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k, v.to_string())))
+            .collect()
+    }
+}
+
+/// Which server, and the operator's admin key.
+#[derive(Args, Clone)]
+pub struct ServerArgs {
+    /// Server URL.
+    #[arg(long, env = "MEMHOST_URL", default_value = "http://127.0.0.1:8080")]
+    server: String,
+    /// An admin key of an operator org (prefer the environment variable:
+    /// arguments are visible to other users of the machine).
+    #[arg(long, env = "MEMHOST_API_KEY", hide_env_values = true)]
+    key: String,
+}
+
+fn parse_kind(s: &str) -> anyhow::Result<PluginKind> {
+    PluginKind::parse(s)
+        .with_context(|| format!("unknown plugin kind `{s}`; expected pricing, rate-limit, alert-channel or extractor"))
+}
+
+pub async fn run(config: Config, cmd: PluginCommand) -> anyhow::Result<()> {
+    match cmd {
+        PluginCommand::New { kind, name, dir } => {
+            let kind = parse_kind(&kind)?;
+            let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
+            let files = super::scaffold::create(kind, &name, &dir)?;
+            println!("created {} ({} files): a {kind} plugin", dir.display(), files.len());
+            println!("next: cd {} && memhost plugin build", dir.display());
+            Ok(())
+        }
+        PluginCommand::Build { dir } => build(&dir),
+        PluginCommand::Check { file, kind, limits, out } => check(&config, &file, kind, limits, out).await,
+        PluginCommand::Run { file, input, plugin_config, limits } => {
+            run_local(&config, &file, &input, plugin_config.as_deref(), limits).await
+        }
+        PluginCommand::Upload { file, kind, limits, server, out } => {
+            let wasm = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let mut query = limits.query();
+            if let Some(k) = kind {
+                query.push(("kind", parse_kind(&k)?.as_str().to_string()));
+            }
+            let request = client()?
+                .post(format!(
+                    "{}/admin/plugins?{}",
+                    server.server.trim_end_matches('/'),
+                    serde_urlencoded::to_string(&query)?
+                ))
+                .bearer_auth(&server.key)
+                .header("content-type", "application/wasm")
+                .body(wasm);
+            let data = send(request).await?;
+            if out.json {
+                println!("{}", serde_json::to_string_pretty(&data)?);
+            } else {
+                let verb = if data["created"] == true { "uploaded" } else { "already stored" };
+                println!(
+                    "{verb}: {} {} ({})",
+                    data["name"].as_str().unwrap_or("?"),
+                    data["version"].as_str().unwrap_or("?"),
+                    data["kind"].as_str().unwrap_or("?")
+                );
+                println!("id: {}", data["id"].as_str().unwrap_or("?"));
+                println!(
+                    "activate: memhost plugin activate {}",
+                    &data["id"].as_str().unwrap_or("?")[..12.min(data["id"].as_str().unwrap_or("").len())]
+                );
+            }
+            Ok(())
+        }
+        PluginCommand::List { kind, server, out } => {
+            let mut request = client()?
+                .get(format!("{}/admin/plugins", server.server.trim_end_matches('/')))
+                .bearer_auth(&server.key);
+            if let Some(k) = kind {
+                let query = serde_urlencoded::to_string([("kind", parse_kind(&k)?.as_str())])?;
+                request = client()?
+                    .get(format!("{}/admin/plugins?{query}", server.server.trim_end_matches('/')))
+                    .bearer_auth(&server.key);
+            }
+            let data = send(request).await?;
+            if out.json {
+                println!("{}", serde_json::to_string_pretty(&data["plugins"])?);
+                return Ok(());
+            }
+            let mut t = table(["id", "kind", "name", "version", "wit", "status", "active for", "uploaded"]);
+            for p in data["plugins"].as_array().into_iter().flatten() {
+                let targets: Vec<&str> =
+                    p["active_targets"].as_array().into_iter().flatten().filter_map(|a| a["target"].as_str()).collect();
+                t.add_row([
+                    p["id"].as_str().unwrap_or("").chars().take(12).collect::<String>(),
+                    p["kind"].as_str().unwrap_or("").into(),
+                    p["name"].as_str().unwrap_or("").into(),
+                    p["version"].as_str().unwrap_or("").into(),
+                    p["wit_version"].as_str().unwrap_or("").into(),
+                    p["status"].as_str().unwrap_or("").into(),
+                    targets.join(", "),
+                    p["uploaded_at"].as_str().unwrap_or("").chars().take(19).collect::<String>(),
+                ]);
+            }
+            println!("{t}");
+            Ok(())
+        }
+        PluginCommand::Activate { id, target, canary_percent, plugin_config, server, out } => {
+            let mut body = json!({});
+            if let Some(t) = target {
+                body["target"] = json!(t);
+            }
+            if let Some(p) = canary_percent {
+                body["canary_percent"] = json!(p);
+            }
+            if let Some(path) = plugin_config {
+                body["config"] = read_config(&path)?;
+            }
+            let data = post(&server, &format!("/admin/plugins/{id}/activate"), body).await?;
+            print_activation(&data, out, "activated")
+        }
+        PluginCommand::Rollback { id, target, to, server, out } => {
+            let body = json!({ "target": target, "to": to });
+            let data = post(&server, &format!("/admin/plugins/{id}/rollback"), strip_nulls(body)).await?;
+            print_activation(&data, out, "rolled back to")
+        }
+        PluginCommand::Deactivate { id, target, server, out } => {
+            let body = json!({ "target": target });
+            let data = post(&server, &format!("/admin/plugins/{id}/deactivate"), strip_nulls(body)).await?;
+            if out.json {
+                println!("{}", serde_json::to_string_pretty(&data)?);
+            } else {
+                println!(
+                    "deactivated {} ({}); now {}",
+                    data["name"].as_str().unwrap_or("?"),
+                    short_id(&data),
+                    data["status"].as_str().unwrap_or("?")
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+fn short_id(v: &Value) -> String {
+    v["id"].as_str().or(v["plugin_id"].as_str()).unwrap_or("?").chars().take(12).collect()
+}
+
+fn strip_nulls(mut v: Value) -> Value {
+    if let Some(o) = v.as_object_mut() {
+        o.retain(|_, v| !v.is_null());
+    }
+    v
+}
+
+fn print_activation(data: &Value, out: Output, verb: &str) -> anyhow::Result<()> {
+    if out.json {
+        println!("{}", serde_json::to_string_pretty(data)?);
+    } else {
+        println!(
+            "{verb} {} for `{}` (activation {})",
+            data["plugin_id"].as_str().unwrap_or("?").chars().take(12).collect::<String>(),
+            data["target"].as_str().unwrap_or("?"),
+            data["id"].as_str().unwrap_or("?")
+        );
+    }
+    Ok(())
+}
+
+fn client() -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder().timeout(std::time::Duration::from_secs(120)).build()?)
+}
+
+/// Sends an admin request; an error envelope becomes an error naming its code.
+async fn send(request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+    let response = request.send().await.context("could not reach the server (is it running? see --server)")?;
+    let status = response.status();
+    let text = response.text().await.unwrap_or_default();
+    let body: Value = serde_json::from_str(&text).with_context(|| format!("server answered {status}: {text}"))?;
+    if body["success"] == true {
+        return Ok(body["data"].clone());
+    }
+    let error = &body["error"];
+    let mut message = format!(
+        "{} {}: {}",
+        status.as_u16(),
+        error["code"].as_str().unwrap_or("ERROR"),
+        error["message"].as_str().unwrap_or(&text)
+    );
+    if let Some(details) = error.get("details").filter(|d| !d.is_null()) {
+        message.push_str(&format!("\ndetails: {details}"));
+    }
+    bail!(message)
+}
+
+async fn post(server: &ServerArgs, path: &str, body: Value) -> anyhow::Result<Value> {
+    let request =
+        client()?.post(format!("{}{path}", server.server.trim_end_matches('/'))).bearer_auth(&server.key).json(&body);
+    send(request).await
+}
+
+/// A config file: JSON, or YAML (like the files in `policies/`).
+fn read_config(path: &Path) -> anyhow::Result<Value> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text)
+        .or_else(|_| serde_yaml_ng::from_str(&text))
+        .with_context(|| format!("{} is neither JSON nor YAML", path.display()))
+}
+
+/// In memhost's `plugins/` workspace: every plugin, the host build's way.
+/// Elsewhere: the crate in `dir`.
+fn build(dir: &Path) -> anyhow::Result<()> {
+    build_plan::ensure_target();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let is_memhost_plugins = dir.join("sdk/Cargo.toml").is_file() && dir.join("Cargo.toml").is_file();
+    let commands = if is_memhost_plugins {
+        let target_dir = dir.join("../target/plugins");
+        build_plan::commands(&cargo, dir, &target_dir, false)?
+    } else {
+        if !dir.join("Cargo.toml").is_file() {
+            bail!("no Cargo.toml in {}; run this in a plugin crate (see `memhost plugin new`)", dir.display());
+        }
+        let mut cmd = std::process::Command::new(&cargo);
+        cmd.current_dir(dir).args(["build", "--release", "--target", build_plan::TARGET]);
+        vec![cmd]
+    };
+    for mut cmd in commands {
+        let status = cmd.status().context("running cargo")?;
+        if !status.success() {
+            bail!("build failed: {cmd:?}");
+        }
+    }
+    // Report what was built.
+    let release = if is_memhost_plugins { dir.join("../target/plugins") } else { dir.join("target") }
+        .join(build_plan::TARGET)
+        .join("release");
+    let mut built: Vec<_> = std::fs::read_dir(&release)
+        .map(|d| {
+            d.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "wasm")).collect()
+        })
+        .unwrap_or_default();
+    built.sort();
+    for p in built {
+        let size = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
+        println!("{:>9} bytes  {}", size, p.display());
+    }
+    Ok(())
+}
+
+async fn check(
+    config: &Config,
+    file: &Path,
+    kind: Option<String>,
+    limits: LimitArgs,
+    out: Output,
+) -> anyhow::Result<()> {
+    let wasm = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let kind = kind.as_deref().map(parse_kind).transpose()?;
+    let runtime = Runtime::new(config.plugins.clone())?;
+    let overrides = limits.overrides();
+    runtime.config().check_overrides(&overrides).map_err(anyhow::Error::msg)?;
+    let digest: Arc<str> = hex::encode(Sha256::digest(&wasm)).into();
+    let (v, limits) = match validate::validate_with_limits(&runtime, &wasm, kind, &overrides, &digest).await {
+        Ok(v) => v,
+        Err(e) => {
+            let trap = e.trap().map(|t| format!(" ({t})")).unwrap_or_default();
+            bail!("refused: {}{trap}: {e}", e.code());
+        }
+    };
+    let report = json!({
+        "ok": true,
+        "id": &*digest,
+        "kind": v.inspection.kind,
+        "name": v.info.name,
+        "version": v.info.version,
+        "wit_version": v.inspection.wit_version,
+        "sdk": v.inspection.sdk,
+        "size_bytes": wasm.len(),
+        "imports": v.inspection.imports,
+        "limits": limits,
+        "self_check": v.self_check,
+    });
+    if out.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    let s = &v.self_check;
+    println!("ok: {} {} is a valid {} plugin", v.info.name, v.info.version, v.inspection.kind);
+    let mut t = table(["", ""]);
+    t.add_row(["id".to_string(), digest.to_string()]);
+    t.add_row(["WIT".to_string(), format!("memhost:plugin@{}", v.inspection.wit_version)]);
+    t.add_row(["SDK".to_string(), v.inspection.sdk.clone().unwrap_or_else(|| "(not built with memhost-sdk)".into())]);
+    t.add_row(["size".to_string(), format!("{} bytes", wasm.len())]);
+    t.add_row(["imports".to_string(), v.inspection.imports.join("\n")]);
+    t.add_row(["self-check fuel".to_string(), format!("{} of {}", s.fuel_used, s.fuel_limit)]);
+    t.add_row(["self-check memory".to_string(), format!("{} of {} bytes", s.peak_memory_bytes, s.memory_limit_bytes)]);
+    t.add_row(["self-check time".to_string(), format!("{} µs (deadline {} ms)", s.duration_us, limits.deadline_ms)]);
+    println!("{t}");
+    Ok(())
+}
+
+async fn run_local(
+    config: &Config,
+    file: &Path,
+    input: &Path,
+    plugin_config: Option<&Path>,
+    limits: LimitArgs,
+) -> anyhow::Result<()> {
+    let wasm = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let input_text = std::fs::read_to_string(input).with_context(|| format!("reading {}", input.display()))?;
+    let call: CallInput = crate::api::extract::parse_json(input_text.as_bytes())
+        .map_err(|e| anyhow::anyhow!("{}: {e}", input.display()))?;
+    let plugin_config = match plugin_config {
+        Some(p) => read_config(p)?,
+        None => json!({}),
+    };
+    let runtime = Runtime::new(config.plugins.clone())?;
+    let overrides = limits.overrides();
+    runtime.config().check_overrides(&overrides).map_err(anyhow::Error::msg)?;
+    validate::check_header(&wasm).map_err(|e| anyhow::anyhow!("{}: {e}", e.code()))?;
+    let component = wasmtime::component::Component::new(runtime.engine(), &wasm)
+        .map_err(|e| anyhow::anyhow!("INVALID_COMPONENT: {e:#}"))?;
+    let inspection = validate::inspect(runtime.engine(), &component, &wasm, call.kind())
+        .map_err(|e| anyhow::anyhow!("{}: {e}", e.code()))?;
+    let prepared = runtime.prepare(inspection.kind, &component).map_err(|e| anyhow::anyhow!("linking: {e:#}"))?;
+    let limits = runtime.config().limits(inspection.kind).with(&overrides);
+    let digest: Arc<str> = hex::encode(Sha256::digest(&wasm)).into();
+    // As on the server: outbound HTTP only to allow-listed hosts; no LLM here.
+    let host = HostCalls { http: Some(HttpGate::new(config.plugins.http_allow_hosts.clone())?), ..HostCalls::none() };
+    let report = calls::run(&runtime, &prepared, &limits, &digest, &plugin_config.to_string(), host, call).await;
+    match report {
+        Ok(report) => {
+            let answer = match (&report.ok, &report.error) {
+                (Some(ok), _) => json!({ "ok": ok }),
+                (_, Some(err)) => json!({ "error": err }),
+                _ => Value::Null,
+            };
+            println!("{}", serde_json::to_string_pretty(&answer)?);
+            let s = &report.stats;
+            eprintln!(
+                "function {}: fuel {} of {}, peak memory {} of {} bytes, {} µs, input {} B, output {} B",
+                report.function,
+                s.fuel_used,
+                s.fuel_limit,
+                s.peak_memory_bytes,
+                s.memory_limit_bytes,
+                s.duration_us,
+                s.input_bytes,
+                s.output_bytes
+            );
+            for line in &s.logs {
+                eprintln!("plugin log [{}] {}", line.level, line.message);
+            }
+            if report.error.is_some() {
+                bail!("the plugin returned an error");
+            }
+            Ok(())
+        }
+        Err(calls::RunError::Call(e)) => bail!("stopped: {} ({e})", e.code()),
+        Err(e) => bail!("{e}"),
+    }
+}

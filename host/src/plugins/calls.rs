@@ -1,0 +1,388 @@
+//! Plugin calls as JSON: the input and output shapes of each kind's main
+//! function, used by the self-check at upload, by `POST /admin/plugins/…/run`
+//! and by `memhost plugin run --input fixture.json`. Converting here keeps
+//! the WIT types (and JSON-in-a-string fields) out of the API.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use utoipa::ToSchema;
+
+use super::bindings::{PluginError, alert_channel, extractor, pricing, rate_limit};
+use super::host_calls::HostCalls;
+use super::kind::{Limits, PluginKind};
+use super::runtime::{CallError, CallStats, Prepared, Runtime};
+
+use alert_channel::exports::memhost::plugin::notifier as wit_alert;
+use extractor::exports::memhost::plugin::extraction as wit_extract;
+use pricing::exports::memhost::plugin::pricer as wit_price;
+use rate_limit::exports::memhost::plugin::limiter as wit_limit;
+
+/// Input of a pricing `rate` call.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RateInput {
+    pub plan: String,
+    #[serde(default = "empty_object")]
+    pub overrides: Value,
+    #[serde(default = "default_start")]
+    pub period_start: String,
+    #[serde(default = "default_end")]
+    pub period_end: String,
+    /// Quantity per metric for the period.
+    #[serde(default)]
+    pub usage: BTreeMap<String, u64>,
+}
+
+/// Input of a pricing `limits` call.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsInput {
+    pub plan: String,
+    #[serde(default = "empty_object")]
+    pub overrides: Value,
+}
+
+/// Input of a rate-limit `rules` call: the request's class.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RulesInput {
+    pub plan: String,
+    #[serde(default = "yes")]
+    pub live: bool,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    #[serde(default = "empty_object")]
+    pub overrides: Value,
+    #[serde(default = "get")]
+    pub method: String,
+    #[serde(default = "route")]
+    pub route: String,
+}
+
+/// Input of an alert-channel `deliver` call.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeliverInput {
+    #[serde(default = "alert_id")]
+    pub id: String,
+    #[serde(default)]
+    pub org_id: String,
+    pub rule: String,
+    /// `info`, `warning` or `critical`.
+    #[serde(default = "warning")]
+    pub severity: String,
+    pub title: String,
+    #[serde(default)]
+    pub message: String,
+    #[serde(default = "empty_object")]
+    pub data: Value,
+    #[serde(default = "default_start")]
+    pub occurred_at: String,
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TurnInput {
+    pub role: String,
+    pub content: String,
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExistingMemoryInput {
+    pub id: String,
+    pub text: String,
+    #[serde(default = "empty_object")]
+    pub metadata: Value,
+}
+
+/// Input of an extractor `extract` call.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExtractCallInput {
+    pub turns: Vec<TurnInput>,
+    #[serde(default)]
+    pub existing: Vec<ExistingMemoryInput>,
+    #[serde(default = "empty_object")]
+    pub metadata: Value,
+}
+
+/// One call of a plugin's main function, as JSON. `function` picks it:
+/// `rate` or `limits` (pricing), `rules` (rate-limit), `deliver`
+/// (alert-channel), `extract` (extractor).
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(tag = "function", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum CallInput {
+    Rate(RateInput),
+    Limits(LimitsInput),
+    Rules(RulesInput),
+    Deliver(DeliverInput),
+    Extract(ExtractCallInput),
+    /// `describe`, which every kind exports.
+    Describe,
+}
+
+impl CallInput {
+    pub fn kind(&self) -> Option<PluginKind> {
+        match self {
+            CallInput::Rate(_) | CallInput::Limits(_) => Some(PluginKind::Pricing),
+            CallInput::Rules(_) => Some(PluginKind::RateLimit),
+            CallInput::Deliver(_) => Some(PluginKind::AlertChannel),
+            CallInput::Extract(_) => Some(PluginKind::Extractor),
+            CallInput::Describe => None,
+        }
+    }
+
+    pub fn function(&self) -> &'static str {
+        match self {
+            CallInput::Rate(_) => "rate",
+            CallInput::Limits(_) => "limits",
+            CallInput::Rules(_) => "rules",
+            CallInput::Deliver(_) => "deliver",
+            CallInput::Extract(_) => "extract",
+            CallInput::Describe => "describe",
+        }
+    }
+
+    /// The fixture the self-check runs for a kind.
+    pub fn fixture(kind: PluginKind) -> CallInput {
+        serde_json::from_value(fixture_json(kind)).expect("fixtures are valid call inputs")
+    }
+}
+
+/// The self-check fixture of a kind as JSON (also what `memhost plugin new`
+/// writes as the scaffold's `fixture.json`).
+pub fn fixture_json(kind: PluginKind) -> Value {
+    match kind {
+        PluginKind::Pricing => json!({
+            "function": "rate", "plan": "starter",
+            "usage": {"api_calls": 12_000, "tokens_processed": 800_000, "memories_stored": 900, "embeddings_generated": 400}
+        }),
+        PluginKind::RateLimit => json!({
+            "function": "rules", "plan": "starter", "scopes": ["read", "write"],
+            "method": "GET", "route": "/v1/memories/{id}"
+        }),
+        PluginKind::AlertChannel => json!({
+            "function": "deliver", "rule": "usage-80-percent", "title": "80% of the monthly API calls used",
+            "message": "org self-check has used 8 000 of 10 000 API calls", "data": {"metric": "api_calls", "used": 8000}
+        }),
+        PluginKind::Extractor => json!({
+            "function": "extract",
+            "turns": [
+                {"role": "user", "content": "Hi! I love green tea in the morning. My name is Ada."},
+                {"role": "assistant", "content": "Nice to meet you, Ada."}
+            ],
+            "existing": [{"id": "m1", "text": "Ada drinks coffee."}]
+        }),
+    }
+}
+
+/// A call's result as JSON: the plugin's answer (`ok`) or its deliberate
+/// error (`error`), with what the call cost.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct CallReport {
+    pub function: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ok: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Object)]
+    pub error: Option<PluginErrorJson>,
+    pub stats: CallStats,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct PluginErrorJson {
+    pub code: String,
+    pub message: String,
+    pub retryable: bool,
+}
+
+impl From<PluginError> for PluginErrorJson {
+    fn from(e: PluginError) -> Self {
+        PluginErrorJson { code: e.code, message: e.message, retryable: e.retryable }
+    }
+}
+
+/// Why a JSON call could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("function `{function}` belongs to {expected} plugins; this plugin is a {actual} plugin")]
+    WrongKind { function: &'static str, expected: PluginKind, actual: PluginKind },
+    #[error("{0}")]
+    BadInput(String),
+    #[error(transparent)]
+    Call(#[from] CallError),
+}
+
+/// Runs one JSON call against a prepared plugin.
+pub async fn run(
+    runtime: &Runtime,
+    prepared: &Prepared,
+    limits: &Limits,
+    digest: &Arc<str>,
+    config: &str,
+    host: HostCalls,
+    input: CallInput,
+) -> Result<CallReport, RunError> {
+    if let Some(expected) = input.kind()
+        && expected != prepared.kind()
+    {
+        return Err(RunError::WrongKind { function: input.function(), expected, actual: prepared.kind() });
+    }
+    let function = input.function().to_string();
+    let (answer, stats) = match (prepared, input) {
+        (p, CallInput::Describe) => {
+            let out = runtime.describe(p, limits, digest).await?;
+            (Ok(serde_json::to_value(&out.value).unwrap_or(Value::Null)), out.stats)
+        }
+        (Prepared::Pricing(pre), CallInput::Rate(i)) => {
+            let input = wit_price::RatingInput {
+                plan: i.plan,
+                overrides: i.overrides.to_string(),
+                period_start: i.period_start,
+                period_end: i.period_end,
+                usage: i.usage.into_iter().map(|(metric, quantity)| wit_price::Usage { metric, quantity }).collect(),
+            };
+            let out = runtime.rate(pre, limits, digest, config, &input).await?;
+            (out.value.map(|inv| invoice_json(&inv)), out.stats)
+        }
+        (Prepared::Pricing(pre), CallInput::Limits(i)) => {
+            let out = runtime.plan_limits(pre, limits, digest, config, &i.plan, &i.overrides.to_string()).await?;
+            (out.value.map(|l| serde_json::to_value(l).unwrap_or(Value::Null)), out.stats)
+        }
+        (Prepared::RateLimit(pre), CallInput::Rules(i)) => {
+            let mut scopes = i.scopes;
+            scopes.sort();
+            let class = wit_limit::RequestClass {
+                plan: i.plan,
+                live: i.live,
+                scopes,
+                overrides: i.overrides.to_string(),
+                method: i.method,
+                route: i.route,
+            };
+            let out = runtime.rules(pre, limits, digest, config, &class).await?;
+            (out.value.map(|rules| Value::Array(rules.iter().map(rule_json).collect())), out.stats)
+        }
+        (Prepared::AlertChannel(pre), CallInput::Deliver(i)) => {
+            let severity = match i.severity.as_str() {
+                "info" => wit_alert::Severity::Info,
+                "warning" => wit_alert::Severity::Warning,
+                "critical" => wit_alert::Severity::Critical,
+                other => {
+                    return Err(RunError::BadInput(format!("severity `{other}`: expected info, warning or critical")));
+                }
+            };
+            let alert = wit_alert::Alert {
+                id: i.id,
+                org_id: i.org_id,
+                rule: i.rule,
+                severity,
+                title: i.title,
+                message: i.message,
+                data: i.data.to_string(),
+                occurred_at: i.occurred_at,
+            };
+            let out = runtime.deliver(pre, limits, digest, host, config, &alert).await?;
+            (out.value.map(|()| json!({"delivered": true})), out.stats)
+        }
+        (Prepared::Extractor(pre), CallInput::Extract(i)) => {
+            let input = wit_extract::ExtractInput {
+                turns: i.turns.into_iter().map(|t| wit_extract::Turn { role: t.role, content: t.content }).collect(),
+                existing: i
+                    .existing
+                    .into_iter()
+                    .map(|m| wit_extract::ExistingMemory { id: m.id, text: m.text, metadata: m.metadata.to_string() })
+                    .collect(),
+                metadata: i.metadata.to_string(),
+            };
+            let out = runtime.extract(pre, limits, digest, host, config, &input).await?;
+            (out.value.map(|ops| Value::Array(ops.iter().map(memory_op_json).collect())), out.stats)
+        }
+        _ => unreachable!("the kind check above matches input and plugin"),
+    };
+    Ok(match answer {
+        Ok(ok) => CallReport { function, ok: Some(ok), error: None, stats },
+        Err(e) => CallReport { function, ok: None, error: Some(e.into()), stats },
+    })
+}
+
+pub fn invoice_json(inv: &wit_price::Invoice) -> Value {
+    json!({
+        "currency": inv.currency,
+        "lines": inv.lines.iter().map(|l| json!({
+            "metric": l.metric, "description": l.description, "quantity": l.quantity, "amount_micros": l.amount
+        })).collect::<Vec<_>>(),
+        "total_micros": inv.total,
+    })
+}
+
+fn rule_json(r: &wit_limit::Rule) -> Value {
+    let scope = match r.scope {
+        wit_limit::Scope::Global => "global",
+        wit_limit::Scope::Org => "org",
+        wit_limit::Scope::Key => "key",
+        wit_limit::Scope::ClientIp => "client-ip",
+    };
+    let algorithm = match r.algorithm {
+        wit_limit::Algorithm::SlidingWindow => "sliding-window",
+        wit_limit::Algorithm::FixedWindow => "fixed-window",
+        wit_limit::Algorithm::TokenBucket => "token-bucket",
+        wit_limit::Algorithm::Concurrency => "concurrency",
+    };
+    json!({"name": r.name, "scope": scope, "algorithm": algorithm, "limit": r.limit,
+           "window_ms": r.window_ms, "burst": r.burst, "cost": r.cost})
+}
+
+fn memory_op_json(op: &wit_extract::MemoryOp) -> Value {
+    let meta = |s: &str| serde_json::from_str::<Value>(s).unwrap_or(Value::Null);
+    match op {
+        wit_extract::MemoryOp::Add(m) => json!({"op": "add", "text": m.text, "metadata": meta(&m.metadata)}),
+        wit_extract::MemoryOp::Update(u) => json!({"op": "update", "id": u.id, "text": u.text}),
+        wit_extract::MemoryOp::Delete(id) => json!({"op": "delete", "id": id}),
+    }
+}
+
+/// Checks an answer for what the kind promises; pricing: the total is the
+/// sum of the lines (never a wrong invoice).
+pub fn check_answer(report: &CallReport) -> Result<(), String> {
+    if report.function == "rate"
+        && let Some(ok) = &report.ok
+    {
+        let total = ok["total_micros"].as_i64().unwrap_or(0);
+        let sum: i64 =
+            ok["lines"].as_array().map(|ls| ls.iter().filter_map(|l| l["amount_micros"].as_i64()).sum()).unwrap_or(0);
+        if total != sum {
+            return Err(format!("invoice total {total} is not the sum of its lines ({sum})"));
+        }
+    }
+    Ok(())
+}
+
+fn empty_object() -> Value {
+    json!({})
+}
+fn default_start() -> String {
+    "2026-01-01T00:00:00Z".into()
+}
+fn default_end() -> String {
+    "2026-02-01T00:00:00Z".into()
+}
+fn yes() -> bool {
+    true
+}
+fn get() -> String {
+    "GET".into()
+}
+fn route() -> String {
+    "/v1/memories".into()
+}
+fn alert_id() -> String {
+    "alert_self_check".into()
+}
+fn warning() -> String {
+    "warning".into()
+}

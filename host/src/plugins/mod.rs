@@ -1,0 +1,820 @@
+//! Plugins: sandboxed WIT components that carry the business logic (pricing,
+//! rate-limit rules, alert channels, extraction), uploaded and activated while
+//! the service runs.
+//!
+//! - `bindings`: the host side of `wit/0.1.0`.
+//! - `runtime`: the sandbox (engine, pool, fresh store per call, limits).
+//! - `validate`: upload checks; `calls`: JSON in and out of each kind's
+//!   functions (self-check, `run`); `host_calls`: what a kind may import.
+//! - `registry`: records and activations in the database.
+//! - this file: [`PluginService`], which keeps the active set (swapped
+//!   atomically; in-flight calls finish on the version they started with),
+//!   compiles each plugin once, caches precompiled artifacts, and follows
+//!   other instances through the change feed.
+
+pub mod bindings;
+pub mod build_plan;
+pub mod calls;
+pub mod host_calls;
+pub mod kind;
+pub mod registry;
+pub mod runtime;
+pub mod validate;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use chrono::Utc;
+use hmac::{KeyInit, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
+use wasmtime::component::Component;
+
+pub use calls::{CallInput, CallReport, RunError};
+pub use kind::{FailurePolicy, LimitOverrides, Limits, PluginKind, PluginsConfig};
+pub use registry::{ActivationRecord, PluginRecord};
+pub use runtime::{CallError, CallStats, Runtime};
+pub use validate::UploadError;
+
+use crate::memories::embedding::Embedder;
+use crate::store::Database;
+use host_calls::{HostCalls, HttpGate};
+use runtime::Prepared;
+
+/// A default plugin compiled into the binary, with the policy file it is
+/// first activated with (none: uploaded but left inactive).
+struct Builtin {
+    kind: PluginKind,
+    wasm: &'static [u8],
+    policy: Option<&'static str>,
+}
+
+const BUILTINS: [Builtin; 4] = [
+    Builtin {
+        kind: PluginKind::Pricing,
+        wasm: include_bytes!(concat!(env!("MEMHOST_PLUGINS_DIR"), "/pricing_tiered.wasm")),
+        policy: Some(include_str!("../../../policies/pricing.yaml")),
+    },
+    Builtin {
+        kind: PluginKind::RateLimit,
+        wasm: include_bytes!(concat!(env!("MEMHOST_PLUGINS_DIR"), "/ratelimit_tiered.wasm")),
+        policy: Some(include_str!("../../../policies/rate-limits.yaml")),
+    },
+    Builtin {
+        kind: PluginKind::AlertChannel,
+        wasm: include_bytes!(concat!(env!("MEMHOST_PLUGINS_DIR"), "/alert_webhook.wasm")),
+        // Needs a URL; an operator activates it with one.
+        policy: None,
+    },
+    Builtin {
+        kind: PluginKind::Extractor,
+        wasm: include_bytes!(concat!(env!("MEMHOST_PLUGINS_DIR"), "/extract_rules.wasm")),
+        policy: Some(include_str!("../../../policies/extraction.yaml")),
+    },
+];
+
+/// Failures of plugin operations, mapped once to the envelope in `api::error`.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    #[error(transparent)]
+    Upload(#[from] UploadError),
+    #[error("plugin {0} not found")]
+    NotFound(String),
+    #[error("plugin id prefix `{0}` matches more than one plugin; give more characters")]
+    Ambiguous(String),
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("config does not match the plugin's schema: {}", .0.join("; "))]
+    InvalidConfig(Vec<String>),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("no active {0} plugin")]
+    NoneActive(PluginKind),
+    #[error(transparent)]
+    Run(#[from] RunError),
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+/// A plugin compiled and linked for its world, shared by every activation of it.
+pub struct Loaded {
+    pub record: PluginRecord,
+    pub digest: Arc<str>,
+    pub limits: Limits,
+    pub prepared: Prepared,
+}
+
+/// One current activation with its plugin. Calls hold an `Arc` of it, so a
+/// swap never pulls a plugin out from under a call.
+pub struct Active {
+    pub activation: ActivationRecord,
+    /// The config as JSON text, as the plugin receives it.
+    pub config: String,
+    pub plugin: Arc<Loaded>,
+}
+
+/// Where an activation applies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Global,
+    Plan(String),
+    Org(String),
+    /// A share of orgs, chosen by a stable hash of the org id.
+    Canary,
+}
+
+impl Target {
+    pub fn parse(s: &str) -> Result<Target, String> {
+        let valid = |v: &str| {
+            !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        };
+        match s.split_once(':') {
+            None if s == "global" => Ok(Target::Global),
+            None if s == "canary" => Ok(Target::Canary),
+            Some(("plan", p)) if valid(p) => Ok(Target::Plan(p.into())),
+            Some(("org", o)) if valid(o) => Ok(Target::Org(o.into())),
+            _ => Err(format!("target `{s}`: expected `global`, `plan:<plan>`, `org:<org id>` or `canary`")),
+        }
+    }
+
+    pub fn as_string(&self) -> String {
+        match self {
+            Target::Global => "global".into(),
+            Target::Plan(p) => format!("plan:{p}"),
+            Target::Org(o) => format!("org:{o}"),
+            Target::Canary => "canary".into(),
+        }
+    }
+}
+
+/// The current activations of one kind, by target.
+#[derive(Default)]
+struct Routes {
+    global: Option<Arc<Active>>,
+    plans: HashMap<String, Arc<Active>>,
+    orgs: HashMap<String, Arc<Active>>,
+    canary: Option<Arc<Active>>,
+}
+
+#[derive(Default)]
+struct ActiveSet {
+    kinds: HashMap<PluginKind, Routes>,
+}
+
+/// The org's stable bucket 0..100 for canary routing.
+pub fn canary_bucket(org_id: &str) -> u8 {
+    let h = Sha256::digest(org_id.as_bytes());
+    (u16::from_be_bytes([h[0], h[1]]) % 100) as u8
+}
+
+impl ActiveSet {
+    /// Org, then plan, then canary (if the org's bucket is in the share),
+    /// then global.
+    fn resolve(&self, kind: PluginKind, org_id: Option<&str>, plan: Option<&str>) -> Option<Arc<Active>> {
+        let routes = self.kinds.get(&kind)?;
+        org_id
+            .and_then(|o| routes.orgs.get(o))
+            .or_else(|| plan.and_then(|p| routes.plans.get(p)))
+            .or_else(|| {
+                routes.canary.as_ref().filter(|c| {
+                    org_id.is_some_and(|o| (canary_bucket(o) as i32) < c.activation.canary_percent.unwrap_or(0))
+                })
+            })
+            .or(routes.global.as_ref())
+            .cloned()
+    }
+}
+
+/// The plugin domain service: registry, active set, calls.
+#[derive(Clone)]
+pub struct PluginService {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    runtime: Runtime,
+    db: Database,
+    active: ArcSwap<ActiveSet>,
+    loaded: Mutex<HashMap<String, Arc<Loaded>>>,
+    /// Serialises reloads so an older one never overwrites a newer one.
+    reload_lock: tokio::sync::Mutex<()>,
+    cache_dir: PathBuf,
+    http: HttpGate,
+    embedder: Option<Arc<dyn Embedder>>,
+}
+
+/// A plugin with where it is active.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct PluginView {
+    #[serde(flatten)]
+    pub plugin: PluginRecord,
+    /// `active` if any target uses it now, else `inactive`.
+    pub status: String,
+    /// Current activations of this plugin.
+    pub active_targets: Vec<ActivationRecord>,
+}
+
+/// What `POST /admin/plugins` returns.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Uploaded {
+    #[serde(flatten)]
+    pub plugin: PluginRecord,
+    /// false when these exact bytes were uploaded before (nothing changed).
+    pub created: bool,
+    /// What the self-check cost (absent when nothing was checked again).
+    pub self_check: Option<CallStats>,
+    pub imports: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ActivateRequest {
+    /// `global` (default), `plan:<plan>`, `org:<org id>` or `canary`.
+    pub target: Option<String>,
+    /// Canary only: share of orgs (1–100) routed to this plugin.
+    #[schema(minimum = 1, maximum = 100)]
+    pub canary_percent: Option<i32>,
+    /// The plugin's config; default: the config of the activation it replaces.
+    #[schema(value_type = Option<Object>)]
+    pub config: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackRequest {
+    /// Default `global`.
+    pub target: Option<String>,
+    /// Plugin id (or unique prefix) to go back to; default: the version that
+    /// was active before this one.
+    pub to: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeactivateRequest {
+    /// Default `global`.
+    pub target: Option<String>,
+}
+
+/// What a run on the server's sandbox returns.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct RunReport {
+    pub plugin_id: String,
+    pub name: String,
+    pub version: String,
+    pub kind: PluginKind,
+    /// The activation whose config was used, for runs of the active plugin.
+    pub activation_id: Option<String>,
+    #[serde(flatten)]
+    pub report: CallReport,
+}
+
+impl PluginService {
+    /// Builds the runtime, registers the built-in plugins, activates the
+    /// defaults on a fresh database and loads the active set.
+    pub async fn start(
+        db: Database,
+        config: PluginsConfig,
+        cache_dir: PathBuf,
+        embedder: Option<Arc<dyn Embedder>>,
+    ) -> anyhow::Result<PluginService> {
+        let http = HttpGate::new(config.http_allow_hosts.clone())?;
+        let runtime = Runtime::new(config)?;
+        let service = PluginService {
+            inner: Arc::new(Inner {
+                runtime,
+                db,
+                active: ArcSwap::from_pointee(ActiveSet::default()),
+                loaded: Mutex::new(HashMap::new()),
+                reload_lock: tokio::sync::Mutex::new(()),
+                cache_dir,
+                http,
+                embedder,
+            }),
+        };
+        service.install_builtins().await?;
+        service.reload().await?;
+        Ok(service)
+    }
+
+    pub fn runtime(&self) -> &Runtime {
+        &self.inner.runtime
+    }
+
+    async fn install_builtins(&self) -> anyhow::Result<()> {
+        let current = registry::activations(&self.inner.db, None).await?;
+        for b in &BUILTINS {
+            let up = self
+                .upload(b.wasm, Some(b.kind), LimitOverrides::default(), "builtin")
+                .await
+                .map_err(|e| anyhow::anyhow!("built-in {} plugin: {e}", b.kind))?;
+            let Some(policy) = b.policy else { continue };
+            let ever = current.iter().any(|a| a.kind == b.kind)
+                || !registry::activations(&self.inner.db, Some((b.kind, "global"))).await?.is_empty();
+            if !ever {
+                let config: serde_json::Value = serde_yaml_ng::from_str(policy)
+                    .map_err(|e| anyhow::anyhow!("policy for the built-in {} plugin: {e}", b.kind))?;
+                let request = ActivateRequest { target: None, canary_percent: None, config: Some(config) };
+                self.activate(&up.plugin.id, request, "builtin")
+                    .await
+                    .map_err(|e| anyhow::anyhow!("activating the built-in {} plugin: {e}", b.kind))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Validates and stores a plugin; the same bytes again are a no-op.
+    pub async fn upload(
+        &self,
+        wasm: &[u8],
+        kind: Option<PluginKind>,
+        limits: LimitOverrides,
+        uploaded_by: &str,
+    ) -> Result<Uploaded, PluginError> {
+        validate::check_header(wasm)?;
+        self.inner.runtime.config().check_overrides(&limits).map_err(PluginError::InvalidRequest)?;
+        let digest = hex::encode(Sha256::digest(wasm));
+        if let Some(existing) = registry::find_plugins(&self.inner.db, &digest).await?.into_iter().next() {
+            if let Some(expected) = kind
+                && expected != existing.kind
+            {
+                return Err(UploadError::WrongWorld { expected, found: existing.kind }.into());
+            }
+            if limits != LimitOverrides::default() && limits != existing.limits {
+                return Err(PluginError::Conflict(format!(
+                    "plugin {} is already stored with limits {}; a plugin's limits are fixed when it is first uploaded",
+                    short(&existing.id),
+                    serde_json::to_string(&existing.limits).unwrap_or_default()
+                )));
+            }
+            return Ok(Uploaded { plugin: existing, created: false, self_check: None, imports: Vec::new() });
+        }
+        let digest_arc: Arc<str> = digest.clone().into();
+        let (v, effective) =
+            validate::validate_with_limits(&self.inner.runtime, wasm, kind, &limits, &digest_arc).await?;
+        let kind = v.inspection.kind;
+        let record = PluginRecord {
+            id: digest.clone(),
+            kind,
+            name: v.info.name.clone(),
+            version: v.info.version.clone(),
+            wit_version: v.inspection.wit_version.clone(),
+            sdk: v.inspection.sdk.clone(),
+            config_schema: serde_json::from_str(&v.info.config_schema).unwrap_or(serde_json::json!({})),
+            limits,
+            size_bytes: wasm.len() as i64,
+            uploaded_by: uploaded_by.to_string(),
+            uploaded_at: Utc::now(),
+        };
+        registry::insert_plugin(&self.inner.db, &record, wasm).await?;
+        self.store_artifact(&digest, &v.component);
+        let loaded =
+            Arc::new(Loaded { record: record.clone(), digest: digest_arc, limits: effective, prepared: v.prepared });
+        self.inner.loaded.lock().unwrap_or_else(|e| e.into_inner()).insert(digest, loaded);
+        tracing::info!(plugin = %record.id, kind = %record.kind, name = %record.name, version = %record.version, "plugin uploaded");
+        Ok(Uploaded { plugin: record, created: true, self_check: Some(v.self_check), imports: v.inspection.imports })
+    }
+
+    pub async fn list(&self, kind: Option<PluginKind>) -> Result<Vec<PluginView>, PluginError> {
+        let plugins = registry::list_plugins(&self.inner.db, kind).await?;
+        let current = registry::activations(&self.inner.db, None).await?;
+        Ok(plugins
+            .into_iter()
+            .map(|p| {
+                let active_targets: Vec<_> = current.iter().filter(|a| a.plugin_id == p.id).cloned().collect();
+                let status = if active_targets.is_empty() { "inactive" } else { "active" }.to_string();
+                PluginView { plugin: p, status, active_targets }
+            })
+            .collect())
+    }
+
+    /// A plugin by full id or unique prefix (at least 8 characters).
+    pub async fn find(&self, id: &str) -> Result<PluginRecord, PluginError> {
+        let id = id.trim().to_ascii_lowercase();
+        if id.len() < 8 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(PluginError::NotFound(id));
+        }
+        let mut found = registry::find_plugins(&self.inner.db, &id).await?;
+        match found.len() {
+            0 => Err(PluginError::NotFound(id)),
+            1 => Ok(found.remove(0)),
+            _ => Err(PluginError::Ambiguous(id)),
+        }
+    }
+
+    pub async fn get(&self, id: &str) -> Result<(PluginView, Vec<ActivationRecord>), PluginError> {
+        let plugin = self.find(id).await?;
+        let history = registry::activations_of(&self.inner.db, &plugin.id).await?;
+        let active_targets: Vec<_> = history.iter().filter(|a| a.deactivated_at.is_none()).cloned().collect();
+        let status = if active_targets.is_empty() { "inactive" } else { "active" }.to_string();
+        Ok((PluginView { plugin, status, active_targets }, history))
+    }
+
+    /// Makes a plugin the current one for a target, after validating its
+    /// config against the plugin's schema and self-checking it with that
+    /// config. The swap is atomic; calls already running finish on the old
+    /// version.
+    pub async fn activate(&self, id: &str, req: ActivateRequest, by: &str) -> Result<ActivationRecord, PluginError> {
+        let plugin = self.find(id).await?;
+        let target = Target::parse(req.target.as_deref().unwrap_or("global")).map_err(PluginError::InvalidRequest)?;
+        let canary_percent = match (&target, req.canary_percent) {
+            (Target::Canary, Some(p)) if (1..=100).contains(&p) => Some(p),
+            (Target::Canary, _) => {
+                return Err(PluginError::InvalidRequest(
+                    "a canary activation needs canary_percent from 1 to 100".into(),
+                ));
+            }
+            (_, Some(_)) => {
+                return Err(PluginError::InvalidRequest("canary_percent applies only to target `canary`".into()));
+            }
+            (_, None) => None,
+        };
+        let target_s = target.as_string();
+        let config = match req.config {
+            Some(c) => c,
+            None => self.default_config(&plugin, &target_s).await?,
+        };
+        self.check_config(&plugin, &config).await?;
+        let activation = ActivationRecord {
+            id: uuid::Uuid::now_v7().to_string(),
+            kind: plugin.kind,
+            target: target_s,
+            plugin_id: plugin.id.clone(),
+            config,
+            canary_percent,
+            activated_by: by.to_string(),
+            activated_at: Utc::now(),
+            deactivated_at: None,
+        };
+        registry::activate(&self.inner.db, &activation).await?;
+        tracing::info!(plugin = %plugin.id, kind = %plugin.kind, target = %activation.target, "plugin activated");
+        self.reload().await?;
+        Ok(activation)
+    }
+
+    /// The config an activation gets when none is given: the one the target
+    /// has now, else this plugin's most recent one anywhere, else `{}`.
+    async fn default_config(&self, plugin: &PluginRecord, target: &str) -> Result<serde_json::Value, PluginError> {
+        let current = registry::activations(&self.inner.db, Some((plugin.kind, target)))
+            .await?
+            .into_iter()
+            .find(|a| a.deactivated_at.is_none());
+        if let Some(a) = current {
+            return Ok(a.config);
+        }
+        let own = registry::activations_of(&self.inner.db, &plugin.id).await?.into_iter().next();
+        Ok(own.map(|a| a.config).unwrap_or_else(|| serde_json::json!({})))
+    }
+
+    /// Schema check, then a self-check with the real config.
+    async fn check_config(&self, plugin: &PluginRecord, config: &serde_json::Value) -> Result<(), PluginError> {
+        if !config.is_object() {
+            return Err(PluginError::InvalidConfig(vec!["the config must be a JSON object".into()]));
+        }
+        validate::check_config(&plugin.config_schema.to_string(), config).map_err(PluginError::InvalidConfig)?;
+        let loaded = self.load(&plugin.id).await?;
+        validate::self_check(
+            &self.inner.runtime,
+            &loaded.prepared,
+            &loaded.limits,
+            &loaded.digest,
+            &config.to_string(),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Goes back to an earlier version for a target: the one active before
+    /// `id` (which must be current there), or `to`.
+    pub async fn rollback(&self, id: &str, req: RollbackRequest, by: &str) -> Result<ActivationRecord, PluginError> {
+        let plugin = self.find(id).await?;
+        let target = Target::parse(req.target.as_deref().unwrap_or("global")).map_err(PluginError::InvalidRequest)?;
+        let target_s = target.as_string();
+        let history = registry::activations(&self.inner.db, Some((plugin.kind, &target_s))).await?;
+        let current = history.iter().find(|a| a.deactivated_at.is_none());
+        if current.is_none_or(|c| c.plugin_id != plugin.id) {
+            return Err(PluginError::Conflict(format!(
+                "plugin {} is not the active {} plugin for `{target_s}`; nothing to roll back",
+                short(&plugin.id),
+                plugin.kind
+            )));
+        }
+        let earlier = match &req.to {
+            Some(to) => {
+                let to = self.find(to).await?;
+                history.iter().find(|a| a.plugin_id == to.id).ok_or_else(|| {
+                    PluginError::Conflict(format!(
+                        "plugin {} was never active for `{target_s}`; activate it instead",
+                        short(&to.id)
+                    ))
+                })?
+            }
+            None => history.iter().find(|a| a.plugin_id != plugin.id).ok_or_else(|| {
+                PluginError::Conflict(format!("no earlier {} plugin was active for `{target_s}`", plugin.kind))
+            })?,
+        };
+        let request = ActivateRequest {
+            target: Some(target_s),
+            canary_percent: earlier.canary_percent,
+            config: Some(earlier.config.clone()),
+        };
+        let earlier_id = earlier.plugin_id.clone();
+        self.activate(&earlier_id, request, by).await
+    }
+
+    pub async fn deactivate(&self, id: &str, req: DeactivateRequest) -> Result<PluginView, PluginError> {
+        let plugin = self.find(id).await?;
+        let target = Target::parse(req.target.as_deref().unwrap_or("global")).map_err(PluginError::InvalidRequest)?;
+        let target_s = target.as_string();
+        let current = registry::activations(&self.inner.db, None).await?;
+        if !current.iter().any(|a| a.plugin_id == plugin.id && a.target == target_s) {
+            return Err(PluginError::Conflict(format!("plugin {} is not active for `{target_s}`", short(&plugin.id))));
+        }
+        registry::deactivate(&self.inner.db, plugin.kind, &target_s, Utc::now()).await?;
+        tracing::info!(plugin = %plugin.id, kind = %plugin.kind, target = %target_s, "plugin deactivated");
+        self.reload().await?;
+        Ok(self.get(&plugin.id).await?.0)
+    }
+
+    /// The active plugin of a kind for an org on a plan.
+    pub fn active(&self, kind: PluginKind, org_id: Option<&str>, plan: Option<&str>) -> Option<Arc<Active>> {
+        self.inner.active.load().resolve(kind, org_id, plan)
+    }
+
+    /// Runs a stored plugin on JSON input with a given config.
+    pub async fn run(
+        &self,
+        id: &str,
+        input: CallInput,
+        config: Option<serde_json::Value>,
+    ) -> Result<RunReport, PluginError> {
+        let plugin = self.find(id).await?;
+        let loaded = self.load(&plugin.id).await?;
+        let config = config.unwrap_or_else(|| serde_json::json!({}));
+        self.run_loaded(&loaded, None, &config.to_string(), input).await
+    }
+
+    /// Runs the plugin active for an org/plan, with its activation's config.
+    pub async fn run_active(
+        &self,
+        kind: PluginKind,
+        org_id: Option<&str>,
+        plan: Option<&str>,
+        input: CallInput,
+    ) -> Result<RunReport, PluginError> {
+        let active = self.active(kind, org_id, plan).ok_or(PluginError::NoneActive(kind))?;
+        self.run_loaded(&active.plugin, Some(active.activation.id.clone()), &active.config, input).await
+    }
+
+    async fn run_loaded(
+        &self,
+        loaded: &Loaded,
+        activation_id: Option<String>,
+        config: &str,
+        input: CallInput,
+    ) -> Result<RunReport, PluginError> {
+        let host = HostCalls { http: Some(self.inner.http.clone()), llm: None, embedder: self.inner.embedder.clone() };
+        let report =
+            calls::run(&self.inner.runtime, &loaded.prepared, &loaded.limits, &loaded.digest, config, host, input)
+                .await?;
+        Ok(RunReport {
+            plugin_id: loaded.record.id.clone(),
+            name: loaded.record.name.clone(),
+            version: loaded.record.version.clone(),
+            kind: loaded.record.kind,
+            activation_id,
+            report,
+        })
+    }
+
+    /// Reads the current activations and swaps in the new active set.
+    pub async fn reload(&self) -> Result<(), PluginError> {
+        let _guard = self.inner.reload_lock.lock().await;
+        let current = registry::activations(&self.inner.db, None).await?;
+        let mut set = ActiveSet::default();
+        for a in current {
+            let plugin = match self.load(&a.plugin_id).await {
+                Ok(p) => p,
+                Err(e) => {
+                    // Keep serving the rest; this target falls through to the next route.
+                    tracing::error!(plugin = %a.plugin_id, error = %e, "active plugin could not be loaded");
+                    continue;
+                }
+            };
+            let target = Target::parse(&a.target).map_err(PluginError::InvalidRequest)?;
+            let active = Arc::new(Active { config: a.config.to_string(), activation: a, plugin });
+            let routes = set.kinds.entry(active.plugin.record.kind).or_default();
+            match target {
+                Target::Global => routes.global = Some(active),
+                Target::Plan(p) => {
+                    routes.plans.insert(p, active);
+                }
+                Target::Org(o) => {
+                    routes.orgs.insert(o, active);
+                }
+                Target::Canary => routes.canary = Some(active),
+            }
+        }
+        self.inner.active.store(Arc::new(set));
+        Ok(())
+    }
+
+    /// Follows activations made by other instances: PostgreSQL LISTEN/NOTIFY
+    /// (delivered within milliseconds), plus a reload every few seconds in
+    /// case a notification was lost while reconnecting.
+    pub fn follow_changes(&self) {
+        let Database::Postgres(pool) = &self.inner.db else { return };
+        let pool = pool.clone();
+        let service = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let mut listener = match sqlx::postgres::PgListener::connect_with(&pool).await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "plugin change feed: connecting failed; retrying");
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                        continue;
+                    }
+                };
+                if let Err(e) = listener.listen("memhost_plugins").await {
+                    tracing::warn!(error = %e, "plugin change feed: LISTEN failed; retrying");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    continue;
+                }
+                // Catch up on anything missed while not listening.
+                let _ = service.reload().await;
+                loop {
+                    match tokio::time::timeout(std::time::Duration::from_secs(5), listener.recv()).await {
+                        Ok(Ok(_)) | Err(_) => {
+                            if let Err(e) = service.reload().await {
+                                tracing::warn!(error = %e, "plugin change feed: reload failed");
+                            }
+                        }
+                        Ok(Err(e)) => {
+                            tracing::warn!(error = %e, "plugin change feed: connection lost; reconnecting");
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    /// A stored plugin, compiled once per process: from the precompiled
+    /// artifact cache when we produced a valid one, else compiled now.
+    async fn load(&self, digest: &str) -> Result<Arc<Loaded>, PluginError> {
+        if let Some(l) = self.inner.loaded.lock().unwrap_or_else(|e| e.into_inner()).get(digest) {
+            return Ok(l.clone());
+        }
+        let record = self.find(digest).await?;
+        let component = match self.cached_artifact(digest) {
+            Some(c) => c,
+            None => {
+                let wasm = registry::plugin_wasm(&self.inner.db, digest)
+                    .await?
+                    .ok_or_else(|| PluginError::NotFound(digest.into()))?;
+                let engine = self.inner.runtime.engine().clone();
+                let component = tokio::task::spawn_blocking(move || Component::new(&engine, &wasm))
+                    .await
+                    .map_err(|e| anyhow::anyhow!("compile task: {e}"))?
+                    .map_err(|e| anyhow::anyhow!("compiling stored plugin {digest}: {e:#}"))?;
+                self.store_artifact(digest, &component);
+                component
+            }
+        };
+        let prepared = self
+            .inner
+            .runtime
+            .prepare(record.kind, &component)
+            .map_err(|e| anyhow::anyhow!("linking stored plugin {digest}: {e:#}"))?;
+        let limits = self.inner.runtime.config().limits(record.kind).with(&record.limits);
+        let loaded = Arc::new(Loaded { digest: digest.to_string().into(), limits, prepared, record });
+        self.inner.loaded.lock().unwrap_or_else(|e| e.into_inner()).insert(digest.to_string(), loaded.clone());
+        Ok(loaded)
+    }
+
+    fn artifact_dir(&self) -> PathBuf {
+        self.inner.cache_dir.join(self.inner.runtime.artifact_key())
+    }
+
+    /// The key that authenticates artifacts in the cache directory: only
+    /// artifacts this installation wrote are ever deserialized.
+    fn cache_key(&self) -> Option<Vec<u8>> {
+        let path = self.inner.cache_dir.join("artifact.key");
+        if let Ok(k) = std::fs::read(&path)
+            && k.len() == 32
+        {
+            return Some(k);
+        }
+        std::fs::create_dir_all(&self.inner.cache_dir).ok()?;
+        let key: [u8; 32] = rand::random();
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        std::fs::write(&tmp, key).ok()?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600));
+        }
+        // Another process may have won the race; use whichever key landed.
+        if std::fs::hard_link(&tmp, &path).is_err() {
+            let _ = std::fs::remove_file(&tmp);
+            return std::fs::read(&path).ok().filter(|k| k.len() == 32);
+        }
+        let _ = std::fs::remove_file(&tmp);
+        Some(key.to_vec())
+    }
+
+    fn mac(key: &[u8], bytes: &[u8]) -> Option<hmac::Hmac<Sha256>> {
+        let mut mac = <hmac::Hmac<Sha256> as KeyInit>::new_from_slice(key).ok()?;
+        mac.update(bytes);
+        Some(mac)
+    }
+
+    fn store_artifact(&self, digest: &str, component: &Component) {
+        let (Some(key), Ok(bytes)) = (self.cache_key(), component.serialize()) else { return };
+        let dir = self.artifact_dir();
+        if std::fs::create_dir_all(&dir).is_err() {
+            return;
+        }
+        let Some(mac) = Self::mac(&key, &bytes) else { return };
+        let tag = mac.finalize().into_bytes();
+        let tmp = dir.join(format!("{digest}.{}.tmp", std::process::id()));
+        let mut content = tag.to_vec();
+        content.extend_from_slice(&bytes);
+        if std::fs::write(&tmp, content).is_ok() {
+            let _ = std::fs::rename(&tmp, dir.join(format!("{digest}.cwasm")));
+        }
+    }
+
+    fn cached_artifact(&self, digest: &str) -> Option<Component> {
+        let key = self.cache_key()?;
+        let content = std::fs::read(self.artifact_dir().join(format!("{digest}.cwasm"))).ok()?;
+        if content.len() < 32 {
+            return None;
+        }
+        let (tag, bytes) = content.split_at(32);
+        Self::mac(&key, bytes)?.verify_slice(tag).ok()?;
+        // SAFETY: the bytes are an artifact this installation serialized with
+        // this wasmtime version and engine configuration (the directory is
+        // keyed by both) and authenticated with its cache key.
+        unsafe { Component::deserialize(self.inner.runtime.engine(), bytes) }.ok()
+    }
+}
+
+/// The first 12 characters of a plugin id, for messages.
+pub fn short(id: &str) -> &str {
+    &id[..id.len().min(12)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_parse_and_print() {
+        for t in ["global", "canary", "plan:starter", "org:org_AbC-1_2"] {
+            assert_eq!(Target::parse(t).unwrap().as_string(), t);
+        }
+        for bad in ["", "plan:", "org:a b", "galaxy", "plan:x:y", "team:x"] {
+            assert!(Target::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn canary_buckets_are_stable_and_spread() {
+        assert_eq!(canary_bucket("org_a"), canary_bucket("org_a"));
+        let buckets: std::collections::HashSet<u8> = (0..1000).map(|i| canary_bucket(&format!("org_{i}"))).collect();
+        assert!(buckets.iter().all(|b| *b < 100));
+        assert!(buckets.len() > 90, "1000 orgs cover most buckets: {}", buckets.len());
+    }
+
+    #[test]
+    fn per_plugin_limits_are_bounded() {
+        let config = PluginsConfig::default();
+        assert!(config.check_overrides(&LimitOverrides::default()).is_ok());
+        assert!(config.check_overrides(&LimitOverrides { fuel: Some(50_000_000), ..Default::default() }).is_ok());
+        for bad in [
+            LimitOverrides { fuel: Some(0), ..Default::default() },
+            LimitOverrides { deadline_ms: Some(3_600_000), ..Default::default() },
+            LimitOverrides { memory_bytes: Some(config.max_memory_bytes + 1), ..Default::default() },
+            LimitOverrides { max_output_bytes: Some(1), ..Default::default() },
+        ] {
+            assert!(config.check_overrides(&bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn headers_name_what_the_file_is() {
+        let code = |b: &[u8]| validate::check_header(b).unwrap_err().code();
+        assert_eq!(code(b"\x7fELF\x02\x01\x01\0"), "NOT_A_COMPONENT");
+        assert_eq!(code(b"\0asm\x01\0\0\0"), "NOT_A_COMPONENT");
+        assert_eq!(code(b"hello world"), "NOT_A_COMPONENT");
+        assert_eq!(code(&vec![0u8; validate::MAX_PLUGIN_BYTES + 1]), "PLUGIN_TOO_LARGE");
+        assert!(validate::check_header(b"\0asm\x0d\0\x01\0").is_ok());
+    }
+}

@@ -1,0 +1,464 @@
+//! Plugins over the admin API: access, the built-ins, upload validation,
+//! activation and rollback, hostile guests, and hot swap under load.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::both_backends;
+use crate::common::{Backend, TestServer, plugin_wasm};
+
+both_backends!(admin_needs_operator_admin_key, builtins_are_active_on_a_fresh_start, upload_activate_rollback);
+
+/// What the built-in pricing plugin charges the starter plan for the
+/// self-check fixture's usage: 49 USD base + 2 000 calls over at 0.50/1000.
+const STARTER_TOTAL: i64 = 50_000_000;
+
+fn rate_input() -> Value {
+    json!({"function": "rate", "plan": "starter", "usage": {"api_calls": 12000, "tokens_processed": 800000}})
+}
+
+async fn admin_needs_operator_admin_key(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let (_, tenant_admin) = server.tenant();
+    let r = server.get("/admin/plugins", &tenant_admin).await;
+    r.assert_error(403, "FORBIDDEN");
+    assert!(r.body["error"]["message"].as_str().unwrap().contains("operator"), "{}", r.body);
+
+    let (op_org, _) = server.operator();
+    let op_reader = server.create_key(&op_org, "read", false);
+    server.get("/admin/plugins", &op_reader).await.assert_error(403, "INSUFFICIENT_SCOPE");
+    server.call(reqwest::Method::GET, "/admin/plugins", None, None).await.assert_error(401, "INVALID_API_KEY");
+    // An upload from a non-operator is refused before the body is looked at.
+    server.upload_plugin(&tenant_admin, plugin_wasm("pricing-flat"), "").await.assert_error(403, "FORBIDDEN");
+}
+
+async fn builtins_are_active_on_a_fresh_start(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let (_, key) = server.operator();
+    let list = server.get("/admin/plugins", &key).await;
+    let plugins = list.assert_ok(200)["plugins"].as_array().unwrap().clone();
+    let by_name = |n: &str| plugins.iter().find(|p| p["name"] == n).unwrap_or_else(|| panic!("{n} in {plugins:?}"));
+    for (name, kind, status) in [
+        ("pricing-tiered", "pricing", "active"),
+        ("ratelimit-tiered", "rate-limit", "active"),
+        ("extract-rules", "extractor", "active"),
+        // Needs a webhook URL before it can be activated.
+        ("alert-webhook", "alert-channel", "inactive"),
+    ] {
+        let p = by_name(name);
+        assert_eq!(p["kind"], kind, "{p}");
+        assert_eq!(p["status"], status, "{p}");
+        assert_eq!(p["wit_version"], "0.1.0", "{p}");
+        assert_eq!(p["id"].as_str().unwrap().len(), 64, "sha-256 id: {p}");
+        assert!(p["sdk"].as_str().unwrap().contains("\"wit\":\"0.1.0\""), "SDK stamp: {p}");
+        assert!(p["config_schema"].is_object(), "{p}");
+    }
+
+    // Each active kind answers its fixture.
+    let r = server.post("/admin/plugins/active/pricing/run", &key, json!({"input": rate_input()})).await;
+    let run = r.assert_ok(200);
+    assert_eq!(run["name"], "pricing-tiered");
+    assert_eq!(run["ok"]["total_micros"], STARTER_TOTAL, "{run}");
+    assert_eq!(run["plugin_id"], by_name("pricing-tiered")["id"]);
+    assert!(run["activation_id"].is_string());
+    assert!(run["stats"]["fuel_used"].as_u64().unwrap() > 0, "{run}");
+    assert!(run["stats"]["duration_us"].as_u64().is_some(), "{run}");
+    assert!(run["stats"]["peak_memory_bytes"].as_u64().unwrap() > 0, "{run}");
+
+    let input = json!({"function": "rules", "plan": "free", "scopes": ["read"], "route": "/v1/memories"});
+    let r = server.post("/admin/plugins/active/rate-limit/run", &key, json!({"input": input})).await;
+    let rules = r.assert_ok(200)["ok"].as_array().unwrap().clone();
+    let per_minute = rules.iter().find(|r| r["name"] == "per-minute").unwrap_or_else(|| panic!("{rules:?}"));
+    assert_eq!(per_minute["scope"], "org");
+    assert_eq!(per_minute["window_ms"], 60_000);
+    assert_eq!(per_minute["limit"], 10, "free tier: 10 per minute; {rules:?}");
+
+    let input =
+        json!({"function": "extract", "turns": [{"role": "user", "content": "I love green tea. My name is Ada."}]});
+    let r = server.post("/admin/plugins/active/extractor/run", &key, json!({"input": input})).await;
+    assert!(!r.assert_ok(200)["ok"].as_array().unwrap().is_empty(), "{}", r.body);
+
+    // No alert channel is active.
+    let input = json!({"function": "deliver", "rule": "r", "title": "t"});
+    let r = server.post("/admin/plugins/active/alert-channel/run", &key, json!({"input": input})).await;
+    r.assert_error(404, "PLUGIN_NOT_FOUND");
+    // A function of another kind is a clear 400.
+    let r = server.post("/admin/plugins/active/pricing/run", &key, json!({"input": input})).await;
+    r.assert_error(400, "INVALID_REQUEST");
+    server
+        .post("/admin/plugins/active/nope/run", &key, json!({"input": rate_input()}))
+        .await
+        .assert_error(400, "INVALID_REQUEST");
+}
+
+async fn upload_activate_rollback(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let (_, key) = server.operator();
+    let tiered = active_pricing(&server, &key).await;
+    assert_eq!(tiered["name"], "pricing-tiered");
+
+    let r = server.upload_plugin(&key, plugin_wasm("pricing-flat"), "kind=pricing").await;
+    let up = r.assert_ok(201).clone();
+    assert_eq!(up["created"], true);
+    assert_eq!(up["name"], "pricing-flat");
+    assert_eq!(up["version"], "2.0.0");
+    assert_eq!(up["kind"], "pricing");
+    assert!(up["self_check"]["fuel_used"].as_u64().unwrap() > 0, "{up}");
+    let id = up["id"].as_str().unwrap().to_string();
+    // The same bytes again: nothing changes.
+    let again = server.upload_plugin(&key, plugin_wasm("pricing-flat"), "").await;
+    assert_eq!(again.assert_ok(200)["created"], false);
+    assert_eq!(again.data()["id"], id.as_str());
+
+    // Uploaded is not active.
+    let got = server.get(&format!("/admin/plugins/{}", &id[..12]), &key).await;
+    assert_eq!(got.assert_ok(200)["status"], "inactive");
+    assert_eq!(active_pricing(&server, &key).await["name"], "pricing-tiered");
+
+    // Runs on demand with any config, without being active.
+    let r = server
+        .post(&format!("/admin/plugins/{id}/run"), &key, json!({"input": rate_input(), "config": {"fee_micros": 5}}))
+        .await;
+    assert_eq!(r.assert_ok(200)["ok"]["total_micros"], 5, "{}", r.body);
+    assert!(r.data()["activation_id"].is_null());
+
+    // A config its schema refuses.
+    let r =
+        server.post(&format!("/admin/plugins/{id}/activate"), &key, json!({"config": {"fee_micros": "lots"}})).await;
+    r.assert_error(422, "INVALID_CONFIG");
+    assert!(!r.body["error"]["details"]["errors"].as_array().unwrap().is_empty(), "{}", r.body);
+    let r = server.post(&format!("/admin/plugins/{id}/activate"), &key, json!({"target": "galaxy"})).await;
+    r.assert_error(400, "INVALID_REQUEST");
+    let r = server.post(&format!("/admin/plugins/{id}/activate"), &key, json!({"target": "canary"})).await;
+    r.assert_error(400, "INVALID_REQUEST");
+
+    // Activate globally: the next call runs it.
+    let r =
+        server.post(&format!("/admin/plugins/{id}/activate"), &key, json!({"config": {"fee_micros": 7000000}})).await;
+    let activation = r.assert_ok(200).clone();
+    assert_eq!(activation["target"], "global");
+    assert_eq!(activation["plugin_id"], id.as_str());
+    let now = active_pricing(&server, &key).await;
+    assert_eq!(now["name"], "pricing-flat");
+    assert_eq!(now["ok"]["total_micros"], 7_000_000);
+    assert_eq!(now["activation_id"], activation["id"]);
+
+    // Per-org beats global; per-plan beats global.
+    let (org, _) = server.tenant();
+    let tiered_id = tiered["plugin_id"].as_str().unwrap();
+    let r = server
+        .post(&format!("/admin/plugins/{tiered_id}/activate"), &key, json!({"target": format!("org:{org}")}))
+        .await;
+    r.assert_ok(200);
+    let input = json!({"input": rate_input(), "org_id": org});
+    let r = server.post("/admin/plugins/active/pricing/run", &key, input).await;
+    assert_eq!(r.assert_ok(200)["name"], "pricing-tiered", "{}", r.body);
+    let input = json!({"input": rate_input(), "plan": "free"});
+    assert_eq!(server.post("/admin/plugins/active/pricing/run", &key, input).await.data()["name"], "pricing-flat");
+    let r = server
+        .post(&format!("/admin/plugins/{tiered_id}/deactivate"), &key, json!({"target": format!("org:{org}")}))
+        .await;
+    r.assert_ok(200);
+    let input = json!({"input": rate_input(), "org_id": org});
+    assert_eq!(server.post("/admin/plugins/active/pricing/run", &key, input).await.data()["name"], "pricing-flat");
+
+    // Roll back to the version before: the built-in, with its old config.
+    let r = server.post(&format!("/admin/plugins/{id}/rollback"), &key, json!({})).await;
+    assert_eq!(r.assert_ok(200)["plugin_id"], tiered_id);
+    let back = active_pricing(&server, &key).await;
+    assert_eq!(back["name"], "pricing-tiered");
+    assert_eq!(back["ok"]["total_micros"], STARTER_TOTAL);
+    // Nothing to roll back from a plugin that is no longer current.
+    server.post(&format!("/admin/plugins/{id}/rollback"), &key, json!({})).await.assert_error(409, "CONFLICT");
+
+    // History keeps every activation of the flat plugin.
+    let detail = server.get(&format!("/admin/plugins/{id}"), &key).await;
+    let detail = detail.assert_ok(200);
+    assert_eq!(detail["status"], "inactive");
+    let history = detail["history"].as_array().unwrap();
+    assert_eq!(history.len(), 1, "{detail}");
+    assert!(history[0]["deactivated_at"].is_string(), "{detail}");
+
+    // Roll forward again by activating; the config defaults to the current one's.
+    server
+        .post(&format!("/admin/plugins/{id}/activate"), &key, json!({"config": {"fee_micros": 1}}))
+        .await
+        .assert_ok(200);
+    assert_eq!(active_pricing(&server, &key).await["ok"]["total_micros"], 1);
+    // Deactivating the global pricing plugin leaves none.
+    server.post(&format!("/admin/plugins/{id}/deactivate"), &key, Value::Null).await.assert_ok(200);
+    let r = server.post("/admin/plugins/active/pricing/run", &key, json!({"input": rate_input()})).await;
+    r.assert_error(404, "PLUGIN_NOT_FOUND");
+    server.post(&format!("/admin/plugins/{id}/deactivate"), &key, json!({})).await.assert_error(409, "CONFLICT");
+
+    // Lookups.
+    server.get("/admin/plugins/0000000000000000", &key).await.assert_error(404, "PLUGIN_NOT_FOUND");
+    server.get("/admin/plugins/xyz", &key).await.assert_error(404, "PLUGIN_NOT_FOUND");
+    let list = server.get("/admin/plugins?kind=pricing", &key).await;
+    assert_eq!(list.assert_ok(200)["plugins"].as_array().unwrap().len(), 2);
+    server.get("/admin/plugins?kind=sorcery", &key).await.assert_error(400, "INVALID_REQUEST");
+}
+
+async fn active_pricing(server: &TestServer, key: &str) -> Value {
+    let r = server.post("/admin/plugins/active/pricing/run", key, json!({"input": rate_input()})).await;
+    r.assert_ok(200).clone()
+}
+
+/// Bad uploads: each refused with its exact reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_are_refused_with_the_reason() {
+    let server = TestServer::start(Backend::Sqlite).await;
+    let (_, key) = server.operator();
+    let refuse = |wasm: Vec<u8>, query: &'static str, code: &'static str| {
+        let server = &server;
+        let key = key.clone();
+        async move {
+            let r = server.upload_plugin(&key, wasm, query).await;
+            r.assert_error(422, code);
+            assert_eq!(r.body["error"]["details"]["reason"], code.to_ascii_lowercase(), "{}", r.body);
+            r.body["error"]["message"].as_str().unwrap().to_string()
+        }
+    };
+
+    let garbage: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let m = refuse(garbage, "", "NOT_A_COMPONENT").await;
+    assert!(m.contains("magic"), "{m}");
+    let core_module = b"\0asm\x01\0\0\0".to_vec();
+    let m = refuse(core_module, "", "NOT_A_COMPONENT").await;
+    assert!(m.contains("core WebAssembly module"), "{m}");
+    let mut truncated = plugin_wasm("pricing-flat");
+    truncated.truncate(truncated.len() / 2);
+    refuse(truncated, "", "INVALID_COMPONENT").await;
+
+    let m = refuse(plugin_wasm("ratelimit-tiered"), "kind=pricing", "WRONG_WORLD").await;
+    assert!(m.contains("rate-limit"), "{m}");
+    let m = refuse(plugin_wasm("hostile-import"), "", "FORBIDDEN_IMPORT").await;
+    assert!(m.contains("http-outbound"), "{m}");
+    let m = refuse(plugin_wasm("hostile-wit-too-new"), "", "WIT_VERSION_UNSUPPORTED").await;
+    assert!(m.contains("0.9.0") && m.contains("newer"), "{m}");
+    let m = refuse(plugin_wasm("missing-describe"), "", "MISSING_EXPORT").await;
+    assert!(m.contains("meta"), "{m}");
+
+    let mut big = b"\0asm\x0d\0\x01\0".to_vec();
+    big.resize(11 << 20, 0);
+    let m = refuse(big, "", "PLUGIN_TOO_LARGE").await;
+    assert!(m.contains("10 MiB"), "{m}");
+    let mut huge = b"\0asm\x0d\0\x01\0".to_vec();
+    huge.resize(17 << 20, 0);
+    // The server answers 413 without reading the whole body and closes the
+    // connection; a client still sending may see the reset instead of the
+    // answer, so try a few times for the answer.
+    // A client of its own, so no connection the server closed goes back to
+    // the shared pool.
+    let once = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+    let mut answered = None;
+    for _ in 0..5 {
+        let request = once
+            .post(format!("{}/admin/plugins", server.base))
+            .bearer_auth(&key)
+            .header("content-type", "application/wasm")
+            .body(huge.clone());
+        if let Ok(response) = request.send().await {
+            let connection = response.headers().get("connection").and_then(|v| v.to_str().ok()).map(str::to_string);
+            answered = Some((response.status().as_u16(), connection, response.text().await.unwrap_or_default()));
+            break;
+        }
+    }
+    let (status, connection, body) = answered.expect("an answer to an oversized upload");
+    assert_eq!(status, 413, "{body}");
+    assert!(body.contains("PAYLOAD_TOO_LARGE"), "{body}");
+    assert_eq!(connection.as_deref(), Some("close"), "a 413 must close the connection");
+
+    server.upload_plugin(&key, Vec::new(), "").await.assert_error(400, "INVALID_REQUEST");
+    server.upload_plugin(&key, plugin_wasm("pricing-flat"), "kind=magic").await.assert_error(400, "INVALID_REQUEST");
+    server.upload_plugin(&key, plugin_wasm("pricing-flat"), "fuel=0").await.assert_error(400, "INVALID_REQUEST");
+    server.upload_plugin(&key, plugin_wasm("pricing-flat"), "bogus=1").await.assert_error(400, "INVALID_REQUEST");
+
+    // Nothing refused was stored.
+    let list = server.get("/admin/plugins", &key).await;
+    assert_eq!(list.assert_ok(200)["plugins"].as_array().unwrap().len(), 4, "{}", list.body);
+}
+
+/// Hostile guests: stored (they behave on the self-check input), then
+/// triggered. Activation with the triggering config is refused; a run is
+/// stopped with the reason; the server keeps serving other requests the
+/// whole time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_plugins_are_contained() {
+    let server = Arc::new(TestServer::start(Backend::Sqlite).await);
+    let (_, key) = server.operator();
+    let (_, tenant) = server.tenant();
+
+    // Ordinary traffic alongside, which must never fail.
+    let stop = Arc::new(AtomicBool::new(false));
+    let background = {
+        let (server, stop, tenant) = (server.clone(), stop.clone(), tenant.clone());
+        tokio::spawn(async move {
+            let mut served = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                let r = server.post("/v1/memories", &tenant, json!({"text": format!("note {served}")})).await;
+                assert_eq!(r.status.as_u16(), 201, "memory write during hostile run: {}", r.body);
+                let r = server.get("/health", &tenant).await;
+                assert_eq!(r.status.as_u16(), 200, "{}", r.body);
+                served += 1;
+            }
+            served
+        })
+    };
+
+    let misbehave = json!({"misbehave": true});
+    for (fixture, trap) in [
+        ("hostile-loop", "out_of_fuel"),
+        ("hostile-memory", "memory_limit"),
+        ("hostile-panic", "trap"),
+        ("hostile-recursion", "stack_overflow"),
+        ("hostile-output", "output_too_large"),
+    ] {
+        let up = server.upload_plugin(&key, plugin_wasm(fixture), "kind=pricing").await;
+        let id = up.assert_ok(201)["id"].as_str().unwrap().to_string();
+
+        // Refused as the active pricing plugin with the config that triggers it.
+        let r = server
+            .post(
+                &format!("/admin/plugins/{id}/activate"),
+                &key,
+                json!({"target": "plan:starter", "config": misbehave}),
+            )
+            .await;
+        r.assert_error(422, "SELF_CHECK_FAILED");
+        assert_eq!(r.body["error"]["details"]["trap"], trap, "{fixture}: {}", r.body);
+
+        // Contained when run.
+        let started = Instant::now();
+        let r = server
+            .post(&format!("/admin/plugins/{id}/run"), &key, json!({"input": rate_input(), "config": misbehave}))
+            .await;
+        r.assert_error(422, "PLUGIN_FAILED");
+        assert_eq!(r.body["error"]["details"]["trap"], trap, "{fixture}: {}", r.body);
+        assert!(started.elapsed() < Duration::from_secs(10), "{fixture} took {:?}", started.elapsed());
+
+        // And harmless with a calm config: the sandbox is fresh each call.
+        let r =
+            server.post(&format!("/admin/plugins/{id}/run"), &key, json!({"input": rate_input(), "config": {}})).await;
+        assert_eq!(r.assert_ok(200)["ok"]["total_micros"], 0, "{fixture}: {}", r.body);
+    }
+
+    // The same bytes with other limits are not silently stored twice.
+    let r = server.upload_plugin(&key, plugin_wasm("hostile-loop"), "fuel=20000000").await;
+    r.assert_error(409, "CONFLICT");
+
+    stop.store(true, Ordering::Relaxed);
+    let served = background.await.expect("background traffic never failed");
+    assert!(served > 0, "background traffic ran");
+    // The active pricing plugin is still the built-in, untouched.
+    assert_eq!(active_pricing(&server, &key).await["name"], "pricing-tiered");
+}
+
+/// Activating v2 and restoring v1 while requests run the active plugin
+/// continuously: no request fails, and every request that starts after an
+/// activation returns sees the new version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_swap_under_load() {
+    let server = Arc::new(TestServer::start(Backend::Sqlite).await);
+    let (_, key) = server.operator();
+    let v2 = server.upload_plugin(&key, plugin_wasm("pricing-flat"), "").await;
+    let v2_id = v2.assert_ok(201)["id"].as_str().unwrap().to_string();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let epoch = Instant::now();
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let (server, stop, key) = (server.clone(), stop.clone(), key.clone());
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let start = epoch.elapsed();
+                    let r =
+                        server.post("/admin/plugins/active/pricing/run", &key, json!({"input": rate_input()})).await;
+                    assert_eq!(r.status.as_u16(), 200, "request during hot swap failed: {}", r.body);
+                    let total = r.data()["ok"]["total_micros"].as_i64().unwrap();
+                    seen.push((start, epoch.elapsed(), total));
+                }
+                seen
+            })
+        })
+        .collect();
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = server
+        .post(&format!("/admin/plugins/{v2_id}/activate"), &key, json!({"config": {"fee_micros": 7000000}}))
+        .await;
+    r.assert_ok(200);
+    let activated = epoch.elapsed();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before_rollback = epoch.elapsed();
+    server.post(&format!("/admin/plugins/{v2_id}/rollback"), &key, json!({})).await.assert_ok(200);
+    let rolled_back = epoch.elapsed();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+
+    let mut all = Vec::new();
+    for w in workers {
+        all.extend(w.await.expect("no request failed"));
+    }
+    let (mut v1_before, mut v2_during, mut v1_after) = (0, 0, 0);
+    for (start, end, total) in &all {
+        if *start > activated && *end < before_rollback {
+            assert_eq!(*total, 7_000_000, "a request started after activation ran the old version");
+            v2_during += 1;
+        } else if *start > rolled_back {
+            assert_eq!(*total, STARTER_TOTAL, "a request started after rollback ran v2");
+            v1_after += 1;
+        } else if *end < activated {
+            // Finished before the activation request returned: v1, or v2 if
+            // the swap happened while it ran.
+            assert!(*total == STARTER_TOTAL || *total == 7_000_000);
+            if *total == STARTER_TOTAL {
+                v1_before += 1;
+            }
+        } else {
+            assert!(*total == STARTER_TOTAL || *total == 7_000_000, "unexpected total {total}");
+        }
+    }
+    assert!(
+        v1_before > 0 && v2_during > 0 && v1_after > 0,
+        "requests on each side: {v1_before} {v2_during} {v1_after}"
+    );
+}
+
+/// Two instances on one PostgreSQL database: an activation made through one
+/// is followed by the other within a second (LISTEN/NOTIFY change feed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_instances_follow_activations() {
+    let a = TestServer::start(Backend::Postgres).await;
+    let url = a.database_url().expect("postgres");
+    let b = TestServer::start_with(Backend::Postgres, &[("DATABASE_URL", &url)]).await;
+    let (_, key) = a.operator();
+    let up = a.upload_plugin(&key, plugin_wasm("pricing-flat"), "").await;
+    let id = up.assert_ok(201)["id"].as_str().unwrap().to_string();
+    assert_eq!(active_pricing(&b, &key).await["name"], "pricing-tiered");
+
+    let wait_for = |name: &'static str| {
+        let b = &b;
+        let key = key.clone();
+        async move {
+            let start = Instant::now();
+            loop {
+                if active_pricing(b, &key).await["name"] == name {
+                    return start.elapsed();
+                }
+                assert!(start.elapsed() < Duration::from_secs(5), "instance b never switched to {name}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    a.post(&format!("/admin/plugins/{id}/activate"), &key, json!({"config": {"fee_micros": 3}})).await.assert_ok(200);
+    let followed = wait_for("pricing-flat").await;
+    assert!(followed < Duration::from_secs(1), "instance b followed the activation after {followed:?}");
+    a.post(&format!("/admin/plugins/{id}/rollback"), &key, json!({})).await.assert_ok(200);
+    let followed = wait_for("pricing-tiered").await;
+    assert!(followed < Duration::from_secs(1), "instance b followed the rollback after {followed:?}");
+}
