@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{Criterion, criterion_group};
 use memhost::plugins::bindings::pricing::exports::memhost::plugin::pricer::{RatingInput, Usage};
 use memhost::plugins::{ActivateRequest, LimitOverrides, PluginKind, PluginService, PluginsConfig, Runtime};
 use serde::Deserialize;
@@ -237,5 +237,85 @@ fn bench_upload_to_active(c: &mut Criterion) {
     g.finish();
 }
 
+/// Per-call latency percentiles: criterion reports the mean of batches, so
+/// time 20 000 single calls of each pricing variant and print p50/p99.
+fn call_percentiles() {
+    const CALLS: usize = 20_000;
+    fn report(name: &str, mut samples: Vec<Duration>) {
+        samples.sort();
+        let at = |q: f64| samples[((samples.len() - 1) as f64 * q) as usize].as_nanos() as f64 / 1000.0;
+        println!("percentiles {name:<28} p50 {:>8.2} µs   p99 {:>8.2} µs", at(0.50), at(0.99));
+    }
+    fn time(mut f: impl FnMut()) -> Vec<Duration> {
+        for _ in 0..1000 {
+            f();
+        }
+        (0..CALLS)
+            .map(|_| {
+                let start = Instant::now();
+                f();
+                start.elapsed()
+            })
+            .collect()
+    }
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let runtime = Runtime::new(PluginsConfig::default()).expect("runtime");
+    let component = Component::new(runtime.engine(), PRICING_WASM).expect("compiles");
+    let prepared = runtime.prepare(PluginKind::Pricing, &component).expect("links");
+    let memhost::plugins::runtime::Prepared::Pricing(pre) = &prepared else { unreachable!() };
+    let limits = runtime.config().limits(PluginKind::Pricing);
+    let digest: Arc<str> = "bench".into();
+    let (full, one) = configs();
+    let input = RatingInput {
+        plan: "starter".into(),
+        overrides: String::new(),
+        period_start: "2026-11-01T00:00:00Z".into(),
+        period_end: "2026-12-01T00:00:00Z".into(),
+        usage: usage().into_iter().map(|(metric, quantity)| Usage { metric, quantity }).collect(),
+    };
+    for (name, config) in [("wasm/full-policy", &full), ("wasm/one-plan", &one)] {
+        report(
+            name,
+            time(|| {
+                let out = rt.block_on(runtime.rate(pre, &limits, &digest, config, &input)).unwrap();
+                std::hint::black_box(out.value.unwrap().total);
+            }),
+        );
+    }
+    report(
+        "wasm/describe",
+        time(|| {
+            std::hint::black_box(rt.block_on(runtime.describe(&prepared, &limits, &digest)).unwrap());
+        }),
+    );
+    let usage = usage();
+    report(
+        "native/parse-config",
+        time(|| {
+            let config: Config = serde_json::from_str(std::hint::black_box(&full)).unwrap();
+            std::hint::black_box(native_rate(&config.plans["starter"], &usage).unwrap());
+        }),
+    );
+    let parsed: Config = serde_json::from_str(&full).unwrap();
+    let starter = parsed.plans["starter"].clone();
+    let engine = rhai_engine();
+    let ast = engine.compile(RHAI_RULE).unwrap();
+    report(
+        "rhai/compiled-ast",
+        time(|| {
+            std::hint::black_box(rhai_eval(&engine, &ast, std::hint::black_box(&starter), 12_000));
+        }),
+    );
+}
+
 criterion_group!(benches, bench_calls, bench_upload_to_active);
-criterion_main!(benches);
+
+fn main() {
+    // `cargo bench -- <filter>` runs criterion only; the percentiles run
+    // with the full bench (no filter argument).
+    if !std::env::args().skip(1).any(|a| !a.starts_with('-')) {
+        call_percentiles();
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}
