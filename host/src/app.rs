@@ -9,7 +9,9 @@ use anyhow::Context;
 use crate::api::{self, AppState};
 use crate::auth::{self, AuthService};
 use crate::config::Config;
+use crate::limits::LimitService;
 use crate::memories::{MemoryService, answer, embedding};
+use crate::metering::meter::UsageMeter;
 use crate::plugins::PluginService;
 use crate::store::Database;
 
@@ -24,7 +26,19 @@ pub async fn build(config: Config) -> anyhow::Result<AppState> {
         .await
         .context("starting the plugin runtime")?;
     plugins.follow_changes();
+    let meter = UsageMeter::new(db.clone());
+    meter.start_flushing();
+    let limits = LimitService::start(
+        config.limits.clone(),
+        config.plugins.rate_limit_failure,
+        config.redis_url.as_deref(),
+        plugins.clone(),
+        meter,
+    )
+    .await
+    .context("starting rate limits")?;
     Ok(AppState {
+        limits,
         auth: AuthService::new(db.clone(), secret, std::time::Duration::from_millis(config.auth_cache_ttl_ms)),
         memories: MemoryService::new(db.clone(), embedder, answerer),
         plugins,
@@ -39,6 +53,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let state = build(config).await?;
     let config = state.config.clone();
     let db = state.db.clone();
+    let limits = state.limits.clone();
     let app = api::router(state)?;
     let listener =
         tokio::net::TcpListener::bind(&config.listen).await.with_context(|| format!("binding {}", config.listen))?;
@@ -59,6 +74,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             });
         })
         .await?;
+    if let Err(e) = limits.meter().flush().await {
+        tracing::warn!(error = %e, "could not write the last usage counters");
+    }
     db.close().await;
     tracing::info!("stopped");
     Ok(())

@@ -19,7 +19,8 @@ pub struct Config {
     /// `postgres://…` selects production mode; `sqlite://…` an explicit file;
     /// unset means embedded SQLite under `data_dir`.
     pub database_url: Option<String>,
-    /// Redis for shared counters (used by rate limits; optional here).
+    /// Redis for rate-limit counters shared by every instance. Unset: the
+    /// counters live in this process (one instance only).
     pub redis_url: Option<String>,
     /// Server secret keying the API-key hashes. Embedded mode generates and keeps
     /// one under `data_dir` on first run; production mode must set it.
@@ -46,6 +47,8 @@ pub struct Config {
     pub plugin_cache_dir: Option<PathBuf>,
     /// Plugin sandbox limits per kind and failure policies.
     pub plugins: crate::plugins::PluginsConfig,
+    /// Rate limits and quotas: on/off, Redis failure policy, client address.
+    pub limits: crate::limits::LimitsConfig,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -100,6 +103,7 @@ impl Default for Config {
             answers: ProviderConfig::default(),
             plugin_cache_dir: None,
             plugins: crate::plugins::PluginsConfig::default(),
+            limits: crate::limits::LimitsConfig::default(),
         }
     }
 }

@@ -1,7 +1,8 @@
 //! memhost: a memory API for AI applications.
 //!
 //! One module per domain (see DESIGN.md): `api` (routes, envelope, errors),
-//! `auth` (orgs, API keys, principals), `memories` (storage, embeddings,
+//! `auth` (orgs, API keys, principals), `limits` (rate limits and quotas),
+//! `metering` (usage counters), `memories` (storage, embeddings,
 //! retrieval, answers), `plugins` (the WebAssembly sandbox, registry and
 //! activation), `store` (database pools and migrations), `config`,
 //! `cli` (the `memhost` command), and `app` (wiring the services together).
@@ -11,6 +12,7 @@ pub mod app;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod limits;
 pub mod memories;
 pub mod metering;
 pub mod plugins;

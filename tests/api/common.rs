@@ -12,6 +12,9 @@ use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_memhost");
+/// Per-org rate-limit overrides far above what any functional test sends.
+pub const UNLIMITED: &str =
+    r#"{"rate_limits": {"requests_per_minute": 10000000, "requests_per_day": 1000000000, "concurrent": 100000}}"#;
 pub const SECRET: &str = "test-secret-0123456789abcdef0123456789";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -220,6 +223,16 @@ impl TestServer {
         self.cli_json(&["orgs", "create", "--name", "Test Org", "--plan", plan])["id"].as_str().unwrap().to_string()
     }
 
+    /// An Enterprise org whose rate limits no functional test reaches (the
+    /// limits have tests of their own).
+    pub fn create_unlimited_org(&self, operator: bool) -> String {
+        let mut args = vec!["orgs", "create", "--name", "Test Org", "--plan", "enterprise", "--overrides", UNLIMITED];
+        if operator {
+            args.push("--operator");
+        }
+        self.cli_json(&args)["id"].as_str().unwrap().to_string()
+    }
+
     pub fn create_key(&self, org: &str, scopes: &str, test: bool) -> String {
         let mut args = vec!["keys", "create", "--org", org, "--scopes", scopes];
         if test {
@@ -230,10 +243,7 @@ impl TestServer {
 
     /// An operator org and an admin key for it (may use `/admin`).
     pub fn operator(&self) -> (String, String) {
-        let org = self.cli_json(&["orgs", "create", "--name", "Operator", "--plan", "enterprise", "--operator"])["id"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let org = self.create_unlimited_org(true);
         let key = self.create_key(&org, "read,write,delete,admin", false);
         (org, key)
     }
@@ -247,7 +257,7 @@ impl TestServer {
 
     /// A fresh org and an all-scopes live key for it.
     pub fn tenant(&self) -> (String, String) {
-        let org = self.create_org("free");
+        let org = self.create_unlimited_org(false);
         let key = self.create_key(&org, "read,write,delete,admin", false);
         (org, key)
     }

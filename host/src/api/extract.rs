@@ -81,14 +81,23 @@ impl FromRequestParts<AppState> for Auth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let header = parts.headers.get(AUTHORIZATION).ok_or(AuthError::Missing)?;
-        let value = header.to_str().map_err(|_| AuthError::Malformed)?;
-        let (scheme, token) = value.trim().split_once(' ').ok_or(AuthError::Malformed)?;
-        if !scheme.eq_ignore_ascii_case("bearer") {
-            return Err(AuthError::Malformed.into());
+        // The limits middleware has usually authenticated the request already.
+        if let Some(p) = parts.extensions.get::<Principal>() {
+            return Ok(Auth(p.clone()));
         }
-        Ok(Auth(state.auth.authenticate(token.trim()).await?))
+        Ok(Auth(authenticate(state, &parts.headers).await?))
     }
+}
+
+/// The principal of the key in the `Authorization: Bearer` header.
+pub async fn authenticate(state: &AppState, headers: &axum::http::HeaderMap) -> Result<Principal, ApiError> {
+    let header = headers.get(AUTHORIZATION).ok_or(AuthError::Missing)?;
+    let value = header.to_str().map_err(|_| AuthError::Malformed)?;
+    let (scheme, token) = value.trim().split_once(' ').ok_or(AuthError::Malformed)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(AuthError::Malformed.into());
+    }
+    Ok(state.auth.authenticate(token.trim()).await?)
 }
 
 /// Refuses any request whose URL carries something shaped like an API key

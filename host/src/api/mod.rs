@@ -4,6 +4,7 @@
 pub mod envelope;
 pub mod error;
 pub mod extract;
+pub mod limits;
 pub mod openapi;
 pub mod routes;
 
@@ -17,6 +18,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::auth::AuthService;
 use crate::config::Config;
+use crate::limits::LimitService;
 use crate::memories::MemoryService;
 use crate::plugins::PluginService;
 use crate::store::Database;
@@ -30,6 +32,7 @@ pub struct AppState {
     pub auth: AuthService,
     pub memories: MemoryService,
     pub plugins: PluginService,
+    pub limits: LimitService,
 }
 
 pub fn router(state: AppState) -> anyhow::Result<Router> {
@@ -44,6 +47,7 @@ pub fn router(state: AppState) -> anyhow::Result<Router> {
         .route("/v1/query", post(retrieval::query))
         .route("/v1/query/answer", post(retrieval::answer))
         .route("/v1/account", get(account::account))
+        .route("/v1/account/limits", get(account::limits))
         .route("/v1/account/api-keys", get(account::list_keys).post(account::create_key))
         .route("/v1/account/api-keys/{key_id}", axum::routing::delete(account::revoke_key))
         .route("/v1/account/api-keys/{key_id}/rotate", post(account::rotate_key))
@@ -57,6 +61,7 @@ pub fn router(state: AppState) -> anyhow::Result<Router> {
         .route("/admin/plugins/{id}/deactivate", post(plugins::deactivate))
         .route("/admin/plugins/{id}/run", post(plugins::run))
         .route("/admin/plugins/active/{kind}/run", post(plugins::run_active))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), limits::enforce))
         .with_state(state.clone())
         .merge(openapi::docs_router())
         .fallback(|| async { ApiError::RouteNotFound })

@@ -21,7 +21,7 @@ use super::routes::{account, health, memories, plugins, retrieval};
         memories::create, memories::get, memories::update, memories::delete, memories::list,
         memories::delete_all, memories::history,
         retrieval::retrieve, retrieval::query, retrieval::answer,
-        account::account, account::list_keys, account::create_key, account::revoke_key, account::rotate_key,
+        account::account, account::limits, account::list_keys, account::create_key, account::revoke_key, account::rotate_key,
         plugins::upload, plugins::list, plugins::get, plugins::activate, plugins::rollback, plugins::deactivate,
         plugins::run, plugins::run_active,
     ),

@@ -104,7 +104,20 @@ pub struct Org {
     pub plan: String,
     /// An operator org runs the service: its admin keys may use `/admin`.
     pub operator: bool,
+    /// Per-org overrides of its plan (a JSON object), passed to the pricing
+    /// and rate-limit plugins: Enterprise limits and prices live here.
+    #[schema(value_type = Object)]
+    pub overrides: serde_json::Value,
     pub created_at: DateTime<Utc>,
+}
+
+/// What a key lookup learns about the key's org.
+#[derive(Debug, Clone)]
+pub struct KeyOwner {
+    pub plan: String,
+    pub operator: bool,
+    /// The org's overrides as JSON text (`{}` when none).
+    pub overrides: Arc<str>,
 }
 
 /// An API key as stored: never the key itself.
@@ -144,6 +157,8 @@ pub struct Principal {
     pub key_id: String,
     pub scopes: Vec<Scope>,
     pub environment: Environment,
+    /// The org's plan overrides as JSON text (`{}` when none).
+    pub overrides: Arc<str>,
 }
 
 impl Principal {
@@ -224,17 +239,17 @@ const KEY_CACHE_MAX: usize = 100_000;
 /// effect at once, one made elsewhere (the CLI, another instance) within `ttl`.
 struct KeyCache {
     ttl: Duration,
-    entries: Mutex<HashMap<String, (Instant, ApiKeyRecord, String, bool)>>,
+    entries: Mutex<HashMap<String, (Instant, ApiKeyRecord, KeyOwner)>>,
 }
 
 impl KeyCache {
-    fn get(&self, hash: &str) -> Option<(ApiKeyRecord, String, bool)> {
+    fn get(&self, hash: &str) -> Option<(ApiKeyRecord, KeyOwner)> {
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        let (at, record, plan, operator) = entries.get(hash)?;
-        (at.elapsed() < self.ttl).then(|| (record.clone(), plan.clone(), *operator))
+        let (at, record, owner) = entries.get(hash)?;
+        (at.elapsed() < self.ttl).then(|| (record.clone(), owner.clone()))
     }
 
-    fn put(&self, hash: String, record: ApiKeyRecord, plan: String, operator: bool) {
+    fn put(&self, hash: String, record: ApiKeyRecord, owner: KeyOwner) {
         if self.ttl.is_zero() {
             return;
         }
@@ -242,12 +257,17 @@ impl KeyCache {
         if entries.len() >= KEY_CACHE_MAX {
             entries.clear();
         }
-        entries.insert(hash, (Instant::now(), record, plan, operator));
+        entries.insert(hash, (Instant::now(), record, owner));
     }
 
     fn forget(&self, key_id: &str) {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries.retain(|_, (_, record, _, _)| record.id != key_id);
+        entries.retain(|_, (_, record, _)| record.id != key_id);
+    }
+
+    fn forget_org(&self, org_id: &str) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.retain(|_, (_, record, _)| record.org_id != org_id);
     }
 }
 
@@ -275,22 +295,40 @@ impl AuthService {
         if name.is_empty() || name.len() > 200 {
             return Err(AuthError::Invalid("org name must be 1 to 200 characters".into()));
         }
-        let plan = plan.trim();
-        if plan.is_empty()
-            || plan.len() > 64
-            || !plan.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-        {
-            return Err(AuthError::Invalid("plan must be 1 to 64 characters of a-z, 0-9, _ or -".into()));
-        }
+        let plan = check_plan(plan)?;
         let org = Org {
             id: format!("org_{}", keys::random_base62(16)),
             name: name.to_string(),
             plan: plan.to_string(),
             operator,
+            overrides: serde_json::json!({}),
             created_at: now(),
         };
         repo::insert_org(&self.db, &org).await?;
         Ok(org)
+    }
+
+    /// Changes an org's plan and/or its overrides (a JSON object, replacing
+    /// the previous one). Applies to its keys at once in this process, and
+    /// within the key cache's lifetime elsewhere.
+    pub async fn update_org(
+        &self,
+        id: &str,
+        plan: Option<&str>,
+        overrides: Option<serde_json::Value>,
+    ) -> Result<Org, AuthError> {
+        let org = self.get_org(id).await?;
+        let plan = match plan {
+            Some(p) => check_plan(p)?.to_string(),
+            None => org.plan.clone(),
+        };
+        let overrides = overrides.unwrap_or(org.overrides);
+        if !overrides.is_object() {
+            return Err(AuthError::Invalid("overrides must be a JSON object".into()));
+        }
+        repo::set_org(&self.db, id, &plan, &overrides).await?;
+        self.cache.forget_org(id);
+        self.get_org(id).await
     }
 
     pub async fn list_orgs(&self) -> Result<Vec<Org>, AuthError> {
@@ -346,7 +384,7 @@ impl AuthService {
     /// Finds a key by its id (`key_…`) or by the full key itself.
     pub async fn find_key(&self, id_or_key: &str) -> Result<ApiKeyRecord, AuthError> {
         let found = if let Some(key) = ApiKey::parse(id_or_key) {
-            repo::key_by_hash(&self.db, &key.hash(&self.secret)).await?.map(|(k, _, _)| k)
+            repo::key_by_hash(&self.db, &key.hash(&self.secret)).await?.map(|(k, _)| k)
         } else {
             repo::get_key(&self.db, id_or_key).await?
         };
@@ -365,11 +403,11 @@ impl AuthService {
     pub async fn authenticate(&self, presented: &str) -> Result<Principal, AuthError> {
         let key = ApiKey::parse(presented).ok_or(AuthError::Malformed)?;
         let hash = key.hash(&self.secret);
-        let (record, plan, operator) = match self.cache.get(&hash) {
+        let (record, owner) = match self.cache.get(&hash) {
             Some(hit) => hit,
             None => {
                 let found = repo::key_by_hash(&self.db, &hash).await?.ok_or(AuthError::Unknown)?;
-                self.cache.put(hash, found.0.clone(), found.1.clone(), found.2);
+                self.cache.put(hash, found.0.clone(), found.1.clone());
                 found
             }
         };
@@ -377,11 +415,12 @@ impl AuthService {
         self.touch(&record.id);
         Ok(Principal {
             org_id: record.org_id,
-            plan,
-            operator,
+            plan: owner.plan,
+            operator: owner.operator,
             key_id: record.id,
             scopes: record.scopes,
             environment: record.environment,
+            overrides: owner.overrides,
         })
     }
 
@@ -389,7 +428,7 @@ impl AuthService {
     /// and the org, for `memhost keys verify`.
     pub async fn verify(&self, presented: &str) -> Result<(ApiKeyRecord, Org), AuthError> {
         let key = ApiKey::parse(presented).ok_or(AuthError::Malformed)?;
-        let (record, _, _) = repo::key_by_hash(&self.db, &key.hash(&self.secret)).await?.ok_or(AuthError::Unknown)?;
+        let (record, _) = repo::key_by_hash(&self.db, &key.hash(&self.secret)).await?.ok_or(AuthError::Unknown)?;
         check_usable(&record, now())?;
         let org = self.get_org(&record.org_id).await?;
         Ok((record, org))
@@ -458,6 +497,15 @@ impl AuthService {
             }
         });
     }
+}
+
+fn check_plan(plan: &str) -> Result<&str, AuthError> {
+    let plan = plan.trim();
+    if plan.is_empty() || plan.len() > 64 || !plan.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return Err(AuthError::Invalid("plan must be 1 to 64 characters of a-z, 0-9, _ or -".into()));
+    }
+    Ok(plan)
 }
 
 fn check_usable(record: &ApiKeyRecord, now: DateTime<Utc>) -> Result<(), AuthError> {

@@ -5,7 +5,7 @@ use sqlx::Row;
 use sqlx::postgres::PgRow;
 use sqlx::sqlite::SqliteRow;
 
-use super::{ApiKeyRecord, Environment, KeyStatus, Org, Scope};
+use super::{ApiKeyRecord, Environment, KeyOwner, KeyStatus, Org, Scope};
 use crate::store::{Database, parse_sqlite_time, safe, sqlite_time};
 
 const KEY_COLUMNS: &str = "id, org_id, name, environment, prefix, scopes, status, expires_at, created_at, \
@@ -38,7 +38,7 @@ pub async fn insert_org(db: &Database, org: &Org) -> sqlx::Result<()> {
 }
 
 pub async fn list_orgs(db: &Database) -> sqlx::Result<Vec<Org>> {
-    let sql = "SELECT id, name, plan, operator, created_at FROM orgs ORDER BY created_at, id";
+    let sql = "SELECT id, name, plan, operator, overrides, created_at FROM orgs ORDER BY created_at, id";
     match db {
         Database::Sqlite(s) => sqlx::query(sql).fetch_all(&s.read).await?.iter().map(org_sqlite).collect(),
         Database::Postgres(p) => sqlx::query(sql).fetch_all(p).await?.iter().map(org_pg).collect(),
@@ -47,20 +47,24 @@ pub async fn list_orgs(db: &Database) -> sqlx::Result<Vec<Org>> {
 
 pub async fn get_org(db: &Database, id: &str) -> sqlx::Result<Option<Org>> {
     match db {
-        Database::Sqlite(s) => sqlx::query("SELECT id, name, plan, operator, created_at FROM orgs WHERE id = ?")
-            .bind(id)
-            .fetch_optional(&s.read)
-            .await?
-            .as_ref()
-            .map(org_sqlite)
-            .transpose(),
-        Database::Postgres(p) => sqlx::query("SELECT id, name, plan, operator, created_at FROM orgs WHERE id = $1")
-            .bind(id)
-            .fetch_optional(p)
-            .await?
-            .as_ref()
-            .map(org_pg)
-            .transpose(),
+        Database::Sqlite(s) => {
+            sqlx::query("SELECT id, name, plan, operator, overrides, created_at FROM orgs WHERE id = ?")
+                .bind(id)
+                .fetch_optional(&s.read)
+                .await?
+                .as_ref()
+                .map(org_sqlite)
+                .transpose()
+        }
+        Database::Postgres(p) => {
+            sqlx::query("SELECT id, name, plan, operator, overrides, created_at FROM orgs WHERE id = $1")
+                .bind(id)
+                .fetch_optional(p)
+                .await?
+                .as_ref()
+                .map(org_pg)
+                .transpose()
+        }
     }
 }
 
@@ -145,22 +149,26 @@ pub async fn get_key(db: &Database, id: &str) -> sqlx::Result<Option<ApiKeyRecor
 }
 
 /// The key with this hash, its org's plan, and whether the org is an operator.
-pub async fn key_by_hash(db: &Database, hash: &str) -> sqlx::Result<Option<(ApiKeyRecord, String, bool)>> {
+pub async fn key_by_hash(db: &Database, hash: &str) -> sqlx::Result<Option<(ApiKeyRecord, KeyOwner)>> {
     let cols = KEY_COLUMNS.split(", ").map(|c| format!("k.{c}")).collect::<Vec<_>>().join(", ");
     match db {
         Database::Sqlite(s) => {
             let sql = format!(
-                "SELECT {cols}, o.plan, o.operator FROM api_keys k JOIN orgs o ON o.id = k.org_id WHERE k.key_hash = ?"
+                "SELECT {cols}, o.plan, o.operator, o.overrides FROM api_keys k JOIN orgs o ON o.id = k.org_id WHERE k.key_hash = ?"
             );
             let row = sqlx::query(safe(sql)).bind(hash).fetch_optional(&s.read).await?;
-            row.map(|r| Ok((key_sqlite(&r)?, r.try_get("plan")?, r.try_get("operator")?))).transpose()
+            row.map(|r| {
+                Ok((key_sqlite(&r)?, owner(r.try_get("plan")?, r.try_get("operator")?, r.try_get("overrides")?)))
+            })
+            .transpose()
         }
         Database::Postgres(p) => {
             let sql = format!(
-                "SELECT {cols}, o.plan, o.operator FROM api_keys k JOIN orgs o ON o.id = k.org_id WHERE k.key_hash = $1"
+                "SELECT {cols}, o.plan, o.operator, o.overrides FROM api_keys k JOIN orgs o ON o.id = k.org_id WHERE k.key_hash = $1"
             );
             let row = sqlx::query(safe(sql)).bind(hash).fetch_optional(p).await?;
-            row.map(|r| Ok((key_pg(&r)?, r.try_get("plan")?, r.try_get("operator")?))).transpose()
+            row.map(|r| Ok((key_pg(&r)?, owner(r.try_get("plan")?, r.try_get("operator")?, r.try_get("overrides")?))))
+                .transpose()
         }
     }
 }
@@ -236,6 +244,7 @@ fn org_sqlite(r: &SqliteRow) -> sqlx::Result<Org> {
         name: r.try_get("name")?,
         plan: r.try_get("plan")?,
         operator: r.try_get("operator")?,
+        overrides: parse_overrides(r.try_get("overrides")?),
         created_at: parse_sqlite_time(r.try_get("created_at")?)?,
     })
 }
@@ -246,8 +255,42 @@ fn org_pg(r: &PgRow) -> sqlx::Result<Org> {
         name: r.try_get("name")?,
         plan: r.try_get("plan")?,
         operator: r.try_get("operator")?,
+        overrides: parse_overrides(r.try_get("overrides")?),
         created_at: r.try_get("created_at")?,
     })
+}
+
+/// Overrides are written only as JSON objects; anything else reads as none.
+fn parse_overrides(text: String) -> serde_json::Value {
+    serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .filter(|v| v.is_object())
+        .unwrap_or_else(|| serde_json::json!({}))
+}
+
+fn owner(plan: String, operator: bool, overrides: String) -> KeyOwner {
+    KeyOwner { plan, operator, overrides: parse_overrides(overrides).to_string().into() }
+}
+
+pub async fn set_org(db: &Database, id: &str, plan: &str, overrides: &serde_json::Value) -> sqlx::Result<bool> {
+    let overrides = overrides.to_string();
+    let done = match db {
+        Database::Sqlite(s) => sqlx::query("UPDATE orgs SET plan = ?, overrides = ? WHERE id = ?")
+            .bind(plan)
+            .bind(&overrides)
+            .bind(id)
+            .execute(&s.write)
+            .await?
+            .rows_affected(),
+        Database::Postgres(p) => sqlx::query("UPDATE orgs SET plan = $1, overrides = $2 WHERE id = $3")
+            .bind(plan)
+            .bind(&overrides)
+            .bind(id)
+            .execute(p)
+            .await?
+            .rows_affected(),
+    };
+    Ok(done == 1)
 }
 
 fn decode_err(column: &str, value: &str) -> sqlx::Error {

@@ -31,6 +31,22 @@ pub enum OrgsCommand {
         /// (`/admin/…`: plugins and other operator work).
         #[arg(long)]
         operator: bool,
+        /// Per-org overrides, a JSON object, e.g. Enterprise limits:
+        /// '{"rate_limits": {"requests_per_minute": 2000}}'.
+        #[arg(long)]
+        overrides: Option<String>,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Change an org's plan or overrides (effective within seconds).
+    Set {
+        /// Org id (org_…).
+        org: String,
+        #[arg(long)]
+        plan: Option<String>,
+        /// Replaces the org's overrides: a JSON object (`{}` clears them).
+        #[arg(long)]
+        overrides: Option<String>,
         #[command(flatten)]
         out: Output,
     },
@@ -123,39 +139,51 @@ async fn open(config: &Config) -> anyhow::Result<(Database, AuthService)> {
 pub async fn orgs(config: Config, cmd: OrgsCommand) -> anyhow::Result<()> {
     let (db, auth) = open(&config).await?;
     match cmd {
-        OrgsCommand::Create { name, plan, operator, out } => {
-            let org = auth.create_org(&name, &plan, operator).await?;
-            emit(out, &org, || {
-                let mut t = table(["id", "name", "plan", "operator", "created"]);
-                t.add_row([
-                    org.id.clone(),
-                    org.name.clone(),
-                    org.plan.clone(),
-                    org.operator.to_string(),
-                    org.created_at.to_rfc3339(),
-                ]);
-                format!("Org created.\n{t}")
-            })?;
+        OrgsCommand::Create { name, plan, operator, overrides, out } => {
+            let overrides = overrides.as_deref().map(parse_overrides).transpose()?;
+            let mut org = auth.create_org(&name, &plan, operator).await?;
+            if overrides.is_some() {
+                org = auth.update_org(&org.id, None, overrides).await?;
+            }
+            emit(out, &org, || format!("Org created.\n{}", org_table(std::slice::from_ref(&org))))?;
+        }
+        OrgsCommand::Set { org, plan, overrides, out } => {
+            if plan.is_none() && overrides.is_none() {
+                anyhow::bail!("nothing to change: give --plan and/or --overrides");
+            }
+            let overrides = overrides.as_deref().map(parse_overrides).transpose()?;
+            let org = auth.update_org(&org, plan.as_deref(), overrides).await?;
+            emit(out, &org, || format!("Org updated.\n{}", org_table(std::slice::from_ref(&org))))?;
         }
         OrgsCommand::List { out } => {
             let orgs = auth.list_orgs().await?;
-            emit(out, &orgs, || {
-                let mut t = table(["id", "name", "plan", "operator", "created"]);
-                for o in &orgs {
-                    t.add_row([
-                        o.id.clone(),
-                        o.name.clone(),
-                        o.plan.clone(),
-                        o.operator.to_string(),
-                        o.created_at.to_rfc3339(),
-                    ]);
-                }
-                format!("{t}\n{} org(s)", orgs.len())
-            })?;
+            emit(out, &orgs, || format!("{}\n{} org(s)", org_table(&orgs), orgs.len()))?;
         }
     }
     db.close().await;
     Ok(())
+}
+
+fn org_table(orgs: &[auth::Org]) -> Table {
+    let mut t = table(["id", "name", "plan", "operator", "overrides", "created"]);
+    for o in orgs {
+        t.add_row([
+            o.id.clone(),
+            o.name.clone(),
+            o.plan.clone(),
+            o.operator.to_string(),
+            o.overrides.to_string(),
+            o.created_at.to_rfc3339(),
+        ]);
+    }
+    t
+}
+
+fn parse_overrides(text: &str) -> anyhow::Result<serde_json::Value> {
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| anyhow::anyhow!("--overrides is not valid JSON: {e}"))?;
+    anyhow::ensure!(value.is_object(), "--overrides must be a JSON object, e.g. '{{\"rate_limits\": {{}}}}'");
+    Ok(value)
 }
 
 pub async fn keys(config: Config, cmd: KeysCommand) -> anyhow::Result<()> {
@@ -261,7 +289,7 @@ pub async fn db(config: Config, cmd: DbCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn emit<T: Serialize>(out: Output, value: &T, human: impl FnOnce() -> String) -> anyhow::Result<()> {
+pub(super) fn emit<T: Serialize>(out: Output, value: &T, human: impl FnOnce() -> String) -> anyhow::Result<()> {
     if out.json {
         println!("{}", serde_json::to_string_pretty(value)?);
     } else {

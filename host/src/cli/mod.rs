@@ -3,6 +3,7 @@
 
 mod admin;
 mod plugin;
+mod ratelimit;
 mod scaffold;
 
 use std::path::PathBuf;
@@ -42,6 +43,9 @@ enum Command {
     /// Write, check and run plugins locally; upload and activate them on a server.
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
+    /// A key's rate limits and quotas, as a running server enforces them.
+    #[command(subcommand)]
+    Ratelimit(ratelimit::RatelimitCommand),
 }
 
 pub fn main() -> ExitCode {
@@ -74,6 +78,7 @@ pub fn main() -> ExitCode {
             Command::Keys(cmd) => admin::keys(config, cmd).await,
             Command::Db(cmd) => admin::db(config, cmd).await,
             Command::Plugin(cmd) => plugin::run(config, cmd).await,
+            Command::Ratelimit(cmd) => ratelimit::run(cmd).await,
         }
     });
     match result {

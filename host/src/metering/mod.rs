@@ -1,6 +1,8 @@
 //! Usage accounting. For now: the per-request counters reported in every
 //! response's `meta.usage`; durable usage events build on these.
 
+pub mod meter;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;

@@ -44,6 +44,11 @@ use crate::store::Database;
 use host_calls::{HostCalls, HttpGate};
 use runtime::Prepared;
 
+pub use bindings::pricing::exports::memhost::plugin::pricer::MetricLimit;
+pub use bindings::rate_limit::exports::memhost::plugin::limiter::{
+    Algorithm as LimiterAlgorithm, RequestClass, Rule as LimiterRule, Scope as LimiterScope,
+};
+
 /// A default plugin compiled into the binary, with the policy file it is
 /// first activated with (none: uploaded but left inactive).
 struct Builtin {
@@ -544,6 +549,31 @@ impl PluginService {
     /// The active plugin of a kind for an org on a plan.
     pub fn active(&self, kind: PluginKind, org_id: Option<&str>, plan: Option<&str>) -> Option<Arc<Active>> {
         self.inner.active.load().resolve(kind, org_id, plan)
+    }
+
+    /// The rate-limit rules an active rate-limit plugin gives for a request
+    /// class. The error says why there are none (trap, plugin error).
+    pub async fn rate_limit_rules(&self, active: &Active, class: &RequestClass) -> Result<Vec<LimiterRule>, String> {
+        let Prepared::RateLimit(pre) = &active.plugin.prepared else {
+            return Err(format!("plugin {} is not a rate-limit plugin", short(&active.plugin.record.id)));
+        };
+        let p = &active.plugin;
+        match self.inner.runtime.rules(pre, &p.limits, &p.digest, &active.config, class).await {
+            Ok(outcome) => outcome.value.map_err(|e| format!("plugin error `{}`: {}", e.code, e.message)),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// The plan's metric limits from an active pricing plugin.
+    pub async fn plan_limits(&self, active: &Active, plan: &str, overrides: &str) -> Result<Vec<MetricLimit>, String> {
+        let Prepared::Pricing(pre) = &active.plugin.prepared else {
+            return Err(format!("plugin {} is not a pricing plugin", short(&active.plugin.record.id)));
+        };
+        let p = &active.plugin;
+        match self.inner.runtime.plan_limits(pre, &p.limits, &p.digest, &active.config, plan, overrides).await {
+            Ok(outcome) => outcome.value.map_err(|e| format!("plugin error `{}`: {}", e.code, e.message)),
+            Err(e) => Err(e.to_string()),
+        }
     }
 
     /// Runs a stored plugin on JSON input with a given config.

@@ -7,7 +7,7 @@ use sqlx::Row;
 use utoipa::ToSchema;
 
 use super::kind::{LimitOverrides, PluginKind};
-use crate::store::{Database, parse_sqlite_time, safe, sqlite_time};
+use crate::store::{Database, begin_pg, parse_sqlite_time, safe, sqlite_time};
 
 /// A stored plugin (without its bytes).
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -278,7 +278,7 @@ pub async fn activate(db: &Database, a: &ActivationRecord) -> sqlx::Result<()> {
             tx.commit().await
         }
         Database::Postgres(pg) => {
-            let mut tx = pg.begin().await?;
+            let mut tx = begin_pg(pg, None).await?;
             sqlx::query(end).bind(a.activated_at).bind(a.kind.as_str()).bind(&a.target).execute(&mut *tx).await?;
             sqlx::query(safe(insert))
                 .bind(&a.id)
@@ -310,7 +310,7 @@ pub async fn deactivate(db: &Database, kind: PluginKind, target: &str, at: DateT
             .await?
             .rows_affected(),
         Database::Postgres(pg) => {
-            let mut tx = pg.begin().await?;
+            let mut tx = begin_pg(pg, None).await?;
             let n = sqlx::query(end).bind(at).bind(kind.as_str()).bind(target).execute(&mut *tx).await?.rows_affected();
             sqlx::query("SELECT pg_notify('memhost_plugins', $1)").bind(kind.as_str()).execute(&mut *tx).await?;
             tx.commit().await?;

@@ -111,9 +111,13 @@ impl Database {
         if org_id.is_empty() || org_id.len() > 64 || !org_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
             return Err(sqlx::Error::Protocol(format!("refusing unexpected org id {org_id:?}")));
         }
-        pool.begin_with(safe(format!(
-            "BEGIN; SELECT set_config('memhost.org_id', '{org_id}', true), set_config('role', 'memhost_tenant', true)"
-        )))
+        begin_pg(
+            pool,
+            Some(format!(
+                "BEGIN; SELECT set_config('memhost.org_id', '{org_id}', true), \
+                 set_config('role', 'memhost_tenant', true)"
+            )),
+        )
         .await
     }
 
@@ -178,6 +182,30 @@ impl Database {
             Database::Postgres(pool) => pool.close().await,
         }
     }
+}
+
+/// Starts a PostgreSQL transaction (with `statement` instead of a bare
+/// `BEGIN` if given) that a cancelled caller cannot leave open.
+///
+/// sqlx 0.9.0's `begin` counts the transaction only once the server has
+/// answered `BEGIN`; dropped in between (a client hanging up mid-request
+/// drops its handler), nothing rolls back, and the pool hands the connection
+/// on still inside that transaction (sqlx issue #4393). Later borrowers then
+/// run in it, as `memhost_tenant` with another org set, and after its first
+/// error every statement on that connection fails with "current transaction
+/// is aborted" until the connection is recycled. Here the begin runs in a
+/// task of its own, so it always completes; if nobody awaits it anymore, the
+/// finished `Transaction` is dropped there, which queues its `ROLLBACK`.
+pub async fn begin_pg(pool: &PgPool, statement: Option<String>) -> sqlx::Result<Transaction<'static, Postgres>> {
+    let pool = pool.clone();
+    tokio::spawn(async move {
+        match statement {
+            Some(sql) => pool.begin_with(safe(sql)).await,
+            None => pool.begin().await,
+        }
+    })
+    .await
+    .map_err(|e| sqlx::Error::Protocol(format!("transaction start failed: {e}")))?
 }
 
 async fn count(pool: &SqlitePool, sql: &'static str) -> sqlx::Result<i64> {

@@ -8,7 +8,10 @@
 //!
 //! An org's overrides (`{"rate_limits": {"requests_per_minute": …, …}}`)
 //! replace its tier's values field by field: that is how Enterprise limits are
-//! set per customer. A plan without a tier and without overrides is an error,
+//! set per customer. The per-IP limit counts every request from one address,
+//! whichever org sends it; a tier or an org may set its own
+//! `per_ip_requests_per_minute` (0: none, for a customer whose backend sends
+//! everything from one address). A plan without a tier and without overrides is an error,
 //! so a missing tier is noticed rather than left unlimited.
 
 use std::collections::BTreeMap;
@@ -46,6 +49,9 @@ struct Tier {
     concurrent: Option<u64>,
     /// Token bucket burst; defaults to the per-minute limit.
     burst: Option<u64>,
+    /// Replaces `per_ip.requests_per_minute` for this tier or org; 0: no
+    /// per-IP rule.
+    per_ip_requests_per_minute: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -106,6 +112,7 @@ impl RateLimit for Tiered {
                     requests_per_day: o.requests_per_day.or(b.requests_per_day),
                     concurrent: o.concurrent.or(b.concurrent),
                     burst: o.burst.or(b.burst),
+                    per_ip_requests_per_minute: o.per_ip_requests_per_minute.or(b.per_ip_requests_per_minute),
                 }
             }
         };
@@ -135,8 +142,9 @@ impl RateLimit for Tiered {
         if let Some(limit) = tier.concurrent {
             rules.push(rule("concurrent", Scope::Org, Algorithm::Concurrency, limit, LEASE_MS, 0));
         }
-        if let Some(ip) = config.per_ip {
-            rules.push(rule("per-ip", Scope::ClientIp, Algorithm::SlidingWindow, ip.requests_per_minute, MINUTE, 0));
+        let per_ip = tier.per_ip_requests_per_minute.or(config.per_ip.map(|ip| ip.requests_per_minute));
+        if let Some(limit) = per_ip.filter(|&l| l > 0) {
+            rules.push(rule("per-ip", Scope::ClientIp, Algorithm::SlidingWindow, limit, MINUTE, 0));
         }
         if let Some(g) = config.global {
             rules.push(rule(

@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::Extension;
+use axum::extract::{MatchedPath, Path, State};
+use axum::http::Method;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -10,13 +12,17 @@ use crate::api::AppState;
 use crate::api::envelope::{ApiOk, Envelope, ErrorEnvelope};
 use crate::api::error::ApiError;
 use crate::api::extract::{ApiJson, Auth};
+use crate::api::limits::ClientIp;
 use crate::auth::{ApiKeyRecord, CreatedKey, Environment, KeyStatus, NewKey, Org, Scope};
+use crate::limits::{LimitsStatus, RequestFacts};
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Account {
     pub org: Org,
     /// The key this request was made with.
     pub api_key: ApiKeyRecord,
+    /// Rate limits with what is left now, and this period's quotas.
+    pub limits: LimitsStatus,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -54,10 +60,44 @@ pub const MAX_GRACE: Duration = Duration::from_secs(30 * 24 * 3600);
 /// The org, plan and calling key.
 #[utoipa::path(get, path = "/v1/account", tag = "account", security(("bearer" = [])),
     responses((status = 200, body = Envelope<Account>), (status = 401, body = ErrorEnvelope)))]
-pub async fn account(State(state): State<AppState>, auth: Auth) -> Result<ApiOk<Account>, ApiError> {
+pub async fn account(
+    State(state): State<AppState>,
+    auth: Auth,
+    method: Method,
+    route: MatchedPath,
+    ip: Option<Extension<ClientIp>>,
+) -> Result<ApiOk<Account>, ApiError> {
     let org = state.auth.get_org(&auth.0.org_id).await?;
     let api_key = state.auth.find_org_key(&auth.0.org_id, &auth.0.key_id).await?;
-    Ok(ApiOk::ok(Account { org, api_key }))
+    let limits = limits_of(&state, &auth, &method, &route, ip).await;
+    Ok(ApiOk::ok(Account { org, api_key, limits }))
+}
+
+/// Rate limits (with remaining amounts and reset times) and quotas (used,
+/// remaining, overage) of the calling key's org.
+#[utoipa::path(get, path = "/v1/account/limits", tag = "account", security(("bearer" = [])),
+    responses((status = 200, body = Envelope<LimitsStatus>), (status = 401, body = ErrorEnvelope)))]
+pub async fn limits(
+    State(state): State<AppState>,
+    auth: Auth,
+    method: Method,
+    route: MatchedPath,
+    ip: Option<Extension<ClientIp>>,
+) -> Result<ApiOk<LimitsStatus>, ApiError> {
+    Ok(ApiOk::ok(limits_of(&state, &auth, &method, &route, ip).await))
+}
+
+async fn limits_of(
+    state: &AppState,
+    auth: &Auth,
+    method: &Method,
+    route: &MatchedPath,
+    ip: Option<Extension<ClientIp>>,
+) -> LimitsStatus {
+    // The rules shown are the ones that applied to this very request.
+    let client_ip = ip.and_then(|Extension(ClientIp(ip))| ip);
+    let facts = RequestFacts { principal: &auth.0, method: method.as_str(), route: route.as_str(), client_ip };
+    state.limits.status(&facts).await
 }
 
 /// The org's API keys (admin scope).

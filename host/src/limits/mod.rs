@@ -1,0 +1,697 @@
+//! Rate limits and quotas: the active rate-limit plugin says which rules
+//! apply to a request; the host enforces them atomically on a counter store
+//! (in process, or Redis shared by every instance). Quotas compare the
+//! active pricing plugin's plan limits with the period's metered usage.
+//!
+//! The rule cache. A plugin's answer is cached under (activation id, plugin
+//! digest, plan, live/test, scopes, org overrides, method, route template).
+//! That is safe because the plugin sees exactly those inputs and nothing
+//! else: the request class carries no org id, key id or address; rate-limit
+//! plugins are granted no clock, randomness or I/O (checked at upload), so
+//! the same class always gets the same rules; and any activation, rollback
+//! or config change makes a new activation id, so the next request misses.
+
+pub mod algorithm;
+pub mod store;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::auth::{Environment, Principal, Scope};
+use crate::metering::meter::{UsageMeter, period_end, period_of};
+use crate::plugins::kind::RateLimitFailure;
+use crate::plugins::{Active, LimiterAlgorithm, LimiterScope, MetricLimit, PluginKind, PluginService, RequestClass};
+use algorithm::{Algorithm, Limit, Verdict};
+use store::{Clock, CounterRule, LocalStore, RedisStore, SystemClock};
+
+/// The `[limits]` configuration section.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Rate limits and quotas on the request path. Off only for trusted
+    /// deployments and benchmarks.
+    pub enabled: bool,
+    /// When Redis cannot answer: `fail-open` counts on a local limiter with
+    /// this instance's share of each limit; `fail-closed` refuses with 503.
+    pub on_store_failure: RateLimitFailure,
+    /// How long a Redis decision may take before it counts as a failure.
+    pub redis_timeout_ms: u64,
+    /// Prefix of every Redis key memhost writes.
+    pub redis_prefix: String,
+    /// Take the client address from the first `X-Forwarded-For` entry. Only
+    /// behind a proxy that sets it; otherwise clients could pick their IP.
+    pub trust_forwarded_for: bool,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            enabled: true,
+            on_store_failure: RateLimitFailure::FailOpen,
+            redis_timeout_ms: 250,
+            redis_prefix: "memhost:rl:".into(),
+            trust_forwarded_for: false,
+        }
+    }
+}
+
+/// A rule as the plugin gave it, before identity is filled in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanRule {
+    pub name: String,
+    pub scope: LimiterScope,
+    pub algorithm: Algorithm,
+    pub limit: u64,
+    pub window_ms: u64,
+    pub burst: u64,
+    pub cost: u64,
+}
+
+impl PlanRule {
+    fn from_plugin(r: crate::plugins::LimiterRule) -> PlanRule {
+        PlanRule {
+            name: r.name,
+            scope: r.scope,
+            algorithm: match r.algorithm {
+                LimiterAlgorithm::SlidingWindow => Algorithm::SlidingWindow,
+                LimiterAlgorithm::FixedWindow => Algorithm::FixedWindow,
+                LimiterAlgorithm::TokenBucket => Algorithm::TokenBucket,
+                LimiterAlgorithm::Concurrency => Algorithm::Concurrency,
+            },
+            limit: r.limit,
+            window_ms: r.window_ms.max(1),
+            burst: r.burst,
+            cost: r.cost,
+        }
+    }
+
+    fn limit(&self, share: u64) -> Limit {
+        let scaled = |v: u64| if v == 0 { 0 } else { (v / share.max(1)).max(1) };
+        Limit {
+            algorithm: self.algorithm,
+            limit: scaled(self.limit),
+            window_us: self.window_ms.saturating_mul(1000),
+            burst: scaled(self.burst),
+        }
+    }
+
+    fn scope_str(&self) -> &'static str {
+        match self.scope {
+            LimiterScope::Global => "global",
+            LimiterScope::Org => "org",
+            LimiterScope::Key => "key",
+            LimiterScope::ClientIp => "client-ip",
+        }
+    }
+}
+
+/// Who is asking, for the counters' keys.
+pub struct RequestFacts<'a> {
+    pub principal: &'a Principal,
+    pub method: &'a str,
+    pub route: &'a str,
+    pub client_ip: Option<IpAddr>,
+}
+
+/// The numbers for the `RateLimit-*` headers: the most constrained rule.
+#[derive(Debug, Clone, Copy)]
+pub struct RateHeaders {
+    pub limit: u64,
+    pub remaining: u64,
+    pub reset_secs: u64,
+}
+
+/// A request the limits let through. Hand it back to [`LimitService::finish`]
+/// when the response is done, so concurrency leases are released.
+#[derive(Debug, Default)]
+pub struct Admission {
+    pub headers: Option<RateHeaders>,
+    leases: Vec<String>,
+    lease_id: String,
+    on_redis: bool,
+}
+
+/// Why a request was not let through.
+#[derive(Debug)]
+pub enum Refusal {
+    /// 429: `rule` is full.
+    Exceeded { rule: String, verdict: Verdict, window_ms: u64, headers: RateHeaders },
+    /// 402: the period's quota of a metric is used up.
+    Quota { metric: String, limit: u64, used: u64, hard: bool },
+    /// 503: limits could not be decided and the policy is fail-closed.
+    Unavailable(String),
+}
+
+/// One rule with its current state, for `GET /v1/account/limits`.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct RuleStatus {
+    pub name: String,
+    /// `org`, `key`, `client-ip` or `global`.
+    pub scope: &'static str,
+    pub algorithm: &'static str,
+    pub limit: u64,
+    pub window_ms: u64,
+    /// Token bucket only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u64>,
+    pub remaining: u64,
+    pub reset_secs: u64,
+}
+
+/// One metric's quota for the current period.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct QuotaStatus {
+    pub metric: String,
+    /// `YYYY-MM`.
+    pub period: String,
+    pub resets_at: chrono::DateTime<chrono::Utc>,
+    pub included: u64,
+    pub used: u64,
+    /// Included units left (0 once in overage).
+    pub remaining: u64,
+    pub overage_allowed: bool,
+    /// Usage above this is refused even with overage.
+    pub hard_limit: Option<u64>,
+    /// Units above `included` this period, billed as overage.
+    pub overage: u64,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct LimitsStatus {
+    pub enabled: bool,
+    /// `in-process` or `redis`; `local-fallback` while Redis is unreachable.
+    pub store: &'static str,
+    pub rules: Vec<RuleStatus>,
+    pub quotas: Vec<QuotaStatus>,
+}
+
+/// Counts the operator may want to see (`/ready`, logs).
+#[derive(Debug, Default)]
+pub struct LimitStats {
+    pub redis_failures: AtomicU64,
+    pub fallback_decisions: AtomicU64,
+    pub plugin_failures: AtomicU64,
+}
+
+/// Cache entries kept before the caches start over.
+const CACHE_MAX: usize = 10_000;
+/// After a Redis failure, decisions go straight to the fallback this long
+/// before Redis is tried again (so an outage does not add a timeout to
+/// every request).
+const REDIS_RETRY_AFTER_MS: u64 = 1_000;
+/// How often an instance announces itself in Redis, and how long it counts.
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
+const HEARTBEAT_TTL: Duration = Duration::from_secs(10);
+
+#[derive(Clone)]
+pub struct LimitService {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: LimitsConfig,
+    plugin_failure: RateLimitFailure,
+    plugins: PluginService,
+    meter: UsageMeter,
+    local: LocalStore,
+    redis: Option<RedisStore>,
+    redis_down_until_ms: AtomicU64,
+    /// Live instances sharing Redis, as last seen (for the fallback share).
+    instances: AtomicU64,
+    rules: Mutex<HashMap<String, Arc<Vec<PlanRule>>>>,
+    plan_limits: Mutex<HashMap<String, Arc<Vec<MetricLimit>>>>,
+    stats: LimitStats,
+    instance_id: String,
+}
+
+impl LimitService {
+    /// With `redis_url`, counters live in Redis; it must answer at start.
+    pub async fn start(
+        config: LimitsConfig,
+        plugin_failure: RateLimitFailure,
+        redis_url: Option<&str>,
+        plugins: PluginService,
+        meter: UsageMeter,
+    ) -> anyhow::Result<LimitService> {
+        let redis = match redis_url {
+            Some(url) if config.enabled => Some(
+                RedisStore::connect(url, &config.redis_prefix, Duration::from_millis(config.redis_timeout_ms)).await?,
+            ),
+            _ => None,
+        };
+        let service = LimitService::with_parts(config, plugin_failure, redis, plugins, meter, Box::new(SystemClock));
+        if service.inner.redis.is_some() {
+            service.start_heartbeat();
+        }
+        Ok(service)
+    }
+
+    fn with_parts(
+        config: LimitsConfig,
+        plugin_failure: RateLimitFailure,
+        redis: Option<RedisStore>,
+        plugins: PluginService,
+        meter: UsageMeter,
+        clock: Box<dyn Clock>,
+    ) -> LimitService {
+        LimitService {
+            inner: Arc::new(Inner {
+                config,
+                plugin_failure,
+                plugins,
+                meter,
+                local: LocalStore::new(clock),
+                redis,
+                redis_down_until_ms: AtomicU64::new(0),
+                instances: AtomicU64::new(1),
+                rules: Mutex::default(),
+                plan_limits: Mutex::default(),
+                stats: LimitStats::default(),
+                instance_id: format!("inst_{}", uuid::Uuid::now_v7().simple()),
+            }),
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.inner.config.enabled
+    }
+
+    pub fn stats(&self) -> &LimitStats {
+        &self.inner.stats
+    }
+
+    pub fn meter(&self) -> &UsageMeter {
+        &self.inner.meter
+    }
+
+    pub fn trust_forwarded_for(&self) -> bool {
+        self.inner.config.trust_forwarded_for
+    }
+
+    fn start_heartbeat(&self) {
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                if let Some(redis) = &inner.redis
+                    && let Ok(n) = redis.heartbeat(&inner.instance_id, HEARTBEAT_TTL).await
+                {
+                    inner.instances.store(n, Ordering::Relaxed);
+                }
+            }
+        });
+    }
+
+    /// Rate limits for one request: `Ok` lets it through (with headers).
+    pub async fn admit(&self, facts: &RequestFacts<'_>) -> Result<Admission, Refusal> {
+        if !self.enabled() {
+            return Ok(Admission::default());
+        }
+        let Some(rules) = self.rules_for(facts).await? else {
+            return Ok(Admission::default());
+        };
+        if rules.is_empty() {
+            return Ok(Admission::default());
+        }
+        let lease_id = uuid::Uuid::now_v7().simple().to_string();
+        let (verdicts, counters, on_redis) = self.decide(facts, &rules, &lease_id).await?;
+        let headers = headers_for(&verdicts);
+        if let Some((i, v)) =
+            verdicts.iter().enumerate().filter(|(_, v)| !v.allowed).max_by_key(|(_, v)| v.retry_after_us)
+        {
+            return Err(Refusal::Exceeded {
+                rule: rules[i].name.clone(),
+                verdict: *v,
+                window_ms: rules[i].window_ms,
+                headers,
+            });
+        }
+        let leases = rules
+            .iter()
+            .zip(counters)
+            .filter(|(r, _)| r.algorithm == Algorithm::Concurrency)
+            .map(|(_, c)| c.key)
+            .collect();
+        Ok(Admission { headers: Some(headers), leases, lease_id, on_redis })
+    }
+
+    /// Releases what [`admit`](Self::admit) holds (concurrency leases).
+    pub fn finish(&self, admission: Admission) {
+        if admission.leases.is_empty() {
+            return;
+        }
+        if admission.on_redis {
+            let inner = self.inner.clone();
+            tokio::spawn(async move {
+                if let Some(redis) = &inner.redis
+                    && let Err(e) = redis.release(&admission.leases, &admission.lease_id).await
+                {
+                    // The lease expires on its own after its window.
+                    tracing::debug!(error = %e, "could not release a concurrency lease");
+                }
+            });
+        } else {
+            self.inner.local.release(&admission.leases, &admission.lease_id);
+        }
+    }
+
+    /// Decides on Redis when configured and reachable, else in process.
+    async fn decide(
+        &self,
+        facts: &RequestFacts<'_>,
+        rules: &[PlanRule],
+        lease: &str,
+    ) -> Result<(Vec<Verdict>, Vec<CounterRule>, bool), Refusal> {
+        let counters = |share: u64| -> Vec<CounterRule> {
+            rules
+                .iter()
+                .map(|r| CounterRule { key: counter_key(r, facts), limit: r.limit(share), cost: r.cost })
+                .collect()
+        };
+        let Some(redis) = &self.inner.redis else {
+            let c = counters(1);
+            return Ok((self.inner.local.decide(&c, lease), c, false));
+        };
+        let now_ms = now_ms();
+        if self.inner.redis_down_until_ms.load(Ordering::Relaxed) <= now_ms {
+            let c = counters(1);
+            let timeout = Duration::from_millis(self.inner.config.redis_timeout_ms);
+            let result = match tokio::time::timeout(timeout, redis.decide(&c, lease)).await {
+                Ok(r) => r,
+                Err(_) => Err(store::StoreError("timed out".into())),
+            };
+            match result {
+                Ok(v) => return Ok((v, c, true)),
+                Err(e) => {
+                    self.inner.stats.redis_failures.fetch_add(1, Ordering::Relaxed);
+                    let was_up = self.inner.redis_down_until_ms.swap(now_ms + REDIS_RETRY_AFTER_MS, Ordering::Relaxed)
+                        <= now_ms.saturating_sub(REDIS_RETRY_AFTER_MS);
+                    if was_up {
+                        tracing::warn!(error = %e, policy = ?self.inner.config.on_store_failure,
+                            "Redis rate-limit store failed; using the failure policy until it answers");
+                    }
+                }
+            }
+        }
+        match self.inner.config.on_store_failure {
+            RateLimitFailure::FailClosed => Err(Refusal::Unavailable("the rate-limit store is unreachable".into())),
+            RateLimitFailure::FailOpen => {
+                self.inner.stats.fallback_decisions.fetch_add(1, Ordering::Relaxed);
+                let share = self.inner.instances.load(Ordering::Relaxed).max(1);
+                let c = counters(share);
+                Ok((self.inner.local.decide(&c, lease), c, false))
+            }
+        }
+    }
+
+    /// The rules for a request class, from the cache or the plugin. `None`:
+    /// no rate-limit plugin is active (limits are off for this org).
+    async fn rules_for(&self, facts: &RequestFacts<'_>) -> Result<Option<Arc<Vec<PlanRule>>>, Refusal> {
+        let p = facts.principal;
+        let Some(active) = self.inner.plugins.active(PluginKind::RateLimit, Some(&p.org_id), Some(&p.plan)) else {
+            return Ok(None);
+        };
+        let scopes = scope_list(p);
+        let live = p.environment == Environment::Live;
+        let cache_key = format!(
+            "{}|{}|{}|{}|{}|{}|{}|{}",
+            active.activation.id,
+            active.plugin.digest,
+            p.plan,
+            live,
+            scopes.join(","),
+            p.overrides,
+            facts.method,
+            facts.route
+        );
+        if let Some(hit) = self.inner.rules.lock().unwrap_or_else(|e| e.into_inner()).get(&cache_key) {
+            return Ok(Some(hit.clone()));
+        }
+        let class = RequestClass {
+            plan: p.plan.clone(),
+            live,
+            scopes,
+            overrides: p.overrides.to_string(),
+            method: facts.method.to_string(),
+            route: facts.route.to_string(),
+        };
+        match self.inner.plugins.rate_limit_rules(&active, &class).await {
+            Ok(rules) => {
+                let rules = Arc::new(rules.into_iter().map(PlanRule::from_plugin).collect::<Vec<_>>());
+                let mut cache = self.inner.rules.lock().unwrap_or_else(|e| e.into_inner());
+                if cache.len() >= CACHE_MAX {
+                    cache.clear();
+                }
+                cache.insert(cache_key, rules.clone());
+                Ok(Some(rules))
+            }
+            Err(reason) => self.plugin_failed(&active, &reason).map(|()| None),
+        }
+    }
+
+    fn plugin_failed(&self, active: &Active, reason: &str) -> Result<(), Refusal> {
+        self.inner.stats.plugin_failures.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(plugin = %active.plugin.digest, reason, policy = ?self.inner.plugin_failure,
+            "rate-limit plugin failed");
+        match self.inner.plugin_failure {
+            RateLimitFailure::FailOpen => Ok(()),
+            RateLimitFailure::FailClosed => {
+                Err(Refusal::Unavailable(format!("the rate-limit policy could not be evaluated: {reason}")))
+            }
+        }
+    }
+
+    /// The plan's metric limits from the active pricing plugin (cached per
+    /// activation, plan and overrides; pricing plugins are deterministic).
+    async fn plan_limits(&self, p: &Principal) -> Option<Arc<Vec<MetricLimit>>> {
+        let active = self.inner.plugins.active(PluginKind::Pricing, Some(&p.org_id), Some(&p.plan))?;
+        let key = format!("{}|{}|{}|{}", active.activation.id, active.plugin.digest, p.plan, p.overrides);
+        if let Some(hit) = self.inner.plan_limits.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            return Some(hit.clone());
+        }
+        match self.inner.plugins.plan_limits(&active, &p.plan, &p.overrides).await {
+            Ok(limits) => {
+                let limits = Arc::new(limits);
+                let mut cache = self.inner.plan_limits.lock().unwrap_or_else(|e| e.into_inner());
+                if cache.len() >= CACHE_MAX {
+                    cache.clear();
+                }
+                cache.insert(key, limits.clone());
+                Some(limits)
+            }
+            Err(reason) => {
+                // Quotas cannot be known; the request is served and metered,
+                // and pricing reports the error when the period is rated.
+                tracing::warn!(plugin = %active.plugin.digest, reason, plan = %p.plan,
+                    "pricing plugin could not give plan limits; quotas not checked");
+                None
+            }
+        }
+    }
+
+    /// Quotas before work starts: one more API call must fit, and no metric
+    /// may be past a limit that refuses (no overage, or a hard limit).
+    pub async fn check_quota(&self, p: &Principal) -> Result<(), Refusal> {
+        if !self.enabled() {
+            return Ok(());
+        }
+        let Some(limits) = self.plan_limits(p).await else { return Ok(()) };
+        let used = match self.inner.meter.used(&p.org_id, p.environment).await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read usage; quotas not checked");
+                return Ok(());
+            }
+        };
+        for l in limits.iter() {
+            let u = used.get(&l.metric).copied().unwrap_or(0);
+            // API calls: this request is one more. Other metrics are known
+            // only after the work: refuse once they are already at the limit.
+            let after = if l.metric == API_CALLS { u + 1 } else { u.max(1) };
+            if let Some(hard) = l.hard_limit
+                && after > hard
+            {
+                return Err(Refusal::Quota { metric: l.metric.clone(), limit: hard, used: u, hard: true });
+            }
+            if !l.overage_allowed && after > l.included {
+                return Err(Refusal::Quota { metric: l.metric.clone(), limit: l.included, used: u, hard: false });
+            }
+        }
+        Ok(())
+    }
+
+    /// The principal's rules with their current state, and its quotas.
+    pub async fn status(&self, facts: &RequestFacts<'_>) -> LimitsStatus {
+        let store = match &self.inner.redis {
+            None => "in-process",
+            Some(_) if self.inner.redis_down_until_ms.load(Ordering::Relaxed) > now_ms() => "local-fallback",
+            Some(_) => "redis",
+        };
+        let mut status = LimitsStatus { enabled: self.enabled(), store, rules: Vec::new(), quotas: Vec::new() };
+        if !self.enabled() {
+            return status;
+        }
+        if let Ok(Some(rules)) = self.rules_for(facts).await {
+            let verdicts = self.decide_peek(facts, &rules).await.unwrap_or_default();
+            for (r, v) in rules.iter().zip(verdicts.iter().map(Some).chain(std::iter::repeat(None))) {
+                status.rules.push(RuleStatus {
+                    name: r.name.clone(),
+                    scope: r.scope_str(),
+                    algorithm: r.algorithm.as_str(),
+                    limit: r.limit,
+                    window_ms: r.window_ms,
+                    burst: (r.algorithm == Algorithm::TokenBucket).then_some(if r.burst == 0 {
+                        r.limit
+                    } else {
+                        r.burst
+                    }),
+                    remaining: v.map_or(r.limit, |v| v.remaining),
+                    reset_secs: v.map_or(0, |v| v.reset_us.div_ceil(1_000_000)),
+                });
+            }
+        }
+        let p = facts.principal;
+        if let Some(limits) = self.plan_limits(p).await {
+            let used = self.inner.meter.used(&p.org_id, p.environment).await.unwrap_or_default();
+            let now = chrono::Utc::now();
+            for l in limits.iter() {
+                let u = used.get(&l.metric).copied().unwrap_or(0);
+                status.quotas.push(QuotaStatus {
+                    metric: l.metric.clone(),
+                    period: period_of(now),
+                    resets_at: period_end(now),
+                    included: l.included,
+                    used: u,
+                    remaining: l.included.saturating_sub(u),
+                    overage_allowed: l.overage_allowed,
+                    hard_limit: l.hard_limit,
+                    overage: if l.overage_allowed { u.saturating_sub(l.included) } else { 0 },
+                });
+            }
+        }
+        status
+    }
+
+    async fn decide_peek(&self, facts: &RequestFacts<'_>, rules: &[PlanRule]) -> Option<Vec<Verdict>> {
+        // A decision with an empty lease id only reads; cost 0 makes
+        // `remaining` what is left now.
+        let zero: Vec<PlanRule> = rules.iter().map(|r| PlanRule { cost: 0, ..r.clone() }).collect();
+        self.decide(facts, &zero, "").await.ok().map(|(v, _, _)| v)
+    }
+}
+
+/// The metric every request adds one to.
+pub const API_CALLS: &str = "api_calls";
+/// Tokens of text a request processed (stored, embedded, queried).
+pub const TOKENS_PROCESSED: &str = "tokens_processed";
+
+fn scope_list(p: &Principal) -> Vec<String> {
+    let mut scopes: Vec<String> = p.scopes.iter().map(|s| Scope::as_str(*s).to_string()).collect();
+    scopes.sort();
+    scopes
+}
+
+/// The counter a rule uses: its scope's identity plus the rule name. Live
+/// and test traffic of an org count separately, like their data.
+fn counter_key(rule: &PlanRule, facts: &RequestFacts<'_>) -> String {
+    let p = facts.principal;
+    match rule.scope {
+        LimiterScope::Global => format!("g:{}", rule.name),
+        LimiterScope::Org => format!("o:{}:{}:{}", p.org_id, p.environment.as_str(), rule.name),
+        LimiterScope::Key => format!("k:{}:{}", p.key_id, rule.name),
+        LimiterScope::ClientIp => match facts.client_ip {
+            Some(ip) => format!("ip:{ip}:{}", rule.name),
+            None => format!("ip:unknown:{}", rule.name),
+        },
+    }
+}
+
+/// The most constrained rule: fewest units left, then the longest reset.
+fn headers_for(verdicts: &[Verdict]) -> RateHeaders {
+    let v = verdicts.iter().min_by(|a, b| a.remaining.cmp(&b.remaining).then(b.reset_us.cmp(&a.reset_us)));
+    match v {
+        Some(v) => RateHeaders { limit: v.limit, remaining: v.remaining, reset_secs: v.reset_us.div_ceil(1_000_000) },
+        None => RateHeaders { limit: 0, remaining: 0, reset_secs: 0 },
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemClock.now_us() / 1000
+}
+
+impl Refusal {
+    /// The error envelope's details.
+    pub fn details(&self) -> Value {
+        match self {
+            Refusal::Exceeded { rule, verdict, window_ms, .. } => json!({
+                "rule": rule,
+                "limit": verdict.limit,
+                "window": format_window(*window_ms),
+                "window_ms": window_ms,
+                "retry_after": verdict.retry_after_us.div_ceil(1_000_000).max(1),
+            }),
+            Refusal::Quota { metric, limit, used, hard } => json!({
+                "metric": metric,
+                "limit": limit,
+                "used": used,
+                "hard_limit": hard,
+            }),
+            Refusal::Unavailable(reason) => json!({ "reason": reason }),
+        }
+    }
+}
+
+/// `60000` ─▶ `1m`, `86400000` ─▶ `1d`, else seconds or milliseconds.
+pub fn format_window(ms: u64) -> String {
+    const UNITS: [(u64, &str); 4] = [(86_400_000, "d"), (3_600_000, "h"), (60_000, "m"), (1_000, "s")];
+    for (size, unit) in UNITS {
+        if ms >= size && ms.is_multiple_of(size) {
+            return format!("{}{unit}", ms / size);
+        }
+    }
+    format!("{ms}ms")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_read_as_people_write_them() {
+        assert_eq!(format_window(60_000), "1m");
+        assert_eq!(format_window(86_400_000), "1d");
+        assert_eq!(format_window(1_000), "1s");
+        assert_eq!(format_window(1_500), "1500ms");
+    }
+
+    #[test]
+    fn the_fallback_share_never_reaches_zero() {
+        let r = PlanRule {
+            name: "m".into(),
+            scope: LimiterScope::Org,
+            algorithm: Algorithm::SlidingWindow,
+            limit: 10,
+            window_ms: 60_000,
+            burst: 0,
+            cost: 1,
+        };
+        assert_eq!(r.limit(3).limit, 3);
+        assert_eq!(r.limit(30).limit, 1);
+        assert_eq!(r.limit(1).limit, 10);
+    }
+
+    #[test]
+    fn headers_show_the_tightest_rule() {
+        let v = |remaining, reset_us| Verdict { allowed: true, limit: 10, remaining, reset_us, retry_after_us: 0 };
+        let h = headers_for(&[v(5, 1_000_000), v(2, 500_000), v(2, 30_000_000)]);
+        assert_eq!((h.remaining, h.reset_secs), (2, 30));
+    }
+}

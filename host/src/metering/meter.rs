@@ -1,0 +1,239 @@
+//! Period usage per org: what quotas are checked against.
+//!
+//! Requests add to in-memory deltas; a background task adds the deltas to
+//! `usage_counters` once a second (and at shutdown), so metering costs no
+//! database write on the request path. A quota check reads the stored total
+//! (re-read at most once a second per org) plus this instance's unflushed
+//! deltas. With several instances, another instance's last second of usage
+//! may not be seen yet: a monthly quota can overshoot by at most what the
+//! other instances serve in about two seconds.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Datelike, Utc};
+use sqlx::Row;
+
+use crate::auth::Environment;
+use crate::store::Database;
+
+/// How often deltas are written and stored totals re-read.
+pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
+
+/// The billing period an instant falls in: its UTC calendar month.
+pub fn period_of(t: DateTime<Utc>) -> String {
+    format!("{:04}-{:02}", t.year(), t.month())
+}
+
+/// The period's end (the first instant of the next month), RFC 3339.
+pub fn period_end(t: DateTime<Utc>) -> DateTime<Utc> {
+    let (y, m) = if t.month() == 12 { (t.year() + 1, 1) } else { (t.year(), t.month() + 1) };
+    chrono::NaiveDate::from_ymd_opt(y, m, 1).and_then(|d| d.and_hms_opt(0, 0, 0)).map(|d| d.and_utc()).unwrap_or(t)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Slot {
+    org_id: String,
+    environment: Environment,
+    period: String,
+}
+
+/// A period's totals as last read from the database, and when.
+type StoredTotals = (Instant, HashMap<String, u64>);
+
+#[derive(Clone)]
+pub struct UsageMeter {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Database,
+    pending: Mutex<HashMap<Slot, HashMap<String, u64>>>,
+    stored: Mutex<HashMap<Slot, StoredTotals>>,
+    flush_lock: tokio::sync::Mutex<()>,
+}
+
+impl UsageMeter {
+    pub fn new(db: Database) -> UsageMeter {
+        UsageMeter {
+            inner: Arc::new(Inner {
+                db,
+                pending: Mutex::default(),
+                stored: Mutex::default(),
+                flush_lock: tokio::sync::Mutex::new(()),
+            }),
+        }
+    }
+
+    /// Adds usage to the current period.
+    pub fn record(&self, org_id: &str, environment: Environment, metric: &str, quantity: u64) {
+        if quantity == 0 {
+            return;
+        }
+        let slot = Slot { org_id: org_id.to_string(), environment, period: period_of(Utc::now()) };
+        let mut pending = self.inner.pending.lock().unwrap_or_else(|e| e.into_inner());
+        *pending.entry(slot).or_default().entry(metric.to_string()).or_default() += quantity;
+    }
+
+    /// The org's usage in the current period, per metric.
+    pub async fn used(&self, org_id: &str, environment: Environment) -> sqlx::Result<HashMap<String, u64>> {
+        let slot = Slot { org_id: org_id.to_string(), environment, period: period_of(Utc::now()) };
+        let cached = {
+            let stored = self.inner.stored.lock().unwrap_or_else(|e| e.into_inner());
+            stored.get(&slot).filter(|(at, _)| at.elapsed() < FLUSH_EVERY).map(|(_, m)| m.clone())
+        };
+        let mut totals = match cached {
+            Some(m) => m,
+            None => {
+                let m = self.read(&slot).await?;
+                let mut stored = self.inner.stored.lock().unwrap_or_else(|e| e.into_inner());
+                if stored.len() > 100_000 {
+                    stored.clear();
+                }
+                stored.insert(slot.clone(), (Instant::now(), m.clone()));
+                m
+            }
+        };
+        let pending = self.inner.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(deltas) = pending.get(&slot) {
+            for (metric, q) in deltas {
+                *totals.entry(metric.clone()).or_default() += q;
+            }
+        }
+        Ok(totals)
+    }
+
+    async fn read(&self, slot: &Slot) -> sqlx::Result<HashMap<String, u64>> {
+        let rows = match &self.inner.db {
+            Database::Sqlite(s) => sqlx::query(
+                "SELECT metric, quantity FROM usage_counters WHERE org_id = ? AND environment = ? AND period = ?",
+            )
+            .bind(&slot.org_id)
+            .bind(slot.environment.as_str())
+            .bind(&slot.period)
+            .fetch_all(&s.read)
+            .await?
+            .iter()
+            .map(|r| Ok((r.try_get::<String, _>("metric")?, r.try_get::<i64, _>("quantity")?)))
+            .collect::<sqlx::Result<Vec<_>>>()?,
+            Database::Postgres(p) => sqlx::query(
+                "SELECT metric, quantity FROM usage_counters WHERE org_id = $1 AND environment = $2 AND period = $3",
+            )
+            .bind(&slot.org_id)
+            .bind(slot.environment.as_str())
+            .bind(&slot.period)
+            .fetch_all(p)
+            .await?
+            .iter()
+            .map(|r| Ok((r.try_get::<String, _>("metric")?, r.try_get::<i64, _>("quantity")?)))
+            .collect::<sqlx::Result<Vec<_>>>()?,
+        };
+        Ok(rows.into_iter().map(|(m, q)| (m, q.max(0) as u64)).collect())
+    }
+
+    /// Writes the pending deltas. On failure they are kept for the next try.
+    pub async fn flush(&self) -> sqlx::Result<()> {
+        let _one_at_a_time = self.inner.flush_lock.lock().await;
+        let batch = std::mem::take(&mut *self.inner.pending.lock().unwrap_or_else(|e| e.into_inner()));
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let result = self.write(&batch).await;
+        let mut pending = self.inner.pending.lock().unwrap_or_else(|e| e.into_inner());
+        match &result {
+            Ok(()) => {
+                // The stored totals now include the batch: drop cached reads
+                // so the next check does not count the batch twice.
+                let mut stored = self.inner.stored.lock().unwrap_or_else(|e| e.into_inner());
+                for slot in batch.keys() {
+                    stored.remove(slot);
+                }
+            }
+            Err(_) => {
+                for (slot, deltas) in batch {
+                    let into = pending.entry(slot).or_default();
+                    for (metric, q) in deltas {
+                        *into.entry(metric).or_default() += q;
+                    }
+                }
+            }
+        }
+        result
+    }
+
+    async fn write(&self, batch: &HashMap<Slot, HashMap<String, u64>>) -> sqlx::Result<()> {
+        match &self.inner.db {
+            Database::Sqlite(s) => {
+                let mut tx = s.write.begin().await?;
+                for (slot, deltas) in batch {
+                    for (metric, q) in deltas {
+                        sqlx::query(
+                            "INSERT INTO usage_counters (org_id, environment, period, metric, quantity) \
+                             VALUES (?, ?, ?, ?, ?) ON CONFLICT (org_id, environment, period, metric) \
+                             DO UPDATE SET quantity = quantity + excluded.quantity",
+                        )
+                        .bind(&slot.org_id)
+                        .bind(slot.environment.as_str())
+                        .bind(&slot.period)
+                        .bind(metric)
+                        .bind(*q as i64)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                }
+                tx.commit().await
+            }
+            Database::Postgres(p) => {
+                let mut tx = p.begin().await?;
+                for (slot, deltas) in batch {
+                    for (metric, q) in deltas {
+                        sqlx::query(
+                            "INSERT INTO usage_counters (org_id, environment, period, metric, quantity) \
+                             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (org_id, environment, period, metric) \
+                             DO UPDATE SET quantity = usage_counters.quantity + excluded.quantity",
+                        )
+                        .bind(&slot.org_id)
+                        .bind(slot.environment.as_str())
+                        .bind(&slot.period)
+                        .bind(metric)
+                        .bind(*q as i64)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                }
+                tx.commit().await
+            }
+        }
+    }
+
+    /// Flushes every [`FLUSH_EVERY`] until the process ends.
+    pub fn start_flushing(&self) {
+        let meter = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(FLUSH_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if let Err(e) = meter.flush().await {
+                    tracing::warn!(error = %e, "could not write usage counters; will retry");
+                }
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn periods_are_utc_months() {
+        let t: DateTime<Utc> = "2026-12-31T23:59:59Z".parse().unwrap();
+        assert_eq!(period_of(t), "2026-12");
+        assert_eq!(period_end(t).to_rfc3339(), "2027-01-01T00:00:00+00:00");
+        let t: DateTime<Utc> = "2026-02-01T00:00:00Z".parse().unwrap();
+        assert_eq!(period_of(t), "2026-02");
+        assert_eq!(period_end(t).to_rfc3339(), "2026-03-01T00:00:00+00:00");
+    }
+}
