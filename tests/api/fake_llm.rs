@@ -13,6 +13,9 @@ use serde_json::{Value, json};
 pub struct Seen {
     pub embedding_calls: usize,
     pub chat_calls: usize,
+    pub chats_in_flight: usize,
+    /// The most chat requests ever in flight at once.
+    pub max_chats_in_flight: usize,
     pub authorization: Vec<String>,
     pub models: Vec<String>,
 }
@@ -72,8 +75,14 @@ async fn embeddings(State(fake): State<Fake>, headers: axum::http::HeaderMap, Js
 
 async fn chat(State(fake): State<Fake>, headers: axum::http::HeaderMap, Json(body): Json<Value>) -> Json<Value> {
     record(&fake, &headers, &body);
-    fake.seen.lock().unwrap().chat_calls += 1;
+    {
+        let mut seen = fake.seen.lock().unwrap();
+        seen.chat_calls += 1;
+        seen.chats_in_flight += 1;
+        seen.max_chats_in_flight = seen.max_chats_in_flight.max(seen.chats_in_flight);
+    }
     tokio::time::sleep(fake.chat_delay).await;
+    fake.seen.lock().unwrap().chats_in_flight -= 1;
     let prompt = body["messages"][1]["content"].as_str().unwrap_or("").to_string();
     let question = prompt.rsplit("Question: ").next().unwrap_or("").to_string();
     Json(json!({

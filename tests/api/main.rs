@@ -8,6 +8,7 @@ mod account;
 mod auth;
 mod cli;
 mod errors;
+mod limits;
 mod memories;
 mod operations;
 mod plugin_cli;

@@ -8,7 +8,7 @@ use crate::fake_llm;
 
 both_backends!(openai_compatible_providers_are_used, provider_failures_are_502_and_store_nothing);
 
-fn provider_env(url: &str) -> Vec<(&'static str, String)> {
+pub(crate) fn provider_env(url: &str) -> Vec<(&'static str, String)> {
     vec![
         ("MEMHOST_EMBEDDINGS__PROVIDER", "openai".into()),
         ("MEMHOST_EMBEDDINGS__BASE_URL", url.into()),

@@ -61,7 +61,7 @@ pub async fn enforce(State(state): State<AppState>, mut request: Request, next: 
         if let Some(h) = admission.headers {
             set_rate_headers(response.headers_mut(), h);
         }
-        state.limits.finish(admission);
+        drop(admission);
         return response;
     }
 
@@ -74,7 +74,8 @@ pub async fn enforce(State(state): State<AppState>, mut request: Request, next: 
     if let Some(h) = admission.headers {
         set_rate_headers(response.headers_mut(), h);
     }
-    state.limits.finish(admission);
+    // Dropping the admission releases its concurrency leases.
+    drop(admission);
     response
 }
 
@@ -109,15 +110,23 @@ fn set_rate_headers(headers: &mut HeaderMap, h: RateHeaders) {
 fn refused(refusal: Refusal) -> Response {
     let details = Some(refusal.details());
     let (status, code, message) = match &refusal {
-        Refusal::Exceeded { rule, verdict, window_ms, .. } => (
+        Refusal::Exceeded { rule, verdict, window_ms, concurrent, .. } => (
             StatusCode::TOO_MANY_REQUESTS,
             "RATE_LIMIT_EXCEEDED",
-            format!(
-                "rate limit `{rule}` exceeded: {} per {}; retry after {} s",
-                verdict.limit,
-                crate::limits::format_window(*window_ms),
-                verdict.retry_after_us.div_ceil(1_000_000).max(1)
-            ),
+            if *concurrent {
+                format!(
+                    "concurrency limit `{rule}` reached: at most {} requests in flight; retry after {} s",
+                    verdict.limit,
+                    verdict.retry_after_us.div_ceil(1_000_000).max(1)
+                )
+            } else {
+                format!(
+                    "rate limit `{rule}` exceeded: {} per {}; retry after {} s",
+                    verdict.limit,
+                    crate::limits::format_window(*window_ms),
+                    verdict.retry_after_us.div_ceil(1_000_000).max(1)
+                )
+            },
         ),
         Refusal::Quota { metric, limit, used, hard } => (
             StatusCode::PAYMENT_REQUIRED,

@@ -127,21 +127,60 @@ pub struct RateHeaders {
     pub reset_secs: u64,
 }
 
-/// A request the limits let through. Hand it back to [`LimitService::finish`]
-/// when the response is done, so concurrency leases are released.
+/// A request the limits let through. Its concurrency leases are released
+/// when it is dropped: at the end of the response, and also when the client
+/// hangs up and the request's future is dropped halfway (a lease left
+/// behind would hold a slot until it expires).
 #[derive(Debug, Default)]
 pub struct Admission {
     pub headers: Option<RateHeaders>,
-    leases: Vec<String>,
+    /// Held only to be dropped with the admission.
+    #[allow(dead_code)]
+    leases: Option<Leases>,
+}
+
+struct Leases {
+    inner: Arc<Inner>,
+    keys: Vec<String>,
     lease_id: String,
     on_redis: bool,
+}
+
+impl std::fmt::Debug for Leases {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Leases").field("keys", &self.keys).field("on_redis", &self.on_redis).finish()
+    }
+}
+
+impl Drop for Leases {
+    fn drop(&mut self) {
+        let keys = std::mem::take(&mut self.keys);
+        let lease_id = std::mem::take(&mut self.lease_id);
+        if !self.on_redis {
+            self.inner.local.release(&keys, &lease_id);
+            return;
+        }
+        let inner = self.inner.clone();
+        // Not awaited: the response need not wait for the release.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Some(redis) = &inner.redis
+                    && let Err(e) = redis.release(&keys, &lease_id).await
+                {
+                    // The lease expires on its own after its window.
+                    tracing::debug!(error = %e, "could not release a concurrency lease");
+                }
+            });
+        }
+    }
 }
 
 /// Why a request was not let through.
 #[derive(Debug)]
 pub enum Refusal {
     /// 429: `rule` is full.
-    Exceeded { rule: String, verdict: Verdict, window_ms: u64, headers: RateHeaders },
+    /// `concurrent`: a concurrency rule (in flight, not per window).
+    Exceeded { rule: String, verdict: Verdict, window_ms: u64, concurrent: bool, headers: RateHeaders },
     /// 402: the period's quota of a metric is used up.
     Quota { metric: String, limit: u64, used: u64, hard: bool },
     /// 503: limits could not be decided and the policy is fail-closed.
@@ -197,6 +236,21 @@ pub struct LimitStats {
     pub redis_failures: AtomicU64,
     pub fallback_decisions: AtomicU64,
     pub plugin_failures: AtomicU64,
+}
+
+/// [`LimitStats`] at one moment, with the store's state.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct LimitStatsSnapshot {
+    pub enabled: bool,
+    /// `in-process`, `redis`, or `local-fallback` while Redis is unreachable.
+    pub store: &'static str,
+    pub on_store_failure: RateLimitFailure,
+    /// Redis calls that failed or timed out.
+    pub redis_failures: u64,
+    /// Requests decided by this instance's local share (fail-open).
+    pub fallback_decisions: u64,
+    /// Rate-limit plugin calls that failed (its failure policy applied).
+    pub plugin_failures: u64,
 }
 
 /// Cache entries kept before the caches start over.
@@ -282,10 +336,6 @@ impl LimitService {
         self.inner.config.enabled
     }
 
-    pub fn stats(&self) -> &LimitStats {
-        &self.inner.stats
-    }
-
     pub fn meter(&self) -> &UsageMeter {
         &self.inner.meter
     }
@@ -323,44 +373,33 @@ impl LimitService {
         }
         let lease_id = uuid::Uuid::now_v7().simple().to_string();
         let (verdicts, counters, on_redis) = self.decide(facts, &rules, &lease_id).await?;
-        let headers = headers_for(&verdicts);
+        let headers = headers_for(&rules, &verdicts);
         if let Some((i, v)) =
             verdicts.iter().enumerate().filter(|(_, v)| !v.allowed).max_by_key(|(_, v)| v.retry_after_us)
         {
+            let concurrent = rules[i].algorithm == Algorithm::Concurrency;
+            let mut verdict = *v;
+            if concurrent {
+                // A slot frees when any request ends, usually long before
+                // the oldest lease would expire.
+                verdict.retry_after_us = verdict.retry_after_us.clamp(1, 1_000_000);
+            }
             return Err(Refusal::Exceeded {
                 rule: rules[i].name.clone(),
-                verdict: *v,
+                verdict,
                 window_ms: rules[i].window_ms,
+                concurrent,
                 headers,
             });
         }
-        let leases = rules
+        let keys: Vec<String> = rules
             .iter()
             .zip(counters)
             .filter(|(r, _)| r.algorithm == Algorithm::Concurrency)
             .map(|(_, c)| c.key)
             .collect();
-        Ok(Admission { headers: Some(headers), leases, lease_id, on_redis })
-    }
-
-    /// Releases what [`admit`](Self::admit) holds (concurrency leases).
-    pub fn finish(&self, admission: Admission) {
-        if admission.leases.is_empty() {
-            return;
-        }
-        if admission.on_redis {
-            let inner = self.inner.clone();
-            tokio::spawn(async move {
-                if let Some(redis) = &inner.redis
-                    && let Err(e) = redis.release(&admission.leases, &admission.lease_id).await
-                {
-                    // The lease expires on its own after its window.
-                    tracing::debug!(error = %e, "could not release a concurrency lease");
-                }
-            });
-        } else {
-            self.inner.local.release(&admission.leases, &admission.lease_id);
-        }
+        let leases = (!keys.is_empty()).then(|| Leases { inner: self.inner.clone(), keys, lease_id, on_redis });
+        Ok(Admission { headers: Some(headers), leases })
     }
 
     /// Decides on Redis when configured and reachable, else in process.
@@ -389,7 +428,12 @@ impl LimitService {
                 Err(_) => Err(store::StoreError("timed out".into())),
             };
             match result {
-                Ok(v) => return Ok((v, c, true)),
+                Ok(v) => {
+                    if self.inner.redis_down_until_ms.swap(0, Ordering::Relaxed) != 0 {
+                        tracing::warn!("Redis rate-limit store answers again; counters are shared again");
+                    }
+                    return Ok((v, c, true));
+                }
                 Err(e) => {
                     self.inner.stats.redis_failures.fetch_add(1, Ordering::Relaxed);
                     let was_up = self.inner.redis_down_until_ms.swap(now_ms + REDIS_RETRY_AFTER_MS, Ordering::Relaxed)
@@ -528,13 +572,32 @@ impl LimitService {
         Ok(())
     }
 
-    /// The principal's rules with their current state, and its quotas.
-    pub async fn status(&self, facts: &RequestFacts<'_>) -> LimitsStatus {
-        let store = match &self.inner.redis {
+    /// Where decisions are made now: `in-process`, `redis`, or
+    /// `local-fallback` while Redis is unreachable.
+    pub fn store_state(&self) -> &'static str {
+        match &self.inner.redis {
             None => "in-process",
             Some(_) if self.inner.redis_down_until_ms.load(Ordering::Relaxed) > now_ms() => "local-fallback",
             Some(_) => "redis",
-        };
+        }
+    }
+
+    /// The counts since start, for `/ready`.
+    pub fn stats(&self) -> LimitStatsSnapshot {
+        let s = &self.inner.stats;
+        LimitStatsSnapshot {
+            enabled: self.enabled(),
+            store: self.store_state(),
+            on_store_failure: self.inner.config.on_store_failure,
+            redis_failures: s.redis_failures.load(Ordering::Relaxed),
+            fallback_decisions: s.fallback_decisions.load(Ordering::Relaxed),
+            plugin_failures: s.plugin_failures.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The principal's rules with their current state, and its quotas.
+    pub async fn status(&self, facts: &RequestFacts<'_>) -> LimitsStatus {
+        let store = self.store_state();
         let mut status = LimitsStatus { enabled: self.enabled(), store, rules: Vec::new(), quotas: Vec::new() };
         if !self.enabled() {
             return status;
@@ -615,8 +678,17 @@ fn counter_key(rule: &PlanRule, facts: &RequestFacts<'_>) -> String {
 }
 
 /// The most constrained rule: fewest units left, then the longest reset.
-fn headers_for(verdicts: &[Verdict]) -> RateHeaders {
-    let v = verdicts.iter().min_by(|a, b| a.remaining.cmp(&b.remaining).then(b.reset_us.cmp(&a.reset_us)));
+/// `RateLimit-*` describe the tightest request-rate rule. Concurrency rules
+/// are left out: they are not a quota that resets, and a request in flight
+/// would otherwise show its own lease as the limit.
+fn headers_for(rules: &[PlanRule], verdicts: &[Verdict]) -> RateHeaders {
+    let rate = |(r, _): &(&PlanRule, &Verdict)| r.algorithm != Algorithm::Concurrency;
+    let v = rules
+        .iter()
+        .zip(verdicts)
+        .filter(rate)
+        .map(|(_, v)| v)
+        .min_by(|a, b| a.remaining.cmp(&b.remaining).then(b.reset_us.cmp(&a.reset_us)));
     match v {
         Some(v) => RateHeaders { limit: v.limit, remaining: v.remaining, reset_secs: v.reset_us.div_ceil(1_000_000) },
         None => RateHeaders { limit: 0, remaining: 0, reset_secs: 0 },
@@ -631,11 +703,11 @@ impl Refusal {
     /// The error envelope's details.
     pub fn details(&self) -> Value {
         match self {
-            Refusal::Exceeded { rule, verdict, window_ms, .. } => json!({
+            Refusal::Exceeded { rule, verdict, window_ms, concurrent, .. } => json!({
                 "rule": rule,
                 "limit": verdict.limit,
-                "window": format_window(*window_ms),
-                "window_ms": window_ms,
+                "window": if *concurrent { "concurrent".to_string() } else { format_window(*window_ms) },
+                "window_ms": if *concurrent { None } else { Some(window_ms) },
                 "retry_after": verdict.retry_after_us.div_ceil(1_000_000).max(1),
             }),
             Refusal::Quota { metric, limit, used, hard } => json!({
@@ -691,7 +763,22 @@ mod tests {
     #[test]
     fn headers_show_the_tightest_rule() {
         let v = |remaining, reset_us| Verdict { allowed: true, limit: 10, remaining, reset_us, retry_after_us: 0 };
-        let h = headers_for(&[v(5, 1_000_000), v(2, 500_000), v(2, 30_000_000)]);
-        assert_eq!((h.remaining, h.reset_secs), (2, 30));
+        let rule = |algorithm| PlanRule {
+            name: "r".into(),
+            scope: LimiterScope::Org,
+            algorithm,
+            limit: 10,
+            window_ms: 60_000,
+            burst: 0,
+            cost: 1,
+        };
+        let rules = [
+            rule(Algorithm::SlidingWindow),
+            rule(Algorithm::FixedWindow),
+            rule(Algorithm::TokenBucket),
+            rule(Algorithm::Concurrency),
+        ];
+        let h = headers_for(&rules, &[v(5, 1_000_000), v(2, 500_000), v(2, 30_000_000), v(0, 60_000_000)]);
+        assert_eq!((h.remaining, h.reset_secs), (2, 30), "the concurrency rule is not a rate");
     }
 }

@@ -39,8 +39,7 @@ struct Slot {
     period: String,
 }
 
-/// A period's totals as last read from the database, and when.
-type StoredTotals = (Instant, HashMap<String, u64>);
+type Deltas = HashMap<String, u64>;
 
 #[derive(Clone)]
 pub struct UsageMeter {
@@ -49,21 +48,42 @@ pub struct UsageMeter {
 
 struct Inner {
     db: Database,
-    pending: Mutex<HashMap<Slot, HashMap<String, u64>>>,
-    stored: Mutex<HashMap<Slot, StoredTotals>>,
-    flush_lock: tokio::sync::Mutex<()>,
+    counts: Mutex<Counts>,
+    /// A flush holds it for writing, a read of the stored totals for
+    /// reading: so no read sees a batch both in the database and in
+    /// `Counts::flushing`, and within one instance a check is exact.
+    flush_lock: tokio::sync::RwLock<()>,
+}
+
+#[derive(Default)]
+struct Counts {
+    /// Recorded, not yet being written.
+    pending: HashMap<Slot, Deltas>,
+    /// Being written by the flush in progress.
+    flushing: HashMap<Slot, Deltas>,
+    /// Totals as last read from the database, and when.
+    stored: HashMap<Slot, (Instant, Deltas)>,
+}
+
+impl Counts {
+    /// `base` plus what this instance has not written yet.
+    fn with_unwritten(&self, slot: &Slot, mut base: Deltas) -> Deltas {
+        for deltas in [self.flushing.get(slot), self.pending.get(slot)].into_iter().flatten() {
+            for (metric, q) in deltas {
+                *base.entry(metric.clone()).or_default() += q;
+            }
+        }
+        base
+    }
 }
 
 impl UsageMeter {
     pub fn new(db: Database) -> UsageMeter {
-        UsageMeter {
-            inner: Arc::new(Inner {
-                db,
-                pending: Mutex::default(),
-                stored: Mutex::default(),
-                flush_lock: tokio::sync::Mutex::new(()),
-            }),
-        }
+        UsageMeter { inner: Arc::new(Inner { db, counts: Mutex::default(), flush_lock: tokio::sync::RwLock::new(()) }) }
+    }
+
+    fn counts(&self) -> std::sync::MutexGuard<'_, Counts> {
+        self.inner.counts.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Adds usage to the current period.
@@ -72,36 +92,28 @@ impl UsageMeter {
             return;
         }
         let slot = Slot { org_id: org_id.to_string(), environment, period: period_of(Utc::now()) };
-        let mut pending = self.inner.pending.lock().unwrap_or_else(|e| e.into_inner());
-        *pending.entry(slot).or_default().entry(metric.to_string()).or_default() += quantity;
+        *self.counts().pending.entry(slot).or_default().entry(metric.to_string()).or_default() += quantity;
     }
 
     /// The org's usage in the current period, per metric.
-    pub async fn used(&self, org_id: &str, environment: Environment) -> sqlx::Result<HashMap<String, u64>> {
+    pub async fn used(&self, org_id: &str, environment: Environment) -> sqlx::Result<Deltas> {
         let slot = Slot { org_id: org_id.to_string(), environment, period: period_of(Utc::now()) };
-        let cached = {
-            let stored = self.inner.stored.lock().unwrap_or_else(|e| e.into_inner());
-            stored.get(&slot).filter(|(at, _)| at.elapsed() < FLUSH_EVERY).map(|(_, m)| m.clone())
-        };
-        let mut totals = match cached {
-            Some(m) => m,
-            None => {
-                let m = self.read(&slot).await?;
-                let mut stored = self.inner.stored.lock().unwrap_or_else(|e| e.into_inner());
-                if stored.len() > 100_000 {
-                    stored.clear();
-                }
-                stored.insert(slot.clone(), (Instant::now(), m.clone()));
-                m
-            }
-        };
-        let pending = self.inner.pending.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(deltas) = pending.get(&slot) {
-            for (metric, q) in deltas {
-                *totals.entry(metric.clone()).or_default() += q;
+        {
+            let counts = self.counts();
+            if let Some((at, stored)) = counts.stored.get(&slot)
+                && at.elapsed() < FLUSH_EVERY
+            {
+                return Ok(counts.with_unwritten(&slot, stored.clone()));
             }
         }
-        Ok(totals)
+        let _no_flush_meanwhile = self.inner.flush_lock.read().await;
+        let stored = self.read(&slot).await?;
+        let mut counts = self.counts();
+        if counts.stored.len() > 100_000 {
+            counts.stored.clear();
+        }
+        counts.stored.insert(slot.clone(), (Instant::now(), stored.clone()));
+        Ok(counts.with_unwritten(&slot, stored))
     }
 
     async fn read(&self, slot: &Slot) -> sqlx::Result<HashMap<String, u64>> {
@@ -134,25 +146,30 @@ impl UsageMeter {
 
     /// Writes the pending deltas. On failure they are kept for the next try.
     pub async fn flush(&self) -> sqlx::Result<()> {
-        let _one_at_a_time = self.inner.flush_lock.lock().await;
-        let batch = std::mem::take(&mut *self.inner.pending.lock().unwrap_or_else(|e| e.into_inner()));
+        let _one_at_a_time = self.inner.flush_lock.write().await;
+        let batch = {
+            let mut counts = self.counts();
+            let batch = std::mem::take(&mut counts.pending);
+            counts.flushing = batch.clone();
+            batch
+        };
         if batch.is_empty() {
             return Ok(());
         }
         let result = self.write(&batch).await;
-        let mut pending = self.inner.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let mut counts = self.counts();
+        let written = std::mem::take(&mut counts.flushing);
         match &result {
             Ok(()) => {
                 // The stored totals now include the batch: drop cached reads
-                // so the next check does not count the batch twice.
-                let mut stored = self.inner.stored.lock().unwrap_or_else(|e| e.into_inner());
-                for slot in batch.keys() {
-                    stored.remove(slot);
+                // so no check counts it twice.
+                for slot in written.keys() {
+                    counts.stored.remove(slot);
                 }
             }
             Err(_) => {
-                for (slot, deltas) in batch {
-                    let into = pending.entry(slot).or_default();
+                for (slot, deltas) in written {
+                    let into = counts.pending.entry(slot).or_default();
                     for (metric, q) in deltas {
                         *into.entry(metric).or_default() += q;
                     }
@@ -235,5 +252,36 @@ mod tests {
         let t: DateTime<Utc> = "2026-02-01T00:00:00Z".parse().unwrap();
         assert_eq!(period_of(t), "2026-02");
         assert_eq!(period_end(t).to_rfc3339(), "2026-03-01T00:00:00+00:00");
+    }
+
+    #[tokio::test]
+    async fn checks_see_every_recorded_unit_before_during_and_after_flushes() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::config::Config { data_dir: dir.path().to_path_buf(), ..Default::default() };
+        let db = Database::connect(&config).await.unwrap();
+        let auth = crate::auth::AuthService::new(db.clone(), vec![7; 32], Duration::ZERO);
+        let org_a = auth.create_org("A", "free", false).await.unwrap().id;
+        let org_b = auth.create_org("B", "free", false).await.unwrap().id;
+        let meter = UsageMeter::new(db);
+        let used = |m: &UsageMeter| {
+            let (m, org) = (m.clone(), org_a.clone());
+            async move { m.used(&org, Environment::Live).await.unwrap().get("api_calls").copied().unwrap_or(0) }
+        };
+        for n in 1..=50u64 {
+            meter.record(&org_a, Environment::Live, "api_calls", 1);
+            // Flushes race the checks; every check still sees all n.
+            let flush = {
+                let m = meter.clone();
+                tokio::spawn(async move { m.flush().await })
+            };
+            assert_eq!(used(&meter).await, n);
+            flush.await.unwrap().unwrap();
+            assert_eq!(used(&meter).await, n);
+        }
+        assert_eq!(meter.used(&org_b, Environment::Live).await.unwrap().get("api_calls"), None);
+        assert_eq!(meter.used(&org_a, Environment::Test).await.unwrap().get("api_calls"), None);
+        // A fresh meter (another instance) reads the stored total.
+        let other = UsageMeter::new(meter.inner.db.clone());
+        assert_eq!(used(&other).await, 50);
     }
 }

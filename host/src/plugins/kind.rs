@@ -180,7 +180,7 @@ pub struct PluginsConfig {
     pub max_concurrent_calls: u32,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum RateLimitFailure {
     FailOpen,

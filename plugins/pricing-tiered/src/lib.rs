@@ -6,9 +6,11 @@
 //!   "overage": {"api_calls": {"price_micros": 500000, "per": 1000}}}}}`
 //!
 //! Overage is billed pro rata: `over × price / per`, rounded half up to a
-//! micro-unit. Per-customer overrides (`{"base_price_micros": …, "limits":
-//! {…}, "overage": {…}, "overage_allowed": …}`) replace the plan's values
-//! field by field. Volume discounts, add-ons and credits belong to the billing
+//! micro-unit. Per-customer overrides (`{"pricing": {"base_price_micros": …,
+//! "limits": {…}, "overage": {…}, "overage_allowed": …}}`) replace the plan's
+//! values field by field. An org's overrides object is shared by the plugin
+//! kinds, one section each (`rate_limits` belongs to the rate-limit plugin),
+//! so sections other than `pricing` are ignored here. Volume discounts, add-ons and credits belong to the billing
 //! work and are not priced here.
 
 use std::collections::BTreeMap;
@@ -51,6 +53,13 @@ struct Overage {
     per: u64,
 }
 
+/// The org's overrides: only the `pricing` section is ours.
+#[derive(Deserialize, Default)]
+struct OrgOverrides {
+    #[serde(default)]
+    pricing: Overrides,
+}
+
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct Overrides {
@@ -67,7 +76,9 @@ fn effective_plan(config: &str, plan: &str, overrides: &str) -> Result<(Config, 
     let overrides: Overrides = if overrides.trim().is_empty() {
         Overrides::default()
     } else {
-        serde_json::from_str(overrides).map_err(|e| PluginError::new("invalid-overrides", format!("overrides: {e}")))?
+        serde_json::from_str::<OrgOverrides>(overrides)
+            .map_err(|e| PluginError::new("invalid-overrides", format!("overrides: {e}")))?
+            .pricing
     };
     let mut p = config
         .plans

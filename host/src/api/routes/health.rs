@@ -17,6 +17,9 @@ pub struct Health {
 pub struct Ready {
     pub status: &'static str,
     pub database: &'static str,
+    /// Rate limits: where they are decided, and failures counted since start.
+    /// Ready even in `local-fallback` (fail-open serves on).
+    pub limits: crate::limits::LimitStatsSnapshot,
 }
 
 /// Liveness.
@@ -30,5 +33,5 @@ pub async fn health() -> ApiOk<Health> {
     responses((status = 200, body = Envelope<Ready>), (status = 503, body = ErrorEnvelope)))]
 pub async fn ready(State(state): State<AppState>) -> Result<ApiOk<Ready>, ApiError> {
     state.db.ping().await.map_err(|e| ApiError::NotReady(format!("database: {e}")))?;
-    Ok(ApiOk::ok(Ready { status: "ready", database: state.db.backend() }))
+    Ok(ApiOk::ok(Ready { status: "ready", database: state.db.backend(), limits: state.limits.stats() }))
 }
