@@ -6,6 +6,7 @@
 #   host/benches/http/run.sh              # 30 s per measurement, 64 connections
 #   DUR=5s host/benches/http/run.sh       # quick look
 #   BACKENDS=sqlite host/benches/http/run.sh
+#   SECTIONS=limits host/benches/http/run.sh   # only GET with limits off / in process / Redis
 #
 # Needs wrk (apt-get install wrk) and, for postgres, the local PostgreSQL
 # with pgvector (.ci/setup.sh). Prints one line per measurement.
@@ -16,6 +17,11 @@ DUR=${DUR:-30s}
 CONN=${CONN:-64}
 BACKENDS=${BACKENDS:-"sqlite postgres"}
 SIZES=${SIZES:-"10000 100000"}
+SECTIONS=${SECTIONS:-"backends limits"}
+REDIS=${REDIS_URL:-redis://127.0.0.1:6379}
+# Bench orgs get rate limits no measurement reaches: the numbers are the
+# server's cost, not a tier's refusals (the limits section measures those).
+UNLIMITED='{"rate_limits": {"requests_per_minute": 4000000000, "requests_per_day": 4000000000, "concurrent": 100000, "per_ip_requests_per_minute": 0}}'
 PG=${MEMHOST_TEST_PG:-postgres://postgres@127.0.0.1:5432}
 
 cd "$ROOT"
@@ -36,6 +42,15 @@ measure() {
   printf '%-34s %s\n' "$1" "${line#RESULT }"
 }
 
+start_server() { # log name, then env assignments
+  local log=$1; shift
+  env "$@" "$BIN" serve >"$WORK/$log.log" 2>&1 &
+  PIDS+=($!)
+  server=${PIDS[-1]}
+  wait_port 18998
+}
+stop_server() { kill "$server"; wait "$server" 2>/dev/null || true; }
+
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB; wrk ${CONN} connections, ${DUR} each; $(date -u +%F)"
 
 "$ROOT/target/release/examples/bare_axum" 127.0.0.1:18999 >/dev/null &
@@ -45,6 +60,7 @@ BENCH_KEY="" BENCH_PATH=/ measure "baseline: bare axum fixed JSON" get.lua http:
 kill "${PIDS[-1]}"
 
 for backend in $BACKENDS; do
+  [[ " $SECTIONS " == *" backends "* ]] || break
   export MEMHOST_DATA_DIR="$WORK/$backend" MEMHOST_LOG=warn MEMHOST_LISTEN=127.0.0.1:18998
   unset DATABASE_URL MEMHOST_SECRET
   if [ "$backend" = postgres ]; then
@@ -52,12 +68,9 @@ for backend in $BACKENDS; do
     psql -q "$PG/postgres" -c "CREATE DATABASE $db" >/dev/null
     export DATABASE_URL="$PG/$db" MEMHOST_SECRET=bench-secret-0123456789abcdef
   fi
-  org=$("$BIN" orgs create --name bench --plan enterprise --json | jq -r .id)
+  org=$("$BIN" orgs create --name bench --plan enterprise --overrides "$UNLIMITED" --json | jq -r .id)
   key=$("$BIN" keys create --org "$org" --scopes read,write,delete --json | jq -r .key)
-  "$BIN" serve >"$WORK/$backend.log" 2>&1 &
-  PIDS+=($!)
-  server=${PIDS[-1]}
-  wait_port 18998
+  start_server "$backend"
   id=$(curl -s localhost:18998/v1/memories -H "Authorization: Bearer $key" -H 'Content-Type: application/json' \
         -d '{"text": "Alice likes green tea in the morning.", "metadata": {"user": "alice"}}' | jq -r .data.id)
   export BENCH_KEY="$key"
@@ -65,7 +78,7 @@ for backend in $BACKENDS; do
   measure "$backend: POST /v1/memories" post.lua http://127.0.0.1:18998
 
   for n in $SIZES; do
-    org_n=$("$BIN" orgs create --name "bench-$n" --json | jq -r .id)
+    org_n=$("$BIN" orgs create --name "bench-$n" --plan enterprise --overrides "$UNLIMITED" --json | jq -r .id)
     key_n=$("$BIN" keys create --org "$org_n" --scopes read --json | jq -r .key)
     start=$(date +%s)
     "$SEED" "$org_n" "$n" 2>/dev/null
@@ -80,8 +93,39 @@ for backend in $BACKENDS; do
     BENCH_KEY="$key_n" measure "$backend: retrieve @${n} (1 conn)" retrieve.lua http://127.0.0.1:18998 1 1
     BENCH_KEY="$key_n" measure "$backend: retrieve @${n} (${CONN} conn)" retrieve.lua http://127.0.0.1:18998
   done
-  kill "$server"; wait "$server" 2>/dev/null || true
+  stop_server
   if [ "$backend" = postgres ]; then
     psql -q "$PG/postgres" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null
   fi
 done
+
+# Rate limits: the same GET with limits off, decided in process, and decided
+# on Redis (one Lua call per request), on one SQLite data directory.
+if [[ " $SECTIONS " == *" limits "* ]]; then
+  export MEMHOST_DATA_DIR="$WORK/limits" MEMHOST_LOG=warn MEMHOST_LISTEN=127.0.0.1:18998
+  unset DATABASE_URL MEMHOST_SECRET
+  org=$("$BIN" orgs create --name bench --plan enterprise --overrides "$UNLIMITED" --json | jq -r .id)
+  key=$("$BIN" keys create --org "$org" --scopes read,write --json | jq -r .key)
+  start_server limits-setup
+  id=$(curl -s localhost:18998/v1/memories -H "Authorization: Bearer $key" -H 'Content-Type: application/json' \
+        -d '{"text": "Alice likes green tea in the morning.", "metadata": {"user": "alice"}}' | jq -r .data.id)
+  stop_server
+  export BENCH_KEY="$key" BENCH_PATH="/v1/memories/$id"
+  prefix="memhost:bench:$$:"
+  for mode in off in-process redis; do
+    case $mode in
+      off) start_server "limits-$mode" MEMHOST_LIMITS__ENABLED=false ;;
+      in-process) start_server "limits-$mode" ;;
+      redis) start_server "limits-$mode" REDIS_URL="$REDIS" MEMHOST_LIMITS__REDIS_PREFIX="$prefix" ;;
+    esac
+    # Check the mode took: headers present exactly when limits are on.
+    if curl -s -D - -o /dev/null "localhost:18998$BENCH_PATH" -H "Authorization: Bearer $key" | grep -qi '^ratelimit-limit'; then
+      [ "$mode" != off ] || { echo "limits still on with ENABLED=false" >&2; exit 1; }
+    else
+      [ "$mode" = off ] || { echo "no RateLimit headers with limits $mode" >&2; exit 1; }
+    fi
+    measure "limits $mode: GET /v1/memories/{id}" get.lua http://127.0.0.1:18998
+    stop_server
+  done
+  redis-cli -u "$REDIS" --scan --pattern "${prefix}*" | xargs -r redis-cli -u "$REDIS" DEL >/dev/null
+fi
