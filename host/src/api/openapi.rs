@@ -66,7 +66,8 @@ impl Modify for CommonErrors {
                 .build()
                 .into()
         };
-        for item in openapi.paths.paths.values_mut() {
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let metered = path.starts_with("/v1/") && !path.starts_with("/v1/account");
             for op in [&mut item.get, &mut item.put, &mut item.post, &mut item.delete].into_iter().flatten() {
                 let responses = &mut op.responses.responses;
                 let mut add = |code: &str, description: &str| {
@@ -75,6 +76,23 @@ impl Modify for CommonErrors {
                 if op.security.is_some() {
                     add("401", "INVALID_API_KEY: missing, malformed, unknown, revoked, deactivated or expired key");
                     add("403", "INSUFFICIENT_SCOPE: the key lacks the scope this operation needs");
+                    add(
+                        "429",
+                        "RATE_LIMIT_EXCEEDED: a rate or concurrency limit is reached; `details` has `rule`, \
+                         `limit`, `window`, `retry_after` (seconds, also in `Retry-After`). Every limited \
+                         response carries `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset`.",
+                    );
+                    add(
+                        "503",
+                        "SERVICE_UNAVAILABLE: the rate-limit store is unreachable and the deployment fails closed",
+                    );
+                    if metered {
+                        add(
+                            "402",
+                            "QUOTA_EXCEEDED: the plan's quota for this billing period is used up and it allows \
+                             no overage; `details` has `metric`, `limit`, `used`",
+                        );
+                    }
                 }
                 add("400", "INVALID_REQUEST: bad parameters or body; `details.field` names what was wrong");
                 if op.request_body.is_some() {
