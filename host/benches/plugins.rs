@@ -96,22 +96,41 @@ const RHAI_RULE: &str = "
     base + (over * price + per / 2) / per
 ";
 
+/// The built-in pricing plugin prepared as the server prepares it, with
+/// the configs and the input every pricing row uses.
+struct PricingBench {
+    rt: tokio::runtime::Runtime,
+    runtime: Runtime,
+    prepared: memhost::plugins::runtime::Prepared,
+    limits: memhost::plugins::Limits,
+    digest: Arc<str>,
+    full: String,
+    one: String,
+    input: RatingInput,
+}
+
+impl PricingBench {
+    fn new() -> PricingBench {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let runtime = Runtime::new(PluginsConfig::default()).expect("runtime");
+        let component = Component::new(runtime.engine(), PRICING_WASM).expect("compiles");
+        let prepared = runtime.prepare(PluginKind::Pricing, &component).expect("links");
+        let limits = runtime.config().limits(PluginKind::Pricing);
+        let (full, one) = configs();
+        let input = RatingInput {
+            plan: "starter".into(),
+            overrides: String::new(),
+            period_start: "2026-11-01T00:00:00Z".into(),
+            period_end: "2026-12-01T00:00:00Z".into(),
+            usage: usage().into_iter().map(|(metric, quantity)| Usage { metric, quantity }).collect(),
+        };
+        PricingBench { rt, runtime, prepared, limits, digest: "bench".into(), full, one, input }
+    }
+}
+
 fn bench_calls(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let runtime = Runtime::new(PluginsConfig::default()).expect("runtime");
-    let component = Component::new(runtime.engine(), PRICING_WASM).expect("compiles");
-    let prepared = runtime.prepare(PluginKind::Pricing, &component).expect("links");
+    let PricingBench { rt, runtime, prepared, limits, digest, full, one, input } = PricingBench::new();
     let memhost::plugins::runtime::Prepared::Pricing(pre) = &prepared else { unreachable!() };
-    let limits = runtime.config().limits(PluginKind::Pricing);
-    let digest: Arc<str> = "bench".into();
-    let (full, one) = configs();
-    let input = RatingInput {
-        plan: "starter".into(),
-        overrides: String::new(),
-        period_start: "2026-11-01T00:00:00Z".into(),
-        period_end: "2026-12-01T00:00:00Z".into(),
-        usage: usage().into_iter().map(|(metric, quantity)| Usage { metric, quantity }).collect(),
-    };
 
     // All three must agree before anything is timed.
     let wasm_total = rt.block_on(runtime.rate(pre, &limits, &digest, &full, &input)).unwrap().value.unwrap().total;
@@ -258,21 +277,8 @@ fn call_percentiles() {
             })
             .collect()
     }
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let runtime = Runtime::new(PluginsConfig::default()).expect("runtime");
-    let component = Component::new(runtime.engine(), PRICING_WASM).expect("compiles");
-    let prepared = runtime.prepare(PluginKind::Pricing, &component).expect("links");
+    let PricingBench { rt, runtime, prepared, limits, digest, full, one, input } = PricingBench::new();
     let memhost::plugins::runtime::Prepared::Pricing(pre) = &prepared else { unreachable!() };
-    let limits = runtime.config().limits(PluginKind::Pricing);
-    let digest: Arc<str> = "bench".into();
-    let (full, one) = configs();
-    let input = RatingInput {
-        plan: "starter".into(),
-        overrides: String::new(),
-        period_start: "2026-11-01T00:00:00Z".into(),
-        period_end: "2026-12-01T00:00:00Z".into(),
-        usage: usage().into_iter().map(|(metric, quantity)| Usage { metric, quantity }).collect(),
-    };
     for (name, config) in [("wasm/full-policy", &full), ("wasm/one-plan", &one)] {
         report(
             name,

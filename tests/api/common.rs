@@ -223,14 +223,19 @@ impl TestServer {
         self.cli_json(&["orgs", "create", "--name", "Test Org", "--plan", plan])["id"].as_str().unwrap().to_string()
     }
 
-    /// An Enterprise org whose rate limits no functional test reaches (the
-    /// limits have tests of their own).
-    pub fn create_unlimited_org(&self, operator: bool) -> String {
-        let mut args = vec!["orgs", "create", "--name", "Test Org", "--plan", "enterprise", "--overrides", UNLIMITED];
+    /// An org on `plan` with these overrides (a JSON object).
+    pub fn create_org_with(&self, plan: &str, overrides: &str, operator: bool) -> String {
+        let mut args = vec!["orgs", "create", "--name", "Test Org", "--plan", plan, "--overrides", overrides];
         if operator {
             args.push("--operator");
         }
         self.cli_json(&args)["id"].as_str().unwrap().to_string()
+    }
+
+    /// An Enterprise org whose rate limits no functional test reaches (the
+    /// limits have tests of their own).
+    pub fn create_unlimited_org(&self, operator: bool) -> String {
+        self.create_org_with("enterprise", UNLIMITED, operator)
     }
 
     pub fn create_key(&self, org: &str, scopes: &str, test: bool) -> String {
@@ -329,6 +334,11 @@ impl Drop for TestServer {
     }
 }
 
+/// `(name, value)` pairs as [`TestServer::start_with`] takes them.
+pub fn env_refs<'a>(env: &'a [(&'a str, String)]) -> Vec<(&'a str, &'a str)> {
+    env.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
 /// Where the host's build script put the plugins (default and fixtures).
 pub const PLUGINS_DIR: &str = env!("MEMHOST_PLUGINS_DIR");
 
@@ -353,4 +363,73 @@ pub async fn admin_sql(sql: &str) {
 fn rand_suffix() -> String {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
     format!("{nanos:x}")
+}
+
+/// Issue 3's hot-swap protocol: four workers send requests continuously
+/// (`observe` makes one, asserts it succeeded and returns what it saw)
+/// while `plugin_id` is activated with `config` and then rolled back. Every
+/// request that starts after the activation returned and ends before the
+/// rollback sees `new`; every one that starts after the rollback returned
+/// sees `old`; the rest see one of the two. Each phase must have requests.
+pub async fn hot_swap<T, F, Fut>(
+    server: &std::sync::Arc<TestServer>,
+    admin: &str,
+    plugin_id: &str,
+    config: Value,
+    (old, new): (T, T),
+    observe: F,
+) where
+    T: PartialEq + std::fmt::Debug + Copy + Send + 'static,
+    F: Fn(std::sync::Arc<TestServer>) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = T> + Send,
+{
+    use std::sync::atomic::AtomicBool;
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let epoch = std::time::Instant::now();
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let (server, stop, observe) = (server.clone(), stop.clone(), observe.clone());
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let start = epoch.elapsed();
+                    let value = observe(server.clone()).await;
+                    seen.push((start, epoch.elapsed(), value));
+                }
+                seen
+            })
+        })
+        .collect();
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let activate = format!("/admin/plugins/{plugin_id}/activate");
+    server.post(&activate, admin, serde_json::json!({ "config": config })).await.assert_ok(200);
+    let activated = epoch.elapsed();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before_rollback = epoch.elapsed();
+    let rollback = format!("/admin/plugins/{plugin_id}/rollback");
+    server.post(&rollback, admin, serde_json::json!({})).await.assert_ok(200);
+    let rolled_back = epoch.elapsed();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+
+    let (mut before, mut during, mut after) = (0, 0, 0);
+    for w in workers {
+        for (start, end, value) in w.await.expect("no request failed") {
+            if start > activated && end < before_rollback {
+                assert_eq!(value, new, "a request started after activation ran the old version");
+                during += 1;
+            } else if start > rolled_back {
+                assert_eq!(value, old, "a request started after rollback ran the new version");
+                after += 1;
+            } else {
+                // Around a swap: either version, depending on when it ran.
+                assert!(value == old || value == new, "unexpected {value:?}");
+                if end < activated && value == old {
+                    before += 1;
+                }
+            }
+        }
+    }
+    assert!(before > 0 && during > 0 && after > 0, "requests on each side: {before} {during} {after}");
 }

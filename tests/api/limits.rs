@@ -6,7 +6,6 @@
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::Timelike;
@@ -14,7 +13,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::both_backends;
-use crate::common::{Backend, Resp, TestServer, UNLIMITED, plugin_wasm};
+use crate::common::{Backend, Resp, TestServer, UNLIMITED, env_refs, hot_swap, plugin_wasm};
 use crate::fake_llm;
 
 both_backends!(headers_count_down_and_429_says_when, quota_without_overage_is_402);
@@ -117,10 +116,7 @@ async fn quota_without_overage_is_402(backend: Backend) {
     let s = TestServer::start(backend).await;
     // Free plan quotas (100 API calls a month, no overage) with the rate
     // limits out of the way.
-    let org = s.cli_json(&["orgs", "create", "--name", "Q", "--plan", "free", "--overrides", UNLIMITED])["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let org = s.create_org_with("free", UNLIMITED, false);
     let key = s.create_key(&org, "read,write", false);
     s.add(&key, "the one memory", json!({})).await;
     for _ in 1..100 {
@@ -178,10 +174,7 @@ async fn quota_with_overage_counts_the_excess() {
     }}});
     s.post(&format!("/admin/plugins/{tiered}/activate"), &admin, plans).await.assert_ok(200);
 
-    let org = s.cli_json(&["orgs", "create", "--name", "O", "--plan", "starter", "--overrides", UNLIMITED])["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let org = s.create_org_with("starter", UNLIMITED, false);
     let key = s.create_key(&org, "read", false);
     for _ in 0..5 {
         s.get("/v1/memories", &key).await.assert_ok(200);
@@ -263,11 +256,7 @@ async fn redis_outage_follows_the_failure_policy_and_recovers() {
     .await;
     let overrides = r#"{"rate_limits": {"requests_per_minute": 20, "requests_per_day": 1000000, "concurrent": 1000}}"#;
     let key_of = |s: &TestServer| {
-        let org =
-            s.cli_json(&["orgs", "create", "--name", "R", "--plan", "enterprise", "--overrides", overrides])["id"]
-                .as_str()
-                .unwrap()
-                .to_string();
+        let org = s.create_org_with("enterprise", overrides, false);
         s.create_key(&org, "read", false)
     };
     let (open_key, closed_key) = (key_of(&open), key_of(&closed));
@@ -334,18 +323,11 @@ async fn limits_are_exact_across_three_instances() {
     let mut env: Vec<(&str, String)> = crate::providers::provider_env(&fake.url);
     env.push(("REDIS_URL", REDIS.into()));
     env.push(("MEMHOST_LIMITS__REDIS_PREFIX", prefix.clone()));
-    let as_refs = |env: &Vec<(&'static str, String)>| env.iter().map(|(k, v)| (*k, v.clone())).collect::<Vec<_>>();
-    let first = {
-        let e = as_refs(&env);
-        let e: Vec<(&str, &str)> = e.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        TestServer::start_with(Backend::Postgres, &e).await
-    };
+    let first = TestServer::start_with(Backend::Postgres, &env_refs(&env)).await;
     env.push(("DATABASE_URL", first.database_url().unwrap()));
     let mut servers = vec![Arc::new(first)];
     for _ in 0..2 {
-        let e = as_refs(&env);
-        let e: Vec<(&str, &str)> = e.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        servers.push(Arc::new(TestServer::start_with(Backend::Postgres, &e).await));
+        servers.push(Arc::new(TestServer::start_with(Backend::Postgres, &env_refs(&env)).await));
     }
 
     // Per-minute windows are aligned to the minute: stay inside one.
@@ -358,19 +340,7 @@ async fn limits_are_exact_across_three_instances() {
     let overrides = json!({"rate_limits": {"requests_per_minute": LIMIT, "requests_per_day": 100000000,
         "concurrent": 100000, "per_ip_requests_per_minute": 0}})
     .to_string();
-    let org = servers[0].cli_json(&[
-        "orgs",
-        "create",
-        "--name",
-        "H",
-        "--plan",
-        "professional",
-        "--overrides",
-        &overrides,
-    ])["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let org = servers[0].create_org_with("professional", &overrides, false);
     let key = servers[0].create_key(&org, "read,write", false);
 
     let deadline = Instant::now() + Duration::from_secs(6);
@@ -403,19 +373,7 @@ async fn limits_are_exact_across_three_instances() {
 
     // Concurrency: 4 in flight for the org, whichever instance serves them.
     let overrides = json!({"rate_limits": {"requests_per_minute": 100000, "concurrent": 4}}).to_string();
-    let org = servers[0].cli_json(&[
-        "orgs",
-        "create",
-        "--name",
-        "C",
-        "--plan",
-        "enterprise",
-        "--overrides",
-        &overrides,
-    ])["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let org = servers[0].create_org_with("enterprise", &overrides, false);
     let key = servers[0].create_key(&org, "read,write", false);
     servers[0].add(&key, "apples are red", json!({})).await;
     let barrier = Arc::new(tokio::sync::Barrier::new(12));
@@ -460,56 +418,14 @@ async fn rate_limit_plugin_hot_swap_under_api_traffic() {
     let tiered_limit = 50_000;
     let flat_limit = 5_000_000;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let epoch = Instant::now();
-    let workers: Vec<_> = (0..4)
-        .map(|_| {
-            let (server, stop, key) = (server.clone(), stop.clone(), key.clone());
-            tokio::spawn(async move {
-                let mut seen = Vec::new();
-                while !stop.load(Ordering::Relaxed) {
-                    let start = epoch.elapsed();
-                    let r = server.get("/v1/memories", &key).await;
-                    assert_eq!(r.status.as_u16(), 200, "request during hot swap failed: {}", r.body);
-                    seen.push((start, epoch.elapsed(), header(&r, "ratelimit-limit").unwrap()));
-                }
-                seen
-            })
-        })
-        .collect();
-
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    server
-        .post(
-            &format!("/admin/plugins/{flat_id}/activate"),
-            &admin,
-            json!({"config": {"requests_per_minute": flat_limit}}),
-        )
-        .await
-        .assert_ok(200);
-    let activated = epoch.elapsed();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let before_rollback = epoch.elapsed();
-    server.post(&format!("/admin/plugins/{flat_id}/rollback"), &admin, json!({})).await.assert_ok(200);
-    let rolled_back = epoch.elapsed();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.store(true, Ordering::Relaxed);
-
-    let (mut before, mut during, mut after) = (0, 0, 0);
-    for w in workers {
-        for (start, end, limit) in w.await.expect("no request failed") {
-            if start > activated && end < before_rollback {
-                assert_eq!(limit, flat_limit, "a request after activation was limited by the old plugin");
-                during += 1;
-            } else if start > rolled_back {
-                assert_eq!(limit, tiered_limit, "a request after rollback was limited by the new plugin");
-                after += 1;
-            } else if end < activated && limit == tiered_limit {
-                before += 1;
-            } else {
-                assert!(limit == tiered_limit || limit == flat_limit, "unexpected limit {limit}");
-            }
+    let observe = move |server: Arc<TestServer>| {
+        let key = key.clone();
+        async move {
+            let r = server.get("/v1/memories", &key).await;
+            assert_eq!(r.status.as_u16(), 200, "request during hot swap failed: {}", r.body);
+            header(&r, "ratelimit-limit").unwrap()
         }
-    }
-    assert!(before > 0 && during > 0 && after > 0, "requests in every phase: {before} {during} {after}");
+    };
+    let config = json!({"requests_per_minute": flat_limit});
+    hot_swap(&server, &admin, &flat_id, config, (tiered_limit, flat_limit), observe).await;
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::both_backends;
-use crate::common::{Backend, TestServer, plugin_wasm};
+use crate::common::{Backend, TestServer, hot_swap, plugin_wasm};
 
 both_backends!(admin_needs_operator_admin_key, builtins_are_active_on_a_fresh_start, upload_activate_rollback);
 
@@ -367,66 +367,16 @@ async fn hot_swap_under_load() {
     let v2 = server.upload_plugin(&key, plugin_wasm("pricing-flat"), "").await;
     let v2_id = v2.assert_ok(201)["id"].as_str().unwrap().to_string();
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let epoch = Instant::now();
-    let workers: Vec<_> = (0..4)
-        .map(|_| {
-            let (server, stop, key) = (server.clone(), stop.clone(), key.clone());
-            tokio::spawn(async move {
-                let mut seen = Vec::new();
-                while !stop.load(Ordering::Relaxed) {
-                    let start = epoch.elapsed();
-                    let r =
-                        server.post("/admin/plugins/active/pricing/run", &key, json!({"input": rate_input()})).await;
-                    assert_eq!(r.status.as_u16(), 200, "request during hot swap failed: {}", r.body);
-                    let total = r.data()["ok"]["total_micros"].as_i64().unwrap();
-                    seen.push((start, epoch.elapsed(), total));
-                }
-                seen
-            })
-        })
-        .collect();
-
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let r = server
-        .post(&format!("/admin/plugins/{v2_id}/activate"), &key, json!({"config": {"fee_micros": 7000000}}))
-        .await;
-    r.assert_ok(200);
-    let activated = epoch.elapsed();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let before_rollback = epoch.elapsed();
-    server.post(&format!("/admin/plugins/{v2_id}/rollback"), &key, json!({})).await.assert_ok(200);
-    let rolled_back = epoch.elapsed();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.store(true, Ordering::Relaxed);
-
-    let mut all = Vec::new();
-    for w in workers {
-        all.extend(w.await.expect("no request failed"));
-    }
-    let (mut v1_before, mut v2_during, mut v1_after) = (0, 0, 0);
-    for (start, end, total) in &all {
-        if *start > activated && *end < before_rollback {
-            assert_eq!(*total, 7_000_000, "a request started after activation ran the old version");
-            v2_during += 1;
-        } else if *start > rolled_back {
-            assert_eq!(*total, STARTER_TOTAL, "a request started after rollback ran v2");
-            v1_after += 1;
-        } else if *end < activated {
-            // Finished before the activation request returned: v1, or v2 if
-            // the swap happened while it ran.
-            assert!(*total == STARTER_TOTAL || *total == 7_000_000);
-            if *total == STARTER_TOTAL {
-                v1_before += 1;
-            }
-        } else {
-            assert!(*total == STARTER_TOTAL || *total == 7_000_000, "unexpected total {total}");
+    let admin = key.clone();
+    let observe = move |server: Arc<TestServer>| {
+        let key = key.clone();
+        async move {
+            let r = server.post("/admin/plugins/active/pricing/run", &key, json!({"input": rate_input()})).await;
+            assert_eq!(r.status.as_u16(), 200, "request during hot swap failed: {}", r.body);
+            r.data()["ok"]["total_micros"].as_i64().unwrap()
         }
-    }
-    assert!(
-        v1_before > 0 && v2_during > 0 && v1_after > 0,
-        "requests on each side: {v1_before} {v2_during} {v1_after}"
-    );
+    };
+    hot_swap(&server, &admin, &v2_id, json!({"fee_micros": 7000000}), (STARTER_TOTAL, 7_000_000), observe).await;
 }
 
 /// Two instances on one PostgreSQL database: an activation made through one

@@ -3,7 +3,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::both_backends;
-use crate::common::{Backend, TestServer};
+use crate::common::{Backend, TestServer, env_refs};
 use crate::fake_llm;
 
 both_backends!(openai_compatible_providers_are_used, provider_failures_are_502_and_store_nothing);
@@ -22,9 +22,7 @@ pub(crate) fn provider_env(url: &str) -> Vec<(&'static str, String)> {
 }
 
 async fn start(backend: Backend, url: &str) -> TestServer {
-    let env = provider_env(url);
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    TestServer::start_with(backend, &env).await
+    TestServer::start_with(backend, &env_refs(&provider_env(url))).await
 }
 
 async fn openai_compatible_providers_are_used(backend: Backend) {

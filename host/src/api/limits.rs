@@ -29,7 +29,7 @@ fn limited(path: &str) -> bool {
 
 /// Account reads stay possible when a quota is used up, so a customer can
 /// see why; they are rate limited but neither quota-checked nor billed.
-fn metered(path: &str) -> bool {
+pub(crate) fn metered(path: &str) -> bool {
     path.starts_with("/v1/") && !path.starts_with("/v1/account")
 }
 
@@ -117,14 +117,14 @@ fn refused(refusal: Refusal) -> Response {
                 format!(
                     "concurrency limit `{rule}` reached: at most {} requests in flight; retry after {} s",
                     verdict.limit,
-                    verdict.retry_after_us.div_ceil(1_000_000).max(1)
+                    verdict.retry_after_secs()
                 )
             } else {
                 format!(
                     "rate limit `{rule}` exceeded: {} per {}; retry after {} s",
                     verdict.limit,
                     crate::limits::format_window(*window_ms),
-                    verdict.retry_after_us.div_ceil(1_000_000).max(1)
+                    verdict.retry_after_secs()
                 )
             },
         ),
@@ -147,8 +147,7 @@ fn refused(refusal: Refusal) -> Response {
     let mut response = ApiError::Rejected { status, code, message, details }.into_response();
     match refusal {
         Refusal::Exceeded { verdict, headers, .. } => {
-            let retry = verdict.retry_after_us.div_ceil(1_000_000).max(1);
-            response.headers_mut().insert("retry-after", HeaderValue::from(retry));
+            response.headers_mut().insert("retry-after", HeaderValue::from(verdict.retry_after_secs()));
             set_rate_headers(response.headers_mut(), headers);
         }
         Refusal::Unavailable(_) => {

@@ -62,6 +62,14 @@ pub struct Verdict {
     pub retry_after_us: u64,
 }
 
+impl Verdict {
+    /// `retry_after_us` in whole seconds, at least 1: what `Retry-After`
+    /// and the refusal's details carry.
+    pub fn retry_after_secs(&self) -> u64 {
+        self.retry_after_us.div_ceil(1_000_000).max(1)
+    }
+}
+
 /// The stored state of one counter.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub enum State {

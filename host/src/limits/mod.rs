@@ -708,7 +708,7 @@ impl Refusal {
                 "limit": verdict.limit,
                 "window": if *concurrent { "concurrent".to_string() } else { format_window(*window_ms) },
                 "window_ms": if *concurrent { None } else { Some(window_ms) },
-                "retry_after": verdict.retry_after_us.div_ceil(1_000_000).max(1),
+                "retry_after": verdict.retry_after_secs(),
             }),
             Refusal::Quota { metric, limit, used, hard } => json!({
                 "metric": metric,
