@@ -87,7 +87,7 @@ fn principal(org: &str) -> Principal {
 
 async fn limit_service(dir: &std::path::Path, redis_url: Option<&str>, prefix: &str) -> LimitService {
     let config = memhost::config::Config { data_dir: dir.join("data"), ..Default::default() };
-    let db = memhost::store::Database::connect(&config).await.expect("database");
+    let db = memhost::store::Database::connect(&config.store()).await.expect("database");
     let plugins =
         PluginService::start(db.clone(), PluginsConfig::default(), dir.join("cache"), None).await.expect("plugins");
     // The default tiers, with a global limit the bench does not reach (it

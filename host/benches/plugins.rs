@@ -226,7 +226,7 @@ fn bench_upload_to_active(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let config = memhost::config::Config { data_dir: dir.path().join("data"), ..Default::default() };
     let service = rt.block_on(async {
-        let db = memhost::store::Database::connect(&config).await.expect("database");
+        let db = memhost::store::Database::connect(&config.store()).await.expect("database");
         PluginService::start(db, PluginsConfig::default(), dir.path().join("cache"), None).await.expect("plugins")
     });
     let counter = AtomicU64::new(0);

@@ -10,17 +10,19 @@ use crate::api::{self, AppState};
 use crate::auth::{self, AuthService};
 use crate::config::Config;
 use crate::limits::LimitService;
-use crate::memories::{MemoryService, answer, embedding};
+use crate::memories::MemoryService;
 use crate::metering::meter::UsageMeter;
 use crate::plugins::PluginService;
+use crate::providers::Providers;
 use crate::store::Database;
 
 /// Connects to the database and builds the services.
 pub async fn build(config: Config) -> anyhow::Result<AppState> {
-    let db = Database::connect(&config).await?;
-    let secret = auth::secret::load_or_create(&config)?;
-    let embedder: Arc<dyn embedding::Embedder> = embedding::from_config(&config.embeddings)?.into();
-    let answerer: Arc<dyn answer::Answerer> = answer::from_config(&config.answers)?.into();
+    let db = Database::connect(&config.store()).await?;
+    let secret = auth::secret::load_or_create(config.secret.as_deref(), config.is_postgres(), &config.data_dir)?;
+    let providers = Providers::from_config(&config.embeddings, &config.answers, &config.completions)?;
+    let embedder = providers.embedder.clone();
+    let answerer = providers.answerer.clone();
     let cache_dir = config.plugin_cache_dir.clone().unwrap_or_else(|| config.data_dir.join("plugin-cache"));
     let plugins = PluginService::start(db.clone(), config.plugins.clone(), cache_dir, Some(embedder.clone()))
         .await
@@ -58,7 +60,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let listener =
         tokio::net::TcpListener::bind(&config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, backend = db.backend(), "memhost listening");
+    tracing::info!(%addr, backend = db.backend().as_str(), "memhost listening");
     // Tests and scripts read this line to learn the port when listening on :0.
     println!("memhost listening on http://{addr}");
 

@@ -1,12 +1,19 @@
 //! Configuration: defaults, then a TOML file, then `MEMHOST_*` environment
 //! variables (nested keys with `__`, e.g. `MEMHOST_EMBEDDINGS__PROVIDER`), then
 //! the conventional unprefixed `DATABASE_URL` and `REDIS_URL`.
+//!
+//! Each domain owns its section's type (`limits::LimitsConfig`,
+//! `plugins::PluginsConfig`, `providers::ProviderConfig`, …); this file only
+//! gathers them, and no domain imports it (`app` hands each its section).
 
 use std::path::{Path, PathBuf};
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::providers::ProviderConfig;
+use crate::store::StoreConfig;
 
 /// The whole service configuration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -42,6 +49,8 @@ pub struct Config {
     pub auth_cache_ttl_ms: u64,
     pub embeddings: ProviderConfig,
     pub answers: ProviderConfig,
+    /// LLM completions for extractor plugins (`local`: none).
+    pub completions: ProviderConfig,
     /// Where precompiled plugin artifacts are cached; default
     /// `<data_dir>/plugin-cache`. Instances may share one.
     pub plugin_cache_dir: Option<PathBuf>,
@@ -56,33 +65,6 @@ pub struct Config {
 pub enum LogFormat {
     Text,
     Json,
-}
-
-/// Which provider serves embeddings or answers.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ProviderConfig {
-    /// `local` (built in, offline) or `openai` (any OpenAI-compatible server).
-    pub provider: ProviderKind,
-    pub base_url: Option<String>,
-    pub model: Option<String>,
-    /// Never logged.
-    pub api_key: Option<String>,
-    /// Request timeout in seconds for HTTP providers.
-    pub timeout_secs: u64,
-}
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum ProviderKind {
-    Local,
-    Openai,
-}
-
-impl Default for ProviderConfig {
-    fn default() -> Self {
-        Self { provider: ProviderKind::Local, base_url: None, model: None, api_key: None, timeout_secs: 30 }
-    }
 }
 
 impl Default for Config {
@@ -101,6 +83,7 @@ impl Default for Config {
             auth_cache_ttl_ms: 1000,
             embeddings: ProviderConfig::default(),
             answers: ProviderConfig::default(),
+            completions: ProviderConfig::default(),
             plugin_cache_dir: None,
             plugins: crate::plugins::PluginsConfig::default(),
             limits: crate::limits::LimitsConfig::default(),
@@ -140,17 +123,24 @@ impl Config {
         if self.max_body_bytes == 0 {
             anyhow::bail!("max_body_bytes must be positive");
         }
-        for p in [&self.embeddings, &self.answers] {
-            if p.provider == ProviderKind::Openai && p.base_url.is_none() {
-                anyhow::bail!("provider `openai` needs base_url (e.g. https://api.openai.com/v1)");
-            }
-        }
+        self.embeddings.validate("embeddings")?;
+        self.answers.validate("answers")?;
+        self.completions.validate("completions")?;
         Ok(())
     }
 
     /// True when the configuration selects PostgreSQL (production mode).
     pub fn is_postgres(&self) -> bool {
-        self.database_url.as_deref().is_some_and(|u| u.starts_with("postgres://") || u.starts_with("postgresql://"))
+        self.store().is_postgres()
+    }
+
+    /// What the database connection needs.
+    pub fn store(&self) -> StoreConfig<'_> {
+        StoreConfig {
+            database_url: self.database_url.as_deref(),
+            data_dir: &self.data_dir,
+            max_connections: self.database_max_connections,
+        }
     }
 }
 

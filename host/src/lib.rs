@@ -16,4 +16,5 @@ pub mod limits;
 pub mod memories;
 pub mod metering;
 pub mod plugins;
+pub mod providers;
 pub mod store;

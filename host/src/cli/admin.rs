@@ -131,8 +131,8 @@ pub enum DbCommand {
 }
 
 async fn open(config: &Config) -> anyhow::Result<(Database, AuthService)> {
-    let db = Database::connect(config).await?;
-    let secret = auth::secret::load_or_create(config)?;
+    let db = Database::connect(&config.store()).await?;
+    let secret = auth::secret::load_or_create(config.secret.as_deref(), config.is_postgres(), &config.data_dir)?;
     Ok((db.clone(), AuthService::new(db, secret, Duration::ZERO)))
 }
 
@@ -264,7 +264,7 @@ async fn status(auth: &AuthService, key: &str, status: KeyStatus, out: Output) -
 }
 
 pub async fn db(config: Config, cmd: DbCommand) -> anyhow::Result<()> {
-    let db = Database::connect(&config).await?;
+    let db = Database::connect(&config.store()).await?;
     match cmd {
         DbCommand::Info { out } => {
             let info = db.info().await?;

@@ -14,8 +14,8 @@ use tokio::sync::RwLock;
 use uuid::Uuid;
 
 use super::MemoryScope;
-use super::embedding::{DIMENSIONS, dot};
 use super::filter::MetadataFilter;
+use crate::providers::embedding::{DIMENSIONS, dot};
 
 /// The vectors of one org and environment.
 #[derive(Default)]
@@ -68,12 +68,9 @@ impl OrgVectors {
         self.vectors.truncate(last * DIMENSIONS);
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.ids.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.ids.is_empty()
     }
 
     /// The `k` best (id, score) at or above `threshold`, best first.
@@ -114,7 +111,7 @@ impl VectorIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::memories::embedding::LocalEmbedder;
+    use crate::providers::embedding::LocalEmbedder;
 
     fn meta(pairs: &[(&str, &str)]) -> Arc<Map<String, Value>> {
         Arc::new(pairs.iter().map(|(k, v)| (k.to_string(), Value::String(v.to_string()))).collect())

@@ -3,13 +3,9 @@
 //! [`MemoryService`] is what routes call. Every operation is confined to a
 //! [`MemoryScope`] (an org and its live or test environment).
 
-pub mod answer;
-pub mod embedding;
 pub mod filter;
-pub mod index;
-mod openai;
-mod repo;
-pub mod text;
+mod index;
+mod store;
 
 use std::sync::Arc;
 
@@ -22,11 +18,10 @@ use uuid::Uuid;
 
 use crate::auth::{Environment, Principal};
 use crate::metering::{RequestUsage, estimate_tokens};
+use crate::providers::{Answerer, Embedder, ProviderError};
 use crate::store::Database;
-use answer::Answerer;
-use embedding::{Embedder, ProviderError};
 use filter::MetadataFilter;
-use index::VectorIndex;
+use store::MemoryStore;
 
 /// Largest memory text, in bytes.
 pub const MAX_TEXT_BYTES: usize = 100_000;
@@ -93,7 +88,7 @@ impl EventKind {
         }
     }
 
-    fn parse(s: &str) -> EventKind {
+    pub(crate) fn parse(s: &str) -> EventKind {
         match s {
             "ADD" => EventKind::Add,
             "UPDATE" => EventKind::Update,
@@ -163,16 +158,14 @@ fn invalid(field: &'static str, message: impl Into<String>) -> MemoryError {
 
 #[derive(Clone)]
 pub struct MemoryService {
-    db: Database,
+    store: MemoryStore,
     embedder: Arc<dyn Embedder>,
     answerer: Arc<dyn Answerer>,
-    /// Embedded mode only: exact search in process.
-    index: Arc<VectorIndex>,
 }
 
 impl MemoryService {
     pub fn new(db: Database, embedder: Arc<dyn Embedder>, answerer: Arc<dyn Answerer>) -> MemoryService {
-        MemoryService { db, embedder, answerer, index: Default::default() }
+        MemoryService { store: MemoryStore::new(db), embedder, answerer }
     }
 
     pub async fn create(
@@ -189,21 +182,14 @@ impl MemoryService {
         let embedding = self.embed(&text, usage).await?;
         let now = crate::auth::now();
         let memory = Memory { id: Uuid::now_v7(), text, metadata, created_at: now, updated_at: now };
-        repo::insert(&self.db, scope, &memory, &embedding, actor).await?;
-        if matches!(self.db, Database::Sqlite(_)) {
-            let slot = self.index.slot(scope);
-            let mut guard = slot.write().await;
-            if let Some(vectors) = guard.as_mut() {
-                vectors.upsert(memory.id, &embedding, Arc::new(memory.metadata.clone()));
-            }
-        }
+        self.store.insert(scope, &memory, &embedding, actor).await?;
         usage.add_memories(1);
         Ok(memory)
     }
 
     pub async fn get(&self, scope: &MemoryScope, id: &str, usage: &RequestUsage) -> Result<Memory, MemoryError> {
         let uuid = parse_id(id)?;
-        let memory = repo::get(&self.db, scope, uuid).await?.ok_or_else(|| MemoryError::NotFound(id.to_string()))?;
+        let memory = self.store.get(scope, uuid).await?.ok_or_else(|| MemoryError::NotFound(id.to_string()))?;
         usage.add_memories(1);
         Ok(memory)
     }
@@ -231,24 +217,11 @@ impl MemoryService {
             Some(t) => Some(self.embed(t, usage).await?),
             None => None,
         };
-        // Embedded mode: hold the index slot across the write so the index
-        // applies concurrent updates of one memory in commit order.
-        let slot = matches!(self.db, Database::Sqlite(_)).then(|| self.index.slot(scope));
-        let mut guard = match &slot {
-            Some(s) => Some(s.write().await),
-            None => None,
-        };
-        let (_, new) =
-            repo::update(&self.db, scope, uuid, text.as_deref(), metadata.as_ref(), embedding.as_deref(), actor)
-                .await?
-                .ok_or_else(|| MemoryError::NotFound(id.to_string()))?;
-        if let Some(vectors) = guard.as_mut().and_then(|g| g.as_mut()) {
-            let metadata = Arc::new(new.metadata.clone());
-            match &embedding {
-                Some(vector) => vectors.upsert(uuid, vector, metadata),
-                None => vectors.set_metadata(uuid, metadata),
-            }
-        }
+        let (_, new) = self
+            .store
+            .update(scope, uuid, text.as_deref(), metadata.as_ref(), embedding.as_deref(), actor)
+            .await?
+            .ok_or_else(|| MemoryError::NotFound(id.to_string()))?;
         usage.add_memories(1);
         Ok(new)
     }
@@ -261,15 +234,7 @@ impl MemoryService {
         usage: &RequestUsage,
     ) -> Result<(), MemoryError> {
         let uuid = parse_id(id)?;
-        let slot = matches!(self.db, Database::Sqlite(_)).then(|| self.index.slot(scope));
-        let mut guard = match &slot {
-            Some(s) => Some(s.write().await),
-            None => None,
-        };
-        repo::delete(&self.db, scope, uuid, actor).await?.ok_or_else(|| MemoryError::NotFound(id.to_string()))?;
-        if let Some(vectors) = guard.as_mut().and_then(|g| g.as_mut()) {
-            vectors.remove(uuid);
-        }
+        self.store.delete(scope, uuid, actor).await?.ok_or_else(|| MemoryError::NotFound(id.to_string()))?;
         usage.add_memories(1);
         Ok(())
     }
@@ -287,7 +252,7 @@ impl MemoryService {
             return Err(invalid("limit", format!("limit must be between 1 and {MAX_PAGE}")));
         }
         let before = cursor.map(decode_cursor).transpose()?;
-        let mut memories = repo::list(&self.db, scope, limit + 1, before, filter).await?;
+        let mut memories = self.store.list(scope, limit + 1, before, filter).await?;
         let has_more = memories.len() > limit as usize;
         memories.truncate(limit as usize);
         let next_cursor = if has_more { memories.last().map(|m| encode_cursor(m.id)) } else { None };
@@ -301,21 +266,12 @@ impl MemoryService {
         filter: &MetadataFilter,
         actor: &Actor,
     ) -> Result<u64, MemoryError> {
-        let slot = matches!(self.db, Database::Sqlite(_)).then(|| self.index.slot(scope));
-        let mut guard = match &slot {
-            Some(s) => Some(s.write().await),
-            None => None,
-        };
-        let n = repo::delete_all(&self.db, scope, filter, actor).await?;
-        if let Some(g) = guard.as_mut() {
-            **g = None;
-        }
-        Ok(n)
+        Ok(self.store.delete_all(scope, filter, actor).await?)
     }
 
     pub async fn history(&self, scope: &MemoryScope, id: &str) -> Result<Vec<MemoryEvent>, MemoryError> {
         let uuid = parse_id(id)?;
-        let events = repo::history(&self.db, scope, uuid).await?;
+        let events = self.store.history(scope, uuid).await?;
         if events.is_empty() {
             return Err(MemoryError::NotFound(id.to_string()));
         }
@@ -341,55 +297,15 @@ impl MemoryService {
             return Err(invalid("relevance_threshold", "relevance_threshold must be between 0 and 1"));
         }
         let query = self.embed(&params.query, usage).await?;
-        let results = match &self.db {
-            Database::Postgres(pool) => repo::search_pg(pool, scope, &query, params.max_memories, &params.filter)
-                .await?
-                .into_iter()
-                .map(|(memory, score)| ScoredMemory { memory, score: score.clamp(0.0, 1.0) })
-                .filter(|m| m.score >= params.relevance_threshold)
-                .collect::<Vec<_>>(),
-            Database::Sqlite(db) => {
-                let hits = self.search_index(scope, &db.read, query, params).await?;
-                let ids: Vec<Uuid> = hits.iter().map(|h| h.0).collect();
-                let mut rows = repo::fetch_many_sqlite(&db.read, scope, &ids).await?;
-                hits.into_iter()
-                    .filter_map(|(id, score)| {
-                        let i = rows.iter().position(|m| m.id == id)?;
-                        Some(ScoredMemory { memory: rows.swap_remove(i), score })
-                    })
-                    .collect()
-            }
-        };
-        let mut results = results;
-        results.sort_by(|a, b| b.score.total_cmp(&a.score));
+        let results: Vec<ScoredMemory> = self
+            .store
+            .search(scope, query, params.max_memories, params.relevance_threshold, &params.filter)
+            .await?
+            .into_iter()
+            .map(|(memory, score)| ScoredMemory { memory, score })
+            .collect();
         usage.add_memories(results.len() as u64);
         Ok(results)
-    }
-
-    async fn search_index(
-        &self,
-        scope: &MemoryScope,
-        pool: &sqlx::SqlitePool,
-        query: Vec<f32>,
-        params: &SearchParams,
-    ) -> Result<Vec<(Uuid, f32)>, MemoryError> {
-        let slot = self.index.slot(scope);
-        let mut guard = slot.clone().read_owned().await;
-        if guard.is_none() {
-            drop(guard);
-            let mut write = slot.clone().write_owned().await;
-            if write.is_none() {
-                *write = Some(repo::load_vectors_sqlite(pool, scope).await?);
-            }
-            guard = write.downgrade();
-        }
-        let (k, threshold, filter) = (params.max_memories as usize, params.relevance_threshold, params.filter.clone());
-        // The scan is CPU work: keep it off the async worker threads.
-        tokio::task::spawn_blocking(move || {
-            guard.as_ref().map_or_else(Vec::new, |v| v.search(&query, k, threshold, &filter))
-        })
-        .await
-        .map_err(|e| MemoryError::Database(sqlx::Error::Protocol(format!("search task failed: {e}"))))
     }
 
     /// Retrieves memories for `question` and answers from them.

@@ -12,11 +12,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Datelike, Utc};
-use sqlx::Row;
-
 use crate::auth::Environment;
 use crate::store::Database;
+use crate::store::sql::sql;
+use chrono::{DateTime, Datelike, Utc};
 
 /// How often deltas are written and stored totals re-read.
 pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
@@ -117,31 +116,14 @@ impl UsageMeter {
     }
 
     async fn read(&self, slot: &Slot) -> sqlx::Result<HashMap<String, u64>> {
-        let rows = match &self.inner.db {
-            Database::Sqlite(s) => sqlx::query(
-                "SELECT metric, quantity FROM usage_counters WHERE org_id = ? AND environment = ? AND period = ?",
-            )
-            .bind(&slot.org_id)
-            .bind(slot.environment.as_str())
-            .bind(&slot.period)
-            .fetch_all(&s.read)
-            .await?
-            .iter()
-            .map(|r| Ok((r.try_get::<String, _>("metric")?, r.try_get::<i64, _>("quantity")?)))
-            .collect::<sqlx::Result<Vec<_>>>()?,
-            Database::Postgres(p) => sqlx::query(
-                "SELECT metric, quantity FROM usage_counters WHERE org_id = $1 AND environment = $2 AND period = $3",
-            )
-            .bind(&slot.org_id)
-            .bind(slot.environment.as_str())
-            .bind(&slot.period)
-            .fetch_all(p)
-            .await?
-            .iter()
-            .map(|r| Ok((r.try_get::<String, _>("metric")?, r.try_get::<i64, _>("quantity")?)))
-            .collect::<sqlx::Result<Vec<_>>>()?,
-        };
-        Ok(rows.into_iter().map(|(m, q)| (m, q.max(0) as u64)).collect())
+        let rows =
+            sql("SELECT metric, quantity FROM usage_counters WHERE org_id = $1 AND environment = $2 AND period = $3")
+                .bind(&slot.org_id)
+                .bind(slot.environment.as_str())
+                .bind(&slot.period)
+                .fetch_all(self.inner.db.read())
+                .await?;
+        rows.iter().map(|r| Ok((r.get::<String>("metric")?, r.quantity("quantity")?))).collect()
     }
 
     /// Writes the pending deltas. On failure they are kept for the next try.
@@ -180,48 +162,22 @@ impl UsageMeter {
     }
 
     async fn write(&self, batch: &HashMap<Slot, HashMap<String, u64>>) -> sqlx::Result<()> {
-        match &self.inner.db {
-            Database::Sqlite(s) => {
-                let mut tx = s.write.begin().await?;
-                for (slot, deltas) in batch {
-                    for (metric, q) in deltas {
-                        sqlx::query(
-                            "INSERT INTO usage_counters (org_id, environment, period, metric, quantity) \
-                             VALUES (?, ?, ?, ?, ?) ON CONFLICT (org_id, environment, period, metric) \
-                             DO UPDATE SET quantity = quantity + excluded.quantity",
-                        )
-                        .bind(&slot.org_id)
-                        .bind(slot.environment.as_str())
-                        .bind(&slot.period)
-                        .bind(metric)
-                        .bind(*q as i64)
-                        .execute(&mut *tx)
-                        .await?;
-                    }
-                }
-                tx.commit().await
-            }
-            Database::Postgres(p) => {
-                let mut tx = p.begin().await?;
-                for (slot, deltas) in batch {
-                    for (metric, q) in deltas {
-                        sqlx::query(
-                            "INSERT INTO usage_counters (org_id, environment, period, metric, quantity) \
-                             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (org_id, environment, period, metric) \
-                             DO UPDATE SET quantity = usage_counters.quantity + excluded.quantity",
-                        )
-                        .bind(&slot.org_id)
-                        .bind(slot.environment.as_str())
-                        .bind(&slot.period)
-                        .bind(metric)
-                        .bind(*q as i64)
-                        .execute(&mut *tx)
-                        .await?;
-                    }
-                }
-                tx.commit().await
+        let mut tx = self.inner.db.begin().await?;
+        for (slot, deltas) in batch {
+            for (metric, q) in deltas {
+                sql("INSERT INTO usage_counters (org_id, environment, period, metric, quantity) \
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (org_id, environment, period, metric) \
+                     DO UPDATE SET quantity = usage_counters.quantity + excluded.quantity")
+                .bind(&slot.org_id)
+                .bind(slot.environment.as_str())
+                .bind(&slot.period)
+                .bind(metric)
+                .bind(*q)
+                .execute(&mut tx)
+                .await?;
             }
         }
+        tx.commit().await
     }
 
     /// Flushes every [`FLUSH_EVERY`] until the process ends.
@@ -257,8 +213,8 @@ mod tests {
     #[tokio::test]
     async fn checks_see_every_recorded_unit_before_during_and_after_flushes() {
         let dir = tempfile::tempdir().unwrap();
-        let config = crate::config::Config { data_dir: dir.path().to_path_buf(), ..Default::default() };
-        let db = Database::connect(&config).await.unwrap();
+        let store = crate::store::StoreConfig { database_url: None, data_dir: dir.path(), max_connections: 1 };
+        let db = Database::connect(&store).await.unwrap();
         let auth = crate::auth::AuthService::new(db.clone(), vec![7; 32], Duration::ZERO);
         let org_a = auth.create_org("A", "free", false).await.unwrap().id;
         let org_b = auth.create_org("B", "free", false).await.unwrap().id;

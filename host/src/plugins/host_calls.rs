@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::bindings::{alert_channel, extractor};
 use super::runtime::CallState;
-use crate::memories::embedding::Embedder;
+use crate::providers::Embedder;
 
 use alert_channel::memhost::plugin::http_outbound as http;
 use extractor::memhost::plugin::{embeddings, llm};

@@ -39,7 +39,7 @@ pub use registry::{ActivationRecord, PluginRecord};
 pub use runtime::{CallError, CallStats, Runtime};
 pub use validate::UploadError;
 
-use crate::memories::embedding::Embedder;
+use crate::providers::Embedder;
 use crate::store::Database;
 use host_calls::{HostCalls, HttpGate};
 use runtime::Prepared;

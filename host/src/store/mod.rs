@@ -6,7 +6,9 @@
 //! PostgreSQL pool; tenant queries run in a transaction that sets the org for
 //! row-level security (see [`Database::tenant_tx`]).
 
-use std::path::PathBuf;
+pub mod sql;
+
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -16,7 +18,28 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Postgres, Transaction};
 
-use crate::config::Config;
+use sql::sql;
+
+/// Where the database is: what `Database::connect` needs of the configuration.
+#[derive(Debug, Clone)]
+pub struct StoreConfig<'a> {
+    /// `postgres://…`, `sqlite:…`, or none for SQLite under `data_dir`.
+    pub database_url: Option<&'a str>,
+    pub data_dir: &'a Path,
+    /// PostgreSQL pool size.
+    pub max_connections: u32,
+}
+
+impl StoreConfig<'_> {
+    /// True when the URL selects PostgreSQL (production mode).
+    pub fn is_postgres(&self) -> bool {
+        is_postgres_url(self.database_url)
+    }
+}
+
+pub fn is_postgres_url(url: Option<&str>) -> bool {
+    url.is_some_and(|u| u.starts_with("postgres://") || u.starts_with("postgresql://"))
+}
 
 /// The database behind every domain service.
 #[derive(Clone, Debug)]
@@ -48,11 +71,11 @@ pub struct DbInfo {
 
 impl Database {
     /// Connects as the configuration says and applies pending migrations.
-    pub async fn connect(config: &Config) -> anyhow::Result<Database> {
+    pub async fn connect(config: &StoreConfig<'_>) -> anyhow::Result<Database> {
         if config.is_postgres() {
-            let url = config.database_url.as_deref().unwrap_or_default();
+            let url = config.database_url.unwrap_or_default();
             let pool = PgPoolOptions::new()
-                .max_connections(config.database_max_connections)
+                .max_connections(config.max_connections)
                 .acquire_timeout(Duration::from_secs(10))
                 .connect(url)
                 .await
@@ -64,7 +87,7 @@ impl Database {
             return Ok(Database::Postgres(pool));
         }
 
-        let path = match config.database_url.as_deref() {
+        let path = match config.database_url {
             Some(url) if url.starts_with("sqlite:") => {
                 PathBuf::from(url.trim_start_matches("sqlite://").trim_start_matches("sqlite:"))
             }
@@ -95,13 +118,6 @@ impl Database {
         Ok(Database::Sqlite(SqliteDb { read, write, path }))
     }
 
-    pub fn backend(&self) -> &'static str {
-        match self {
-            Database::Sqlite(_) => "sqlite",
-            Database::Postgres(_) => "postgres",
-        }
-    }
-
     /// Opens a PostgreSQL transaction bound to one org: it runs as role
     /// `memhost_tenant` with `memhost.org_id` set, so row-level security
     /// confines every statement in it to that org. `BEGIN` and the settings
@@ -123,53 +139,50 @@ impl Database {
 
     /// A trivial query, for readiness.
     pub async fn ping(&self) -> sqlx::Result<()> {
-        match self {
-            Database::Sqlite(db) => sqlx::query("SELECT 1").execute(&db.read).await.map(drop),
-            Database::Postgres(pool) => sqlx::query("SELECT 1").execute(pool).await.map(drop),
-        }
+        sql("SELECT 1").execute(self.read()).await.map(drop)
     }
 
     pub async fn info(&self) -> anyhow::Result<DbInfo> {
-        match self {
+        let count = async |table: &str| -> sqlx::Result<i64> {
+            sql(format!("SELECT COUNT(*) AS n FROM {table}")).fetch_one(self.read()).await?.get("n")
+        };
+        let (location, server_version, vector_extension) = match self {
+            // Where the engines describe themselves differently.
             Database::Sqlite(db) => {
-                let pool = &db.read;
-                let version: String = sqlx::query_scalar("SELECT sqlite_version()").fetch_one(pool).await?;
-                Ok(DbInfo {
-                    backend: "sqlite",
-                    location: db.path.display().to_string(),
-                    server_version: format!("SQLite {version}"),
-                    migrations_applied: count(pool, "SELECT COUNT(*) FROM _sqlx_migrations WHERE success").await?,
-                    orgs: count(pool, "SELECT COUNT(*) FROM orgs").await?,
-                    api_keys: count(pool, "SELECT COUNT(*) FROM api_keys").await?,
-                    memories: count(pool, "SELECT COUNT(*) FROM memories").await?,
-                    memory_history: count(pool, "SELECT COUNT(*) FROM memory_history").await?,
-                    vector_extension: None,
-                })
+                let version: String = sql("SELECT sqlite_version() AS v").fetch_one(self.read()).await?.get("v")?;
+                (db.path.display().to_string(), format!("SQLite {version}"), None)
             }
-            Database::Postgres(pool) => {
-                let version: String = sqlx::query_scalar("SELECT version()").fetch_one(pool).await?;
-                let location: String = sqlx::query_scalar(
-                    "SELECT current_database() || ' on ' || coalesce(inet_server_addr()::text, 'local socket')",
+            Database::Postgres(_) => {
+                let version: String = sql("SELECT version() AS v").fetch_one(self.read()).await?.get("v")?;
+                let location: String = sql(
+                    "SELECT current_database() || ' on ' || coalesce(inet_server_addr()::text, 'local socket') AS l",
                 )
-                .fetch_one(pool)
-                .await?;
-                let vector: Option<String> =
-                    sqlx::query_scalar("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
-                        .fetch_optional(pool)
-                        .await?;
-                Ok(DbInfo {
-                    backend: "postgres",
-                    location,
-                    server_version: version.split(" on ").next().unwrap_or(&version).to_string(),
-                    migrations_applied: count_pg(pool, "SELECT COUNT(*) FROM _sqlx_migrations WHERE success").await?,
-                    orgs: count_pg(pool, "SELECT COUNT(*) FROM orgs").await?,
-                    api_keys: count_pg(pool, "SELECT COUNT(*) FROM api_keys").await?,
-                    memories: count_pg(pool, "SELECT COUNT(*) FROM memories").await?,
-                    memory_history: count_pg(pool, "SELECT COUNT(*) FROM memory_history").await?,
-                    vector_extension: vector.map(|v| format!("pgvector {v}")),
-                })
+                .fetch_one(self.read())
+                .await?
+                .get("l")?;
+                let vector = sql("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
+                    .fetch_optional(self.read())
+                    .await?
+                    .map(|r| r.get::<String>("extversion"))
+                    .transpose()?;
+                let version = version.split(" on ").next().unwrap_or(&version).to_string();
+                (location, version, vector.map(|v| format!("pgvector {v}")))
             }
-        }
+        };
+        Ok(DbInfo {
+            backend: self.backend().as_str(),
+            location,
+            server_version,
+            migrations_applied: sql("SELECT COUNT(*) AS n FROM _sqlx_migrations WHERE success")
+                .fetch_one(self.read())
+                .await?
+                .get("n")?,
+            orgs: count("orgs").await?,
+            api_keys: count("api_keys").await?,
+            memories: count("memories").await?,
+            memory_history: count("memory_history").await?,
+            vector_extension,
+        })
     }
 
     /// Closes the pools (waits for checked-out connections to return).
@@ -206,14 +219,6 @@ pub async fn begin_pg(pool: &PgPool, statement: Option<String>) -> sqlx::Result<
     })
     .await
     .map_err(|e| sqlx::Error::Protocol(format!("transaction start failed: {e}")))?
-}
-
-async fn count(pool: &SqlitePool, sql: &'static str) -> sqlx::Result<i64> {
-    sqlx::query_scalar(sql).fetch_one(pool).await
-}
-
-async fn count_pg(pool: &PgPool, sql: &'static str) -> sqlx::Result<i64> {
-    sqlx::query_scalar(sql).fetch_one(pool).await
 }
 
 /// Timestamps as SQLite stores them: RFC 3339 UTC with microseconds, so that

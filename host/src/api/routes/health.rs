@@ -33,5 +33,5 @@ pub async fn health() -> ApiOk<Health> {
     responses((status = 200, body = Envelope<Ready>), (status = 503, body = ErrorEnvelope)))]
 pub async fn ready(State(state): State<AppState>) -> Result<ApiOk<Ready>, ApiError> {
     state.db.ping().await.map_err(|e| ApiError::NotReady(format!("database: {e}")))?;
-    Ok(ApiOk::ok(Ready { status: "ready", database: state.db.backend(), limits: state.limits.stats() }))
+    Ok(ApiOk::ok(Ready { status: "ready", database: state.db.backend().as_str(), limits: state.limits.stats() }))
 }

@@ -5,8 +5,7 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 
-use super::embedding::ProviderError;
-use crate::config::ProviderConfig;
+use super::{ProviderConfig, ProviderError};
 
 pub struct OpenAiClient {
     http: reqwest::Client,

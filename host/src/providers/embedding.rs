@@ -6,17 +6,12 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::openai::OpenAiClient;
-use super::text;
-use crate::config::{ProviderConfig, ProviderKind};
+use super::{ProviderConfig, ProviderError, ProviderKind, text};
 
 /// Every embedding in memhost has this many dimensions; the PostgreSQL
 /// column is `vector(384)`. (384 also matches small sentence-transformer
 /// models such as all-MiniLM-L6-v2, so one can stand behind the HTTP provider.)
 pub const DIMENSIONS: usize = 384;
-
-#[derive(Debug, thiserror::Error)]
-#[error("embedding provider: {0}")]
-pub struct ProviderError(pub String);
 
 #[async_trait]
 pub trait Embedder: Send + Sync {

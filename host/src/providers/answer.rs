@@ -1,15 +1,12 @@
 //! Answer providers: an extractive answerer that needs no model, and any
 //! OpenAI-compatible `/chat/completions` endpoint.
 
-use async_trait::async_trait;
-use serde::Deserialize;
-use serde_json::json;
 use std::collections::HashSet;
 
-use super::embedding::ProviderError;
-use super::openai::OpenAiClient;
-use super::text;
-use crate::config::{ProviderConfig, ProviderKind};
+use async_trait::async_trait;
+
+use super::completion::{Completer, CompletionMessage, CompletionRequest, OpenAiCompleter};
+use super::{ProviderConfig, ProviderError, ProviderKind, text};
 
 /// What an answerer returns.
 #[derive(Debug, Clone)]
@@ -69,41 +66,15 @@ impl Answerer for ExtractiveAnswerer {
     }
 }
 
-/// An OpenAI-compatible chat endpoint.
+/// An OpenAI-compatible chat endpoint, through the completion provider.
 pub struct OpenAiAnswerer {
-    client: OpenAiClient,
+    completer: OpenAiCompleter,
 }
 
 impl OpenAiAnswerer {
     pub fn new(config: &ProviderConfig) -> anyhow::Result<OpenAiAnswerer> {
-        Ok(OpenAiAnswerer { client: OpenAiClient::new(config, "gpt-4o-mini")? })
+        Ok(OpenAiAnswerer { completer: OpenAiCompleter::new(config, "gpt-4o-mini")? })
     }
-}
-
-#[derive(Deserialize)]
-struct ChatResponse {
-    choices: Vec<ChatChoice>,
-    #[serde(default)]
-    usage: Option<ChatUsage>,
-    #[serde(default)]
-    model: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct ChatChoice {
-    message: ChatMessage,
-}
-
-#[derive(Deserialize)]
-struct ChatMessage {
-    #[serde(default)]
-    content: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct ChatUsage {
-    #[serde(default)]
-    total_tokens: u64,
 }
 
 #[async_trait]
@@ -111,26 +82,25 @@ impl Answerer for OpenAiAnswerer {
     async fn answer(&self, question: &str, memories: &[&str]) -> Result<Answer, ProviderError> {
         let context =
             memories.iter().enumerate().map(|(i, m)| format!("[{}] {}", i + 1, m)).collect::<Vec<_>>().join("\n");
-        let body = json!({
-            "model": self.client.model,
-            "temperature": 0,
-            "messages": [
-                {"role": "system", "content": "Answer the question using only the memories given. \
-                    If they do not contain the answer, say so briefly."},
-                {"role": "user", "content": format!("Memories:\n{context}\n\nQuestion: {question}")},
+        let message = |role: &str, content: String| CompletionMessage { role: role.into(), content };
+        let request = CompletionRequest {
+            messages: vec![
+                message(
+                    "system",
+                    "Answer the question using only the memories given. \
+                     If they do not contain the answer, say so briefly."
+                        .into(),
+                ),
+                message("user", format!("Memories:\n{context}\n\nQuestion: {question}")),
             ],
-        });
-        let chat: ChatResponse = self.client.post("chat/completions", &body).await?;
-        let text = chat
-            .choices
-            .into_iter()
-            .next()
-            .and_then(|c| c.message.content)
-            .ok_or_else(|| ProviderError("response has no answer".into()))?;
+            max_tokens: None,
+            json: false,
+        };
+        let c = self.completer.complete(&request).await?;
         Ok(Answer {
-            text: text.trim().to_string(),
-            model: chat.model.unwrap_or_else(|| self.client.model.clone()),
-            tokens: chat.usage.map(|u| u.total_tokens),
+            text: c.text.trim().to_string(),
+            model: c.model,
+            tokens: c.tokens_reported.then_some(c.input_tokens as u64 + c.output_tokens as u64),
         })
     }
     fn is_remote(&self) -> bool {
