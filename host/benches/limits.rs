@@ -22,7 +22,6 @@ use memhost::auth::{Environment, Principal, Scope};
 use memhost::limits::algorithm::{Algorithm, Limit};
 use memhost::limits::store::{CounterRule, LocalStore, RedisStore, SystemClock};
 use memhost::limits::{LimitService, LimitsConfig, RequestFacts};
-use memhost::metering::meter::UsageMeter;
 use memhost::plugins::kind::RateLimitFailure;
 use memhost::plugins::{ActivateRequest, PluginKind, PluginService, PluginsConfig};
 
@@ -88,8 +87,14 @@ fn principal(org: &str) -> Principal {
 async fn limit_service(dir: &std::path::Path, redis_url: Option<&str>, prefix: &str) -> LimitService {
     let config = memhost::config::Config { data_dir: dir.join("data"), ..Default::default() };
     let db = memhost::store::Database::connect(&config.store()).await.expect("database");
-    let plugins =
-        PluginService::start(db.clone(), PluginsConfig::default(), dir.join("cache"), None).await.expect("plugins");
+    let plugins = PluginService::start(
+        db.clone(),
+        PluginsConfig::default(),
+        dir.join("cache"),
+        memhost::providers::Providers::offline(),
+    )
+    .await
+    .expect("plugins");
     // The default tiers, with a global limit the bench does not reach (it
     // decides far more than 50 000 requests a second).
     let mut tiers: serde_json::Value =
@@ -99,9 +104,7 @@ async fn limit_service(dir: &std::path::Path, redis_url: Option<&str>, prefix: &
     let request = ActivateRequest { config: Some(tiers), ..Default::default() };
     plugins.activate(&active.plugin.record.id, request, "bench").await.expect("activates");
     let limits = LimitsConfig { redis_prefix: prefix.into(), ..Default::default() };
-    LimitService::start(limits, RateLimitFailure::FailOpen, redis_url, plugins, UsageMeter::new(db))
-        .await
-        .expect("limits")
+    LimitService::start(limits, RateLimitFailure::FailOpen, redis_url, plugins).await.expect("limits")
 }
 
 async fn admit_once(service: &LimitService, principal: &Principal) {

@@ -227,7 +227,14 @@ fn bench_upload_to_active(c: &mut Criterion) {
     let config = memhost::config::Config { data_dir: dir.path().join("data"), ..Default::default() };
     let service = rt.block_on(async {
         let db = memhost::store::Database::connect(&config.store()).await.expect("database");
-        PluginService::start(db, PluginsConfig::default(), dir.path().join("cache"), None).await.expect("plugins")
+        PluginService::start(
+            db,
+            PluginsConfig::default(),
+            dir.path().join("cache"),
+            memhost::providers::Providers::offline(),
+        )
+        .await
+        .expect("plugins")
     });
     let counter = AtomicU64::new(0);
     let mut g = c.benchmark_group("plugins");

@@ -1,4 +1,5 @@
-//! Wiring: configuration ─▶ database ─▶ domain services ─▶ HTTP server.
+//! Wiring: configuration ─▶ database ─▶ domain services and their
+//! background loops ─▶ HTTP server.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,54 +9,71 @@ use anyhow::Context;
 
 use crate::api::{self, AppState};
 use crate::auth::{self, AuthService};
+use crate::billing::BillingService;
 use crate::config::Config;
 use crate::limits::LimitService;
 use crate::memories::MemoryService;
-use crate::metering::meter::UsageMeter;
+use crate::metering::UsageMeter;
 use crate::plugins::PluginService;
 use crate::providers::Providers;
 use crate::store::Database;
+use crate::supervisor::Supervisor;
 
-/// Connects to the database and builds the services.
+/// Connects to the database, builds the services and starts their
+/// background loops under one supervisor.
 pub async fn build(config: Config) -> anyhow::Result<AppState> {
     let db = Database::connect(&config.store()).await?;
     let secret = auth::secret::load_or_create(config.secret.as_deref(), config.is_postgres(), &config.data_dir)?;
     let providers = Providers::from_config(&config.embeddings, &config.answers, &config.completions)?;
-    let embedder = providers.embedder.clone();
-    let answerer = providers.answerer.clone();
     let cache_dir = config.plugin_cache_dir.clone().unwrap_or_else(|| config.data_dir.join("plugin-cache"));
-    let plugins = PluginService::start(db.clone(), config.plugins.clone(), cache_dir, Some(embedder.clone()))
+    let plugins = PluginService::start(db.clone(), config.plugins.clone(), cache_dir, providers.clone())
         .await
         .context("starting the plugin runtime")?;
-    plugins.follow_changes();
     let meter = UsageMeter::new(db.clone());
-    meter.start_flushing();
     let limits = LimitService::start(
         config.limits.clone(),
         config.plugins.rate_limit_failure,
         config.redis_url.as_deref(),
         plugins.clone(),
-        meter,
     )
     .await
     .context("starting rate limits")?;
+
+    let supervisor = Supervisor::new();
+    let m = meter.clone();
+    supervisor.spawn("usage-meter-flush", move |shutdown| m.clone().flush_loop(shutdown));
+    if plugins.follows_changes() {
+        let p = plugins.clone();
+        supervisor.spawn("plugin-change-feed", move |shutdown| p.clone().change_feed_loop(shutdown));
+    }
+    if limits.shares_counters() {
+        let l = limits.clone();
+        supervisor.spawn("redis-heartbeat", move |shutdown| l.clone().heartbeat_loop(shutdown));
+    }
+
     Ok(AppState {
+        billing: BillingService::new(plugins.clone(), meter.clone()),
         limits,
         auth: AuthService::new(db.clone(), secret, std::time::Duration::from_millis(config.auth_cache_ttl_ms)),
-        memories: MemoryService::new(db.clone(), embedder, answerer),
+        memories: MemoryService::new(db.clone(), providers.embedder.clone(), providers.answerer.clone()),
         plugins,
+        meter,
+        supervisor,
+        path_stats: Default::default(),
         db,
         config: Arc::new(config),
     })
 }
 
 /// Runs the HTTP server until SIGTERM or Ctrl-C; in-flight requests then get
-/// `shutdown_grace_secs` to finish.
+/// `shutdown_grace_secs` to finish, and the background loops finish their
+/// last step (the meter writes what it holds).
 pub async fn serve(config: Config) -> anyhow::Result<()> {
+    log_panics();
     let state = build(config).await?;
     let config = state.config.clone();
     let db = state.db.clone();
-    let limits = state.limits.clone();
+    let supervisor = state.supervisor.clone();
     let app = api::router(state)?;
     let listener =
         tokio::net::TcpListener::bind(&config.listen).await.with_context(|| format!("binding {}", config.listen))?;
@@ -76,12 +94,25 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             });
         })
         .await?;
-    if let Err(e) = limits.meter().flush().await {
-        tracing::warn!(error = %e, "could not write the last usage counters");
-    }
+    supervisor.shutdown().await;
     db.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Panics are logged through `tracing`, inside the span of the request (or
+/// task) that panicked, so the request id is on the line.
+fn log_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let location = info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_default();
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        tracing::error!(panic = %message, %location, "panic");
+    }));
 }
 
 async fn shutdown_signal() {

@@ -58,6 +58,9 @@ pub struct Config {
     pub plugins: crate::plugins::PluginsConfig,
     /// Rate limits and quotas: on/off, Redis failure policy, client address.
     pub limits: crate::limits::LimitsConfig,
+    /// Test-only routes that fail on purpose (`GET /v1/debug/panic`). Never
+    /// in production.
+    pub fault_injection: bool,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -87,6 +90,7 @@ impl Default for Config {
             plugin_cache_dir: None,
             plugins: crate::plugins::PluginsConfig::default(),
             limits: crate::limits::LimitsConfig::default(),
+            fault_injection: false,
         }
     }
 }

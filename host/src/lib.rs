@@ -10,6 +10,7 @@
 pub mod api;
 pub mod app;
 pub mod auth;
+pub mod billing;
 pub mod cli;
 pub mod config;
 pub mod limits;
@@ -18,3 +19,4 @@ pub mod metering;
 pub mod plugins;
 pub mod providers;
 pub mod store;
+pub mod supervisor;

@@ -14,5 +14,6 @@ mod operations;
 mod plugin_cli;
 mod plugins;
 mod providers;
+mod request_path;
 mod retrieval;
 mod tenancy;

@@ -5,10 +5,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Json;
-use axum::extract::{FromRequestParts, Request};
+use axum::extract::FromRequestParts;
+use axum::http::StatusCode;
 use axum::http::request::Parts;
-use axum::http::{HeaderValue, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -27,7 +26,8 @@ pub struct RequestContext {
 }
 
 tokio::task_local! {
-    static CURRENT: Arc<RequestContext>;
+    /// Scoped by the request path's first layer (`request_context`).
+    pub(super) static CURRENT: Arc<RequestContext>;
 }
 
 /// The context of the request being served, if any.
@@ -116,38 +116,10 @@ pub fn error_response(status: StatusCode, code: &str, message: &str, details: Op
     response
 }
 
-/// Outermost middleware: assigns the request id, scopes the context, echoes
-/// `X-Request-ID`, and puts any response that left without the envelope
-/// (a 405 from the router, a 413 from a body limit) into one.
-pub async fn request_context(mut request: Request, next: Next) -> Response {
-    let request_id = request
-        .headers()
-        .get(REQUEST_ID_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| is_valid_request_id(v))
-        .map(str::to_string)
-        .unwrap_or_else(|| format!("req_{}", uuid::Uuid::now_v7().simple()));
-    let ctx = Arc::new(RequestContext {
-        request_id: request_id.clone(),
-        started: Instant::now(),
-        usage: RequestUsage::default(),
-    });
-    request.extensions_mut().insert(ctx.clone());
-    let mut response = CURRENT
-        .scope(ctx, async move {
-            let response = next.run(request).await;
-            if response.extensions().get::<Enveloped>().is_some() { response } else { wrap_bare(response) }
-        })
-        .await;
-    if let Ok(v) = HeaderValue::from_str(&request_id) {
-        response.headers_mut().insert(REQUEST_ID_HEADER, v);
-    }
-    response
-}
-
-/// Accepts ids a client may reasonably send: 1–128 visible ASCII characters.
-fn is_valid_request_id(v: &str) -> bool {
-    !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic())
+/// The response as it is if it carries the envelope (or is a success);
+/// otherwise an envelope for its status, keeping its headers.
+pub(super) fn ensure_enveloped(response: Response) -> Response {
+    if response.extensions().get::<Enveloped>().is_some() { response } else { wrap_bare(response) }
 }
 
 fn wrap_bare(response: Response) -> Response {

@@ -1,17 +1,15 @@
-//! Extractors that turn bad input into clear envelope errors: JSON bodies
-//! naming the bad field, and the API key from the `Authorization` header.
+//! Extractors that turn bad input into clear envelope errors (JSON bodies
+//! naming the bad field, query parameters, raw bodies), and the principal
+//! the request path authenticated.
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
-use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
+use axum::http::header::CONTENT_TYPE;
 use axum::http::request::Parts;
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 
-use super::AppState;
 use super::error::ApiError;
-use crate::auth::{ApiKey, AuthError, Principal, Scope};
+use crate::auth::{Principal, Scope};
 
 /// A JSON body. Wrong content type: 415; too large: 413; bad JSON or a field
 /// of the wrong type: 400 with `details.field`.
@@ -77,45 +75,18 @@ impl Auth {
     }
 }
 
-impl FromRequestParts<AppState> for Auth {
+impl<S: Send + Sync> FromRequestParts<S> for Auth {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        // The limits middleware has usually authenticated the request already.
-        if let Some(p) = parts.extensions.get::<Principal>() {
-            return Ok(Auth(p.clone()));
-        }
-        Ok(Auth(authenticate(state, &parts.headers).await?))
+    /// The principal the request path's `authenticate` layer found.
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        parts
+            .extensions
+            .get::<Principal>()
+            .cloned()
+            .map(Auth)
+            .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("route is outside the authentication layer")))
     }
-}
-
-/// The principal of the key in the `Authorization: Bearer` header.
-pub async fn authenticate(state: &AppState, headers: &axum::http::HeaderMap) -> Result<Principal, ApiError> {
-    let header = headers.get(AUTHORIZATION).ok_or(AuthError::Missing)?;
-    let value = header.to_str().map_err(|_| AuthError::Malformed)?;
-    let (scheme, token) = value.trim().split_once(' ').ok_or(AuthError::Malformed)?;
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return Err(AuthError::Malformed.into());
-    }
-    Ok(state.auth.authenticate(token.trim()).await?)
-}
-
-/// Refuses any request whose URL carries something shaped like an API key
-/// or a conventional credential parameter, before it reaches a handler.
-pub async fn refuse_key_in_url(request: Request, next: Next) -> Response {
-    let uri = request.uri();
-    let in_path = ApiKey::looks_like_key(uri.path());
-    let in_query = uri.query().is_some_and(|q| {
-        ApiKey::looks_like_key(q)
-            || q.split('&').any(|pair| {
-                let name = pair.split('=').next().unwrap_or("").to_ascii_lowercase();
-                matches!(name.as_str(), "api_key" | "apikey" | "key" | "token" | "access_token" | "authorization")
-            })
-    });
-    if in_path || in_query {
-        return ApiError::KeyInUrl.into_response();
-    }
-    next.run(request).await
 }
 
 /// The raw request body; too large: 413 in the envelope.

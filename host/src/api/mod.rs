@@ -1,11 +1,12 @@
-//! HTTP: the router, the envelope, errors and extractors. Routes stay thin:
-//! they parse, check the scope, and call a domain service.
+//! HTTP: the router and the request path (`request_path.rs`), the envelope,
+//! errors and extractors. Routes stay thin: they parse, check the scope, and
+//! call a domain service.
 
 pub mod envelope;
 pub mod error;
 pub mod extract;
-pub mod limits;
 pub mod openapi;
+pub mod request_path;
 pub mod routes;
 
 use std::sync::Arc;
@@ -13,18 +14,24 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, HeaderValue, Method};
-use axum::routing::{get, post};
+use axum::middleware::{from_fn, from_fn_with_state};
+use axum::routing::{delete, get, post};
+use tower::ServiceBuilder;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::auth::AuthService;
+use crate::billing::BillingService;
 use crate::config::Config;
 use crate::limits::LimitService;
 use crate::memories::MemoryService;
+use crate::metering::UsageMeter;
 use crate::plugins::PluginService;
 use crate::store::Database;
+use crate::supervisor::Supervisor;
 use error::ApiError;
+use request_path as path;
 
-/// What handlers share.
+/// What handlers share: the domain services.
 #[derive(Clone)]
 pub struct AppState {
     pub config: Arc<Config>,
@@ -33,13 +40,27 @@ pub struct AppState {
     pub memories: MemoryService,
     pub plugins: PluginService,
     pub limits: LimitService,
+    pub billing: BillingService,
+    pub meter: UsageMeter,
+    pub supervisor: Supervisor,
+    pub path_stats: Arc<path::PathStats>,
 }
 
+/// The HTTP API: the request path of `request_path.rs`, in its order, around
+/// the `/v1` (customers) and `/admin` (operators) routers.
 pub fn router(state: AppState) -> anyhow::Result<Router> {
     use routes::{account, health, memories, plugins, retrieval};
-    let api = Router::new()
-        .route("/health", get(health::health))
-        .route("/ready", get(health::ready))
+    let s = || state.clone();
+
+    // Steps 4–6: every /v1 and /admin route.
+    let guarded = || {
+        ServiceBuilder::new()
+            .layer(from_fn_with_state(s(), path::limit_address))
+            .layer(from_fn_with_state(s(), path::authenticate))
+            .layer(from_fn_with_state(s(), path::rate_limit))
+    };
+
+    let mut v1 = Router::new()
         .route("/v1/memories", post(memories::create).get(memories::list).delete(memories::delete_all))
         .route("/v1/memories/{id}", get(memories::get).put(memories::update).delete(memories::delete))
         .route("/v1/memories/{id}/history", get(memories::history))
@@ -49,8 +70,17 @@ pub fn router(state: AppState) -> anyhow::Result<Router> {
         .route("/v1/account", get(account::account))
         .route("/v1/account/limits", get(account::limits))
         .route("/v1/account/api-keys", get(account::list_keys).post(account::create_key))
-        .route("/v1/account/api-keys/{key_id}", axum::routing::delete(account::revoke_key))
-        .route("/v1/account/api-keys/{key_id}/rotate", post(account::rotate_key))
+        .route("/v1/account/api-keys/{key_id}", delete(account::revoke_key))
+        .route("/v1/account/api-keys/{key_id}/rotate", post(account::rotate_key));
+    if state.config.fault_injection {
+        // Test-only: proves a panicking handler answers 500 and the server serves on.
+        v1 = v1.route("/v1/debug/panic", get(health::panic_on_purpose));
+    }
+    // Step 7 for customers: quota, then metering around the handler.
+    let v1 = v1
+        .route_layer(guarded().layer(from_fn_with_state(s(), path::quota)).layer(from_fn_with_state(s(), path::meter)));
+
+    let admin = Router::new()
         .route(
             "/admin/plugins",
             post(plugins::upload).layer(DefaultBodyLimit::max(plugins::UPLOAD_BODY_LIMIT)).get(plugins::list),
@@ -61,18 +91,31 @@ pub fn router(state: AppState) -> anyhow::Result<Router> {
         .route("/admin/plugins/{id}/deactivate", post(plugins::deactivate))
         .route("/admin/plugins/{id}/run", post(plugins::run))
         .route("/admin/plugins/active/{kind}/run", post(plugins::run_active))
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), limits::enforce))
-        .with_state(state.clone())
+        // Step 7 for operators.
+        .route_layer(guarded().layer(from_fn(path::require_operator)));
+
+    let api = Router::new()
+        .route("/health", get(health::health))
+        .route("/ready", get(health::ready))
+        .merge(v1)
+        .merge(admin)
+        .with_state(s())
         .merge(openapi::docs_router())
         .fallback(|| async { ApiError::RouteNotFound })
-        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
-        .layer(axum::middleware::from_fn(extract::refuse_key_in_url));
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed });
+    // Steps 1–3, outermost first (CORS between them, so refusals carry its headers).
+    let api = api.layer(
+        ServiceBuilder::new()
+            .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+            .layer(from_fn(path::refuse_key_in_url)),
+    );
     let api = match cors_layer(&state.config.cors_origins)? {
         Some(cors) => api.layer(cors),
         None => api,
     };
-    Ok(api.layer(axum::middleware::from_fn(envelope::request_context)))
+    Ok(api.layer(
+        ServiceBuilder::new().layer(from_fn(path::request_context)).layer(from_fn_with_state(s(), path::catch_panic)),
+    ))
 }
 
 /// CORS for the configured origins only; none configured means no CORS headers.

@@ -67,7 +67,7 @@ impl Modify for CommonErrors {
                 .into()
         };
         for (path, item) in openapi.paths.paths.iter_mut() {
-            let metered = super::limits::metered(path);
+            let metered = super::request_path::metered(path);
             for op in [&mut item.get, &mut item.put, &mut item.post, &mut item.delete].into_iter().flatten() {
                 let responses = &mut op.responses.responses;
                 let mut add = |code: &str, description: &str| {

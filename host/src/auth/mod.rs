@@ -520,13 +520,35 @@ fn check_usable(record: &ApiKeyRecord, now: DateTime<Utc>) -> Result<(), AuthErr
     Ok(())
 }
 
-/// Never echo a full key back in an error.
+/// Never echo a full key back in an error: a key-shaped id shows its first
+/// 13 characters (the display prefix), anything else at most 64. Counted in
+/// characters, so a multi-byte character is never cut.
 fn redact(s: &str) -> String {
-    if ApiKey::looks_like_key(s) { format!("{}…", &s[..s.len().min(13)]) } else { s.chars().take(64).collect() }
+    if ApiKey::looks_like_key(s) {
+        format!("{}…", s.chars().take(13).collect::<String>())
+    } else {
+        s.chars().take(64).collect()
+    }
 }
 
 /// Now, truncated to microseconds so that what we store and what we return agree.
 pub fn now() -> DateTime<Utc> {
     let t = Utc::now();
     DateTime::from_timestamp_micros(t.timestamp_micros()).unwrap_or(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redaction_counts_characters_not_bytes() {
+        // The id of a request that once panicked a worker: byte 13 falls
+        // inside `é`.
+        let id = "éééééééémem_live_x";
+        assert_eq!(redact(id), "éééééééémem_l…");
+        let key = "mem_live_0123456789abcdefghijABCDEFGHIJ01";
+        assert_eq!(redact(key), "mem_live_0123…");
+        assert_eq!(redact(&"é".repeat(100)).chars().count(), 64);
+    }
 }

@@ -1,7 +1,8 @@
-//! Rate limits and quotas: the active rate-limit plugin says which rules
-//! apply to a request; the host enforces them atomically on a counter store
-//! (in process, or Redis shared by every instance). Quotas compare the
-//! active pricing plugin's plan limits with the period's metered usage.
+//! Rate limits: the active rate-limit plugin says which rules apply to a
+//! request; the host enforces them atomically on a counter store (in
+//! process, or Redis shared by every instance). Before authentication, a
+//! per-address rule counts requests that fail it, so key guessing and floods
+//! without a key are limited too. (Quotas are billing's: `billing/`.)
 //!
 //! The rule cache. A plugin's answer is cached under (activation id, plugin
 //! digest, plan, live/test, scopes, org overrides, method, route template).
@@ -24,9 +25,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::auth::{Environment, Principal, Scope};
-use crate::metering::meter::{UsageMeter, period_end, period_of};
 use crate::plugins::kind::RateLimitFailure;
-use crate::plugins::{Active, LimiterAlgorithm, LimiterScope, MetricLimit, PluginKind, PluginService, RequestClass};
+use crate::plugins::{Active, LimiterAlgorithm, LimiterScope, PluginKind, PluginService, RequestClass};
+use crate::supervisor::Shutdown;
 use algorithm::{Algorithm, Limit, Verdict};
 use store::{Clock, CounterRule, LocalStore, RedisStore, SystemClock};
 
@@ -47,6 +48,11 @@ pub struct LimitsConfig {
     /// Take the client address from the first `X-Forwarded-For` entry. Only
     /// behind a proxy that sets it; otherwise clients could pick their IP.
     pub trust_forwarded_for: bool,
+    /// Requests a minute from one client address that may fail
+    /// authentication (no key, malformed, unknown, revoked, expired). Past
+    /// it, every request from the address gets 429 before its key is looked
+    /// up, until the window frees. 0: no such limit.
+    pub unauthenticated_per_address_per_minute: u64,
 }
 
 impl Default for LimitsConfig {
@@ -57,6 +63,7 @@ impl Default for LimitsConfig {
             redis_timeout_ms: 250,
             redis_prefix: "memhost:rl:".into(),
             trust_forwarded_for: false,
+            unauthenticated_per_address_per_minute: 600,
         }
     }
 }
@@ -181,8 +188,6 @@ pub enum Refusal {
     /// 429: `rule` is full.
     /// `concurrent`: a concurrency rule (in flight, not per window).
     Exceeded { rule: String, verdict: Verdict, window_ms: u64, concurrent: bool, headers: RateHeaders },
-    /// 402: the period's quota of a metric is used up.
-    Quota { metric: String, limit: u64, used: u64, hard: bool },
     /// 503: limits could not be decided and the policy is fail-closed.
     Unavailable(String),
 }
@@ -203,39 +208,13 @@ pub struct RuleStatus {
     pub reset_secs: u64,
 }
 
-/// One metric's quota for the current period.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct QuotaStatus {
-    pub metric: String,
-    /// `YYYY-MM`.
-    pub period: String,
-    pub resets_at: chrono::DateTime<chrono::Utc>,
-    pub included: u64,
-    pub used: u64,
-    /// Included units left (0 once in overage).
-    pub remaining: u64,
-    pub overage_allowed: bool,
-    /// Usage above this is refused even with overage.
-    pub hard_limit: Option<u64>,
-    /// Units above `included` this period, billed as overage.
-    pub overage: u64,
-}
-
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct LimitsStatus {
-    pub enabled: bool,
-    /// `in-process` or `redis`; `local-fallback` while Redis is unreachable.
-    pub store: &'static str,
-    pub rules: Vec<RuleStatus>,
-    pub quotas: Vec<QuotaStatus>,
-}
-
 /// Counts the operator may want to see (`/ready`, logs).
 #[derive(Debug, Default)]
 pub struct LimitStats {
     pub redis_failures: AtomicU64,
     pub fallback_decisions: AtomicU64,
     pub plugin_failures: AtomicU64,
+    pub unauthenticated_refusals: AtomicU64,
 }
 
 /// [`LimitStats`] at one moment, with the store's state.
@@ -251,6 +230,9 @@ pub struct LimitStatsSnapshot {
     pub fallback_decisions: u64,
     /// Rate-limit plugin calls that failed (its failure policy applied).
     pub plugin_failures: u64,
+    /// Requests refused before authentication: their address had failed it
+    /// too often.
+    pub unauthenticated_refusals: u64,
 }
 
 /// Cache entries kept before the caches start over.
@@ -272,14 +254,16 @@ struct Inner {
     config: LimitsConfig,
     plugin_failure: RateLimitFailure,
     plugins: PluginService,
-    meter: UsageMeter,
     local: LocalStore,
     redis: Option<RedisStore>,
     redis_down_until_ms: AtomicU64,
     /// Live instances sharing Redis, as last seen (for the fallback share).
     instances: AtomicU64,
     rules: Mutex<HashMap<String, Arc<Vec<PlanRule>>>>,
-    plan_limits: Mutex<HashMap<String, Arc<Vec<MetricLimit>>>>,
+    /// Addresses that failed authentication lately, and when: only these
+    /// are checked against the shared per-address counter before
+    /// authentication, so clean traffic costs no extra store round trip.
+    suspects: Mutex<HashMap<IpAddr, u64>>,
     stats: LimitStats,
     instance_id: String,
 }
@@ -291,7 +275,6 @@ impl LimitService {
         plugin_failure: RateLimitFailure,
         redis_url: Option<&str>,
         plugins: PluginService,
-        meter: UsageMeter,
     ) -> anyhow::Result<LimitService> {
         let redis = match redis_url {
             Some(url) if config.enabled => Some(
@@ -299,11 +282,7 @@ impl LimitService {
             ),
             _ => None,
         };
-        let service = LimitService::with_parts(config, plugin_failure, redis, plugins, meter, Box::new(SystemClock));
-        if service.inner.redis.is_some() {
-            service.start_heartbeat();
-        }
-        Ok(service)
+        Ok(LimitService::with_parts(config, plugin_failure, redis, plugins, Box::new(SystemClock)))
     }
 
     fn with_parts(
@@ -311,7 +290,6 @@ impl LimitService {
         plugin_failure: RateLimitFailure,
         redis: Option<RedisStore>,
         plugins: PluginService,
-        meter: UsageMeter,
         clock: Box<dyn Clock>,
     ) -> LimitService {
         LimitService {
@@ -319,13 +297,12 @@ impl LimitService {
                 config,
                 plugin_failure,
                 plugins,
-                meter,
                 local: LocalStore::new(clock),
                 redis,
                 redis_down_until_ms: AtomicU64::new(0),
                 instances: AtomicU64::new(1),
                 rules: Mutex::default(),
-                plan_limits: Mutex::default(),
+                suspects: Mutex::default(),
                 stats: LimitStats::default(),
                 instance_id: format!("inst_{}", uuid::Uuid::now_v7().simple()),
             }),
@@ -336,28 +313,102 @@ impl LimitService {
         self.inner.config.enabled
     }
 
-    pub fn meter(&self) -> &UsageMeter {
-        &self.inner.meter
-    }
-
     pub fn trust_forwarded_for(&self) -> bool {
         self.inner.config.trust_forwarded_for
     }
 
-    fn start_heartbeat(&self) {
-        let weak = Arc::downgrade(&self.inner);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
-            loop {
-                tick.tick().await;
-                let Some(inner) = weak.upgrade() else { return };
-                if let Some(redis) = &inner.redis
-                    && let Ok(n) = redis.heartbeat(&inner.instance_id, HEARTBEAT_TTL).await
-                {
-                    inner.instances.store(n, Ordering::Relaxed);
-                }
+    /// Whether counters live in Redis, shared with other instances (so
+    /// [`Self::heartbeat_loop`] should run).
+    pub fn shares_counters(&self) -> bool {
+        self.inner.redis.is_some()
+    }
+
+    /// With Redis: announces this instance every few seconds and learns how
+    /// many share the counters (for the fail-open share). Runs under the
+    /// supervisor until shutdown; returns at once without Redis.
+    pub async fn heartbeat_loop(self, mut shutdown: Shutdown) {
+        let Some(redis) = &self.inner.redis else { return };
+        let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.requested() => return,
             }
-        });
+            if let Ok(n) = redis.heartbeat(&self.inner.instance_id, HEARTBEAT_TTL).await {
+                self.inner.instances.store(n, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// The rule that counts failed authentication per client address.
+    fn unauthenticated_rule(&self, ip: IpAddr, share: u64) -> Option<CounterRule> {
+        let per_minute = self.inner.config.unauthenticated_per_address_per_minute;
+        if per_minute == 0 || !self.enabled() {
+            return None;
+        }
+        let rule = PlanRule {
+            name: UNAUTHENTICATED_RULE.into(),
+            scope: LimiterScope::ClientIp,
+            algorithm: Algorithm::SlidingWindow,
+            limit: per_minute,
+            window_ms: 60_000,
+            burst: 0,
+            cost: 1,
+        };
+        Some(CounterRule { key: format!("ip:{ip}:{UNAUTHENTICATED_RULE}"), limit: rule.limit(share), cost: 1 })
+    }
+
+    /// Before authentication: refuses (429) an address that has failed
+    /// authentication more often than the per-address rule allows. Only
+    /// addresses this instance saw fail lately are checked on the store.
+    pub async fn check_address(&self, ip: Option<IpAddr>) -> Result<(), Refusal> {
+        let Some(ip) = ip else { return Ok(()) };
+        let seen = self.inner.suspects.lock().unwrap_or_else(|e| e.into_inner()).get(&ip).copied();
+        if seen.is_none_or(|at| now_ms().saturating_sub(at) > SUSPECT_FOR_MS) {
+            return Ok(());
+        }
+        if self.unauthenticated_rule(ip, 1).is_none() {
+            return Ok(());
+        }
+        // An empty lease only reads: would one more failure still fit?
+        let (verdicts, _) =
+            self.decide_counters(&|share| self.unauthenticated_rule(ip, share).into_iter().collect(), "").await?;
+        match verdicts.first() {
+            Some(v) if !v.allowed => {
+                self.inner.stats.unauthenticated_refusals.fetch_add(1, Ordering::Relaxed);
+                let headers = RateHeaders { limit: v.limit, remaining: 0, reset_secs: v.reset_us.div_ceil(1_000_000) };
+                Err(Refusal::Exceeded {
+                    rule: UNAUTHENTICATED_RULE.into(),
+                    verdict: *v,
+                    window_ms: 60_000,
+                    concurrent: false,
+                    headers,
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Counts a request from `ip` that failed authentication.
+    pub async fn record_auth_failure(&self, ip: Option<IpAddr>) {
+        let Some(ip) = ip else { return };
+        if self.unauthenticated_rule(ip, 1).is_none() {
+            return;
+        }
+        {
+            let mut suspects = self.inner.suspects.lock().unwrap_or_else(|e| e.into_inner());
+            let now = now_ms();
+            if suspects.len() >= CACHE_MAX {
+                suspects.retain(|_, at| now.saturating_sub(*at) <= SUSPECT_FOR_MS);
+            }
+            suspects.insert(ip, now);
+        }
+        let lease = "f";
+        if let Err(e) =
+            self.decide_counters(&|share| self.unauthenticated_rule(ip, share).into_iter().collect(), lease).await
+        {
+            tracing::debug!(?e, "could not count a failed authentication");
+        }
     }
 
     /// Rate limits for one request: `Ok` lets it through (with headers).
@@ -402,7 +453,8 @@ impl LimitService {
         Ok(Admission { headers: Some(headers), leases })
     }
 
-    /// Decides on Redis when configured and reachable, else in process.
+    /// Decides a request's rules on Redis when configured and reachable,
+    /// else in process.
     async fn decide(
         &self,
         facts: &RequestFacts<'_>,
@@ -415,9 +467,20 @@ impl LimitService {
                 .map(|r| CounterRule { key: counter_key(r, facts), limit: r.limit(share), cost: r.cost })
                 .collect()
         };
+        let (verdicts, on_redis) = self.decide_counters(&counters, lease).await?;
+        Ok((verdicts, counters(1), on_redis))
+    }
+
+    /// Decides counter rules (built for a share of each limit: 1 normally,
+    /// this instance's share in the fail-open fallback) atomically. Returns
+    /// the verdicts and whether Redis decided them.
+    async fn decide_counters(
+        &self,
+        counters: &(dyn Fn(u64) -> Vec<CounterRule> + Sync),
+        lease: &str,
+    ) -> Result<(Vec<Verdict>, bool), Refusal> {
         let Some(redis) = &self.inner.redis else {
-            let c = counters(1);
-            return Ok((self.inner.local.decide(&c, lease), c, false));
+            return Ok((self.inner.local.decide(&counters(1), lease), false));
         };
         let now_ms = now_ms();
         if self.inner.redis_down_until_ms.load(Ordering::Relaxed) <= now_ms {
@@ -432,7 +495,7 @@ impl LimitService {
                     if self.inner.redis_down_until_ms.swap(0, Ordering::Relaxed) != 0 {
                         tracing::warn!("Redis rate-limit store answers again; counters are shared again");
                     }
-                    return Ok((v, c, true));
+                    return Ok((v, true));
                 }
                 Err(e) => {
                     self.inner.stats.redis_failures.fetch_add(1, Ordering::Relaxed);
@@ -450,8 +513,7 @@ impl LimitService {
             RateLimitFailure::FailOpen => {
                 self.inner.stats.fallback_decisions.fetch_add(1, Ordering::Relaxed);
                 let share = self.inner.instances.load(Ordering::Relaxed).max(1);
-                let c = counters(share);
-                Ok((self.inner.local.decide(&c, lease), c, false))
+                Ok((self.inner.local.decide(&counters(share), lease), false))
             }
         }
     }
@@ -513,65 +575,6 @@ impl LimitService {
         }
     }
 
-    /// The plan's metric limits from the active pricing plugin (cached per
-    /// activation, plan and overrides; pricing plugins are deterministic).
-    async fn plan_limits(&self, p: &Principal) -> Option<Arc<Vec<MetricLimit>>> {
-        let active = self.inner.plugins.active(PluginKind::Pricing, Some(&p.org_id), Some(&p.plan))?;
-        let key = format!("{}|{}|{}|{}", active.activation.id, active.plugin.digest, p.plan, p.overrides);
-        if let Some(hit) = self.inner.plan_limits.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
-            return Some(hit.clone());
-        }
-        match self.inner.plugins.plan_limits(&active, &p.plan, &p.overrides).await {
-            Ok(limits) => {
-                let limits = Arc::new(limits);
-                let mut cache = self.inner.plan_limits.lock().unwrap_or_else(|e| e.into_inner());
-                if cache.len() >= CACHE_MAX {
-                    cache.clear();
-                }
-                cache.insert(key, limits.clone());
-                Some(limits)
-            }
-            Err(reason) => {
-                // Quotas cannot be known; the request is served and metered,
-                // and pricing reports the error when the period is rated.
-                tracing::warn!(plugin = %active.plugin.digest, reason, plan = %p.plan,
-                    "pricing plugin could not give plan limits; quotas not checked");
-                None
-            }
-        }
-    }
-
-    /// Quotas before work starts: one more API call must fit, and no metric
-    /// may be past a limit that refuses (no overage, or a hard limit).
-    pub async fn check_quota(&self, p: &Principal) -> Result<(), Refusal> {
-        if !self.enabled() {
-            return Ok(());
-        }
-        let Some(limits) = self.plan_limits(p).await else { return Ok(()) };
-        let used = match self.inner.meter.used(&p.org_id, p.environment).await {
-            Ok(u) => u,
-            Err(e) => {
-                tracing::warn!(error = %e, "could not read usage; quotas not checked");
-                return Ok(());
-            }
-        };
-        for l in limits.iter() {
-            let u = used.get(&l.metric).copied().unwrap_or(0);
-            // API calls: this request is one more. Other metrics are known
-            // only after the work: refuse once they are already at the limit.
-            let after = if l.metric == API_CALLS { u + 1 } else { u.max(1) };
-            if let Some(hard) = l.hard_limit
-                && after > hard
-            {
-                return Err(Refusal::Quota { metric: l.metric.clone(), limit: hard, used: u, hard: true });
-            }
-            if !l.overage_allowed && after > l.included {
-                return Err(Refusal::Quota { metric: l.metric.clone(), limit: l.included, used: u, hard: false });
-            }
-        }
-        Ok(())
-    }
-
     /// Where decisions are made now: `in-process`, `redis`, or
     /// `local-fallback` while Redis is unreachable.
     pub fn store_state(&self) -> &'static str {
@@ -592,55 +595,31 @@ impl LimitService {
             redis_failures: s.redis_failures.load(Ordering::Relaxed),
             fallback_decisions: s.fallback_decisions.load(Ordering::Relaxed),
             plugin_failures: s.plugin_failures.load(Ordering::Relaxed),
+            unauthenticated_refusals: s.unauthenticated_refusals.load(Ordering::Relaxed),
         }
     }
 
-    /// The principal's rules with their current state, and its quotas.
-    pub async fn status(&self, facts: &RequestFacts<'_>) -> LimitsStatus {
-        let store = self.store_state();
-        let mut status = LimitsStatus { enabled: self.enabled(), store, rules: Vec::new(), quotas: Vec::new() };
+    /// The rules that apply to a request, with what is left of each now.
+    pub async fn rule_status(&self, facts: &RequestFacts<'_>) -> Vec<RuleStatus> {
         if !self.enabled() {
-            return status;
+            return Vec::new();
         }
-        if let Ok(Some(rules)) = self.rules_for(facts).await {
-            let verdicts = self.decide_peek(facts, &rules).await.unwrap_or_default();
-            for (r, v) in rules.iter().zip(verdicts.iter().map(Some).chain(std::iter::repeat(None))) {
-                status.rules.push(RuleStatus {
-                    name: r.name.clone(),
-                    scope: r.scope_str(),
-                    algorithm: r.algorithm.as_str(),
-                    limit: r.limit,
-                    window_ms: r.window_ms,
-                    burst: (r.algorithm == Algorithm::TokenBucket).then_some(if r.burst == 0 {
-                        r.limit
-                    } else {
-                        r.burst
-                    }),
-                    remaining: v.map_or(r.limit, |v| v.remaining),
-                    reset_secs: v.map_or(0, |v| v.reset_us.div_ceil(1_000_000)),
-                });
-            }
-        }
-        let p = facts.principal;
-        if let Some(limits) = self.plan_limits(p).await {
-            let used = self.inner.meter.used(&p.org_id, p.environment).await.unwrap_or_default();
-            let now = chrono::Utc::now();
-            for l in limits.iter() {
-                let u = used.get(&l.metric).copied().unwrap_or(0);
-                status.quotas.push(QuotaStatus {
-                    metric: l.metric.clone(),
-                    period: period_of(now),
-                    resets_at: period_end(now),
-                    included: l.included,
-                    used: u,
-                    remaining: l.included.saturating_sub(u),
-                    overage_allowed: l.overage_allowed,
-                    hard_limit: l.hard_limit,
-                    overage: if l.overage_allowed { u.saturating_sub(l.included) } else { 0 },
-                });
-            }
-        }
-        status
+        let Ok(Some(rules)) = self.rules_for(facts).await else { return Vec::new() };
+        let verdicts = self.decide_peek(facts, &rules).await.unwrap_or_default();
+        rules
+            .iter()
+            .zip(verdicts.iter().map(Some).chain(std::iter::repeat(None)))
+            .map(|(r, v)| RuleStatus {
+                name: r.name.clone(),
+                scope: r.scope_str(),
+                algorithm: r.algorithm.as_str(),
+                limit: r.limit,
+                window_ms: r.window_ms,
+                burst: (r.algorithm == Algorithm::TokenBucket).then_some(if r.burst == 0 { r.limit } else { r.burst }),
+                remaining: v.map_or(r.limit, |v| v.remaining),
+                reset_secs: v.map_or(0, |v| v.reset_us.div_ceil(1_000_000)),
+            })
+            .collect()
     }
 
     async fn decide_peek(&self, facts: &RequestFacts<'_>, rules: &[PlanRule]) -> Option<Vec<Verdict>> {
@@ -651,10 +630,11 @@ impl LimitService {
     }
 }
 
-/// The metric every request adds one to.
-pub const API_CALLS: &str = "api_calls";
-/// Tokens of text a request processed (stored, embedded, queried).
-pub const TOKENS_PROCESSED: &str = "tokens_processed";
+/// The name of the per-address rule on failed authentication.
+pub const UNAUTHENTICATED_RULE: &str = "unauthenticated-per-address";
+/// How long an address that failed authentication is checked before
+/// authentication (the per-address rule's window).
+const SUSPECT_FOR_MS: u64 = 60_000;
 
 fn scope_list(p: &Principal) -> Vec<String> {
     let mut scopes: Vec<String> = p.scopes.iter().map(|s| Scope::as_str(*s).to_string()).collect();
@@ -709,12 +689,6 @@ impl Refusal {
                 "window": if *concurrent { "concurrent".to_string() } else { format_window(*window_ms) },
                 "window_ms": if *concurrent { None } else { Some(window_ms) },
                 "retry_after": verdict.retry_after_secs(),
-            }),
-            Refusal::Quota { metric, limit, used, hard } => json!({
-                "metric": metric,
-                "limit": limit,
-                "used": used,
-                "hard_limit": hard,
             }),
             Refusal::Unavailable(reason) => json!({ "reason": reason }),
         }

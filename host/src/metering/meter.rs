@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use crate::auth::Environment;
 use crate::store::Database;
 use crate::store::sql::sql;
+use crate::supervisor::Shutdown;
 use chrono::{DateTime, Datelike, Utc};
 
 /// How often deltas are written and stored totals re-read.
@@ -180,19 +181,27 @@ impl UsageMeter {
         tx.commit().await
     }
 
-    /// Flushes every [`FLUSH_EVERY`] until the process ends.
-    pub fn start_flushing(&self) {
-        let meter = self.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(FLUSH_EVERY);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                if let Err(e) = meter.flush().await {
+    /// Flushes every [`FLUSH_EVERY`]; on shutdown, a last time. Runs under
+    /// the supervisor.
+    pub async fn flush_loop(self, mut shutdown: Shutdown) {
+        let mut tick = tokio::time::interval(FLUSH_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let last = tokio::select! {
+                _ = tick.tick() => false,
+                _ = shutdown.requested() => true,
+            };
+            if let Err(e) = self.flush().await {
+                if last {
+                    tracing::warn!(error = %e, "could not write the last usage counters");
+                } else {
                     tracing::warn!(error = %e, "could not write usage counters; will retry");
                 }
             }
-        });
+            if last {
+                return;
+            }
+        }
     }
 }
 

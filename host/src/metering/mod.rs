@@ -3,6 +3,13 @@
 
 pub mod meter;
 
+pub use meter::UsageMeter;
+
+/// The metric every metered request adds one to.
+pub const API_CALLS: &str = "api_calls";
+/// Tokens of text a request processed (stored, embedded, queried).
+pub const TOKENS_PROCESSED: &str = "tokens_processed";
+
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;

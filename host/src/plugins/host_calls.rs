@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::bindings::{alert_channel, extractor};
 use super::runtime::CallState;
-use crate::providers::Embedder;
+use crate::providers::{Completer, CompletionMessage, CompletionRequest, Embedder};
 
 use alert_channel::memhost::plugin::http_outbound as http;
 use extractor::memhost::plugin::{embeddings, llm};
@@ -18,12 +18,6 @@ const MAX_HTTP_RESPONSE: usize = 1 << 20;
 /// Longest a single outbound request may take (the call's deadline may cut
 /// it shorter).
 const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// An LLM completion provider for extractors.
-#[async_trait::async_trait]
-pub trait CompletionHost: Send + Sync {
-    async fn complete(&self, request: llm::CompletionRequest) -> Result<llm::Completion, String>;
-}
 
 /// Outbound HTTP as a plugin may use it.
 #[derive(Clone)]
@@ -98,7 +92,7 @@ impl HttpGate {
 #[derive(Clone, Default)]
 pub struct HostCalls {
     pub http: Option<HttpGate>,
-    pub llm: Option<Arc<dyn CompletionHost>>,
+    pub llm: Option<Arc<dyn Completer>>,
     pub embedder: Option<Arc<dyn Embedder>>,
 }
 
@@ -119,10 +113,20 @@ impl http::Host for CallState {
 
 impl llm::Host for CallState {
     async fn complete(&mut self, request: llm::CompletionRequest) -> Result<llm::Completion, String> {
-        match self.host.llm.clone() {
-            Some(provider) => provider.complete(request).await,
-            None => Err("no LLM provider is configured on this server".into()),
-        }
+        let Some(provider) = self.host.llm.clone() else {
+            return Err("no LLM provider is configured on this server (`[completions]`)".into());
+        };
+        let request = CompletionRequest {
+            messages: request
+                .messages
+                .into_iter()
+                .map(|m| CompletionMessage { role: m.role, content: m.content })
+                .collect(),
+            max_tokens: request.max_tokens,
+            json: request.json,
+        };
+        let c = provider.complete(&request).await.map_err(|e| e.to_string())?;
+        Ok(llm::Completion { text: c.text, input_tokens: c.input_tokens, output_tokens: c.output_tokens })
     }
 }
 

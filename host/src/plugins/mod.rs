@@ -39,8 +39,9 @@ pub use registry::{ActivationRecord, PluginRecord};
 pub use runtime::{CallError, CallStats, Runtime};
 pub use validate::UploadError;
 
-use crate::providers::Embedder;
+use crate::providers::Providers;
 use crate::store::Database;
+use crate::supervisor::Shutdown;
 use host_calls::{HostCalls, HttpGate};
 use runtime::Prepared;
 
@@ -210,7 +211,8 @@ struct Inner {
     reload_lock: tokio::sync::Mutex<()>,
     cache_dir: PathBuf,
     http: HttpGate,
-    embedder: Option<Arc<dyn Embedder>>,
+    /// Embeddings and completions for extractors' host calls.
+    providers: Providers,
 }
 
 /// A plugin with where it is active.
@@ -286,7 +288,7 @@ impl PluginService {
         db: Database,
         config: PluginsConfig,
         cache_dir: PathBuf,
-        embedder: Option<Arc<dyn Embedder>>,
+        providers: Providers,
     ) -> anyhow::Result<PluginService> {
         let http = HttpGate::new(config.http_allow_hosts.clone())?;
         let runtime = Runtime::new(config)?;
@@ -299,7 +301,7 @@ impl PluginService {
                 reload_lock: tokio::sync::Mutex::new(()),
                 cache_dir,
                 http,
-                embedder,
+                providers,
             }),
         };
         service.install_builtins().await?;
@@ -608,7 +610,11 @@ impl PluginService {
         config: &str,
         input: CallInput,
     ) -> Result<RunReport, PluginError> {
-        let host = HostCalls { http: Some(self.inner.http.clone()), llm: None, embedder: self.inner.embedder.clone() };
+        let host = HostCalls {
+            http: Some(self.inner.http.clone()),
+            llm: self.inner.providers.completer.clone(),
+            embedder: Some(self.inner.providers.embedder.clone()),
+        };
         let report =
             calls::run(&self.inner.runtime, &loaded.prepared, &loaded.limits, &loaded.digest, config, host, input)
                 .await?;
@@ -654,45 +660,49 @@ impl PluginService {
         Ok(())
     }
 
+    /// Whether other instances can change the active set (PostgreSQL), so
+    /// [`Self::change_feed_loop`] should run.
+    pub fn follows_changes(&self) -> bool {
+        self.inner.db.change_feed().is_some()
+    }
+
     /// Follows activations made by other instances: PostgreSQL LISTEN/NOTIFY
     /// (delivered within milliseconds), plus a reload every few seconds in
-    /// case a notification was lost while reconnecting.
-    pub fn follow_changes(&self) {
-        let Database::Postgres(pool) = &self.inner.db else { return };
-        let pool = pool.clone();
-        let service = self.clone();
-        tokio::spawn(async move {
-            loop {
-                let mut listener = match sqlx::postgres::PgListener::connect_with(&pool).await {
-                    Ok(l) => l,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "plugin change feed: connecting failed; retrying");
-                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                        continue;
+    /// case a notification was lost while reconnecting. Runs under the
+    /// supervisor; returns at once in embedded mode (nothing to follow).
+    pub async fn change_feed_loop(self, mut shutdown: Shutdown) {
+        let Some(feed) = self.inner.db.change_feed() else { return };
+        loop {
+            let mut listener = match feed.listen(registry::CHANGES).await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(error = %e, "plugin change feed: listening failed; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => continue,
+                        _ = shutdown.requested() => return,
                     }
-                };
-                if let Err(e) = listener.listen("memhost_plugins").await {
-                    tracing::warn!(error = %e, "plugin change feed: LISTEN failed; retrying");
-                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                    continue;
                 }
-                // Catch up on anything missed while not listening.
-                let _ = service.reload().await;
-                loop {
-                    match tokio::time::timeout(std::time::Duration::from_secs(5), listener.recv()).await {
-                        Ok(Ok(_)) | Err(_) => {
-                            if let Err(e) = service.reload().await {
-                                tracing::warn!(error = %e, "plugin change feed: reload failed");
-                            }
+            };
+            // Catch up on anything missed while not listening.
+            let _ = self.reload().await;
+            loop {
+                let next = tokio::select! {
+                    n = tokio::time::timeout(std::time::Duration::from_secs(5), listener.next()) => n,
+                    _ = shutdown.requested() => return,
+                };
+                match next {
+                    Ok(Ok(())) | Err(_) => {
+                        if let Err(e) = self.reload().await {
+                            tracing::warn!(error = %e, "plugin change feed: reload failed");
                         }
-                        Ok(Err(e)) => {
-                            tracing::warn!(error = %e, "plugin change feed: connection lost; reconnecting");
-                            break;
-                        }
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "plugin change feed: connection lost; reconnecting");
+                        break;
                     }
                 }
             }
-        });
+        }
     }
 
     /// A stored plugin, compiled once per process: from the precompiled

@@ -70,6 +70,12 @@ pub struct Providers {
 }
 
 impl Providers {
+    /// The built-in providers only (offline; no completion model).
+    pub fn offline() -> Providers {
+        let local = ProviderConfig::default();
+        Providers::from_config(&local, &local, &local).expect("the built-in providers need no configuration")
+    }
+
     pub fn from_config(
         embeddings: &ProviderConfig,
         answers: &ProviderConfig,

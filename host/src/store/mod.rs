@@ -221,6 +221,42 @@ pub async fn begin_pg(pool: &PgPool, statement: Option<String>) -> sqlx::Result<
     .map_err(|e| sqlx::Error::Protocol(format!("transaction start failed: {e}")))?
 }
 
+/// Where other instances announce changes (plugin activations, policy
+/// edits): PostgreSQL LISTEN/NOTIFY. Embedded mode has none: it is the only
+/// instance. Changes are announced with [`sql::Tx::notify`].
+pub struct ChangeFeed {
+    pool: PgPool,
+}
+
+/// One channel of the [`ChangeFeed`].
+pub struct ChangeListener(sqlx::postgres::PgListener);
+
+impl Database {
+    /// `None` in embedded mode.
+    pub fn change_feed(&self) -> Option<ChangeFeed> {
+        match self {
+            Database::Sqlite(_) => None,
+            Database::Postgres(pool) => Some(ChangeFeed { pool: pool.clone() }),
+        }
+    }
+}
+
+impl ChangeFeed {
+    pub async fn listen(&self, channel: &str) -> sqlx::Result<ChangeListener> {
+        let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool).await?;
+        listener.listen(channel).await?;
+        Ok(ChangeListener(listener))
+    }
+}
+
+impl ChangeListener {
+    /// Waits for the next announcement; an error means the connection was
+    /// lost (listen again).
+    pub async fn next(&mut self) -> sqlx::Result<()> {
+        self.0.recv().await.map(drop)
+    }
+}
+
 /// Timestamps as SQLite stores them: RFC 3339 UTC with microseconds, so that
 /// text order is time order.
 pub fn sqlite_time(t: chrono::DateTime<chrono::Utc>) -> String {

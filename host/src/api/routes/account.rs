@@ -12,9 +12,20 @@ use crate::api::AppState;
 use crate::api::envelope::{ApiOk, Envelope, ErrorEnvelope};
 use crate::api::error::ApiError;
 use crate::api::extract::{ApiJson, Auth};
-use crate::api::limits::ClientIp;
+use crate::api::request_path::ClientIp;
 use crate::auth::{ApiKeyRecord, CreatedKey, Environment, KeyStatus, NewKey, Org, Scope};
-use crate::limits::{LimitsStatus, RequestFacts};
+use crate::billing::QuotaStatus;
+use crate::limits::{RequestFacts, RuleStatus};
+
+/// The caller's rate limits (the `limits` domain) and quotas (`billing`).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct LimitsStatus {
+    pub enabled: bool,
+    /// `in-process` or `redis`; `local-fallback` while Redis is unreachable.
+    pub store: &'static str,
+    pub rules: Vec<RuleStatus>,
+    pub quotas: Vec<QuotaStatus>,
+}
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Account {
@@ -97,7 +108,13 @@ async fn limits_of(
     // The rules shown are the ones that applied to this very request.
     let client_ip = ip.and_then(|Extension(ClientIp(ip))| ip);
     let facts = RequestFacts { principal: &auth.0, method: method.as_str(), route: route.as_str(), client_ip };
-    state.limits.status(&facts).await
+    let enabled = state.limits.enabled();
+    LimitsStatus {
+        enabled,
+        store: state.limits.store_state(),
+        rules: state.limits.rule_status(&facts).await,
+        quotas: if enabled { state.billing.quotas(&auth.0).await } else { Vec::new() },
+    }
 }
 
 /// The org's API keys (admin scope).

@@ -20,6 +20,10 @@ pub struct Ready {
     /// Rate limits: where they are decided, and failures counted since start.
     /// Ready even in `local-fallback` (fail-open serves on).
     pub limits: crate::limits::LimitStatsSnapshot,
+    /// The request path: handler panics answered with 500 since start.
+    pub requests: crate::api::request_path::PathStatsSnapshot,
+    /// Background loops, and how often each had to be restarted.
+    pub background: Vec<crate::supervisor::LoopStatus>,
 }
 
 /// Liveness.
@@ -33,5 +37,17 @@ pub async fn health() -> ApiOk<Health> {
     responses((status = 200, body = Envelope<Ready>), (status = 503, body = ErrorEnvelope)))]
 pub async fn ready(State(state): State<AppState>) -> Result<ApiOk<Ready>, ApiError> {
     state.db.ping().await.map_err(|e| ApiError::NotReady(format!("database: {e}")))?;
-    Ok(ApiOk::ok(Ready { status: "ready", database: state.db.backend().as_str(), limits: state.limits.stats() }))
+    Ok(ApiOk::ok(Ready {
+        status: "ready",
+        database: state.db.backend().as_str(),
+        limits: state.limits.stats(),
+        requests: state.path_stats.snapshot(),
+        background: state.supervisor.status(),
+    }))
+}
+
+/// `GET /v1/debug/panic`, mounted only with `fault_injection = true` (tests):
+/// a handler that panics, to show the request path answers 500 and serves on.
+pub async fn panic_on_purpose() -> ApiOk<Health> {
+    panic!("fault injection: this handler panics on purpose")
 }
