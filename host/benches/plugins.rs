@@ -22,7 +22,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group};
-use memhost::plugins::bindings::pricing::exports::memhost::plugin::pricer::{RatingInput, Usage};
+use memhost::plugins::pricing::{RatingInput, UsageQuantity};
+use memhost::plugins::wit::{Prepared, WitVersion};
 use memhost::plugins::{ActivateRequest, LimitOverrides, PluginKind, PluginService, PluginsConfig, Runtime};
 use serde::Deserialize;
 use wasmtime::component::Component;
@@ -101,7 +102,7 @@ const RHAI_RULE: &str = "
 struct PricingBench {
     rt: tokio::runtime::Runtime,
     runtime: Runtime,
-    prepared: memhost::plugins::runtime::Prepared,
+    prepared: Prepared,
     limits: memhost::plugins::Limits,
     digest: Arc<str>,
     full: String,
@@ -114,7 +115,7 @@ impl PricingBench {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let runtime = Runtime::new(PluginsConfig::default()).expect("runtime");
         let component = Component::new(runtime.engine(), PRICING_WASM).expect("compiles");
-        let prepared = runtime.prepare(PluginKind::Pricing, &component).expect("links");
+        let prepared = runtime.prepare(WitVersion::V0_1_0, PluginKind::Pricing, &component).expect("links");
         let limits = runtime.config().limits(PluginKind::Pricing);
         let (full, one) = configs();
         let input = RatingInput {
@@ -122,7 +123,7 @@ impl PricingBench {
             overrides: String::new(),
             period_start: "2026-11-01T00:00:00Z".into(),
             period_end: "2026-12-01T00:00:00Z".into(),
-            usage: usage().into_iter().map(|(metric, quantity)| Usage { metric, quantity }).collect(),
+            usage: usage().into_iter().map(|(metric, quantity)| UsageQuantity { metric, quantity }).collect(),
         };
         PricingBench { rt, runtime, prepared, limits, digest: "bench".into(), full, one, input }
     }
@@ -130,7 +131,7 @@ impl PricingBench {
 
 fn bench_calls(c: &mut Criterion) {
     let PricingBench { rt, runtime, prepared, limits, digest, full, one, input } = PricingBench::new();
-    let memhost::plugins::runtime::Prepared::Pricing(pre) = &prepared else { unreachable!() };
+    let pre = &prepared;
 
     // All three must agree before anything is timed.
     let wasm_total = rt.block_on(runtime.rate(pre, &limits, &digest, &full, &input)).unwrap().value.unwrap().total;
@@ -285,7 +286,7 @@ fn call_percentiles() {
             .collect()
     }
     let PricingBench { rt, runtime, prepared, limits, digest, full, one, input } = PricingBench::new();
-    let memhost::plugins::runtime::Prepared::Pricing(pre) = &prepared else { unreachable!() };
+    let pre = &prepared;
     for (name, config) in [("wasm/full-policy", &full), ("wasm/one-plan", &one)] {
         report(
             name,

@@ -12,6 +12,7 @@ mod limits;
 mod memories;
 mod operations;
 mod plugin_cli;
+mod plugin_fallback;
 mod plugins;
 mod providers;
 mod request_path;

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use crate::auth::Principal;
 use crate::metering::API_CALLS;
 use crate::metering::meter::{UsageMeter, period_end, period_of};
-use crate::plugins::{MetricLimit, PluginKind, PluginService};
+use crate::plugins::{MetricLimit, PluginService};
 
 /// Cache entries kept before the cache starts over.
 const CACHE_MAX: usize = 10_000;
@@ -87,22 +87,27 @@ impl BillingService {
     /// The plan's metric limits from the active pricing plugin; `None` if
     /// there is no pricing plugin or it cannot answer (logged).
     pub async fn plan_limits(&self, p: &Principal) -> Option<Arc<Vec<MetricLimit>>> {
-        let active = self.inner.plugins.active(PluginKind::Pricing, Some(&p.org_id), Some(&p.plan))?;
+        let pricing = self.inner.plugins.pricing();
+        let active = pricing.active(&p.org_id, &p.plan)?;
         let key = format!("{}|{}|{}|{}", active.activation.id, active.plugin.digest, p.plan, p.overrides);
         if let Some(hit) = self.inner.plan_limits.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
             return Some(hit.clone());
         }
-        match self.inner.plugins.plan_limits(&active, &p.plan, &p.overrides).await {
-            Ok(limits) => {
-                let limits = Arc::new(limits);
-                let mut cache = self.inner.plan_limits.lock().unwrap_or_else(|e| e.into_inner());
-                if cache.len() >= CACHE_MAX {
-                    cache.clear();
+        match pricing.plan_limits(&active, &p.plan, &p.overrides).await {
+            Ok(answer) => {
+                let limits = Arc::new(answer.value);
+                // A fallback's answer stands in only while the active version fails.
+                if !answer.fallback {
+                    let mut cache = self.inner.plan_limits.lock().unwrap_or_else(|e| e.into_inner());
+                    if cache.len() >= CACHE_MAX {
+                        cache.clear();
+                    }
+                    cache.insert(key, limits.clone());
                 }
-                cache.insert(key, limits.clone());
                 Some(limits)
             }
-            Err(reason) => {
+            Err(failure) => {
+                let reason = failure.to_string();
                 // Quotas cannot be known; the request is served and metered,
                 // and pricing reports the error when the period is rated.
                 tracing::warn!(plugin = %active.plugin.digest, reason, plan = %p.plan,

@@ -472,7 +472,9 @@ async fn run_local(
         .map_err(|e| anyhow::anyhow!("INVALID_COMPONENT: {e:#}"))?;
     let inspection = validate::inspect(runtime.engine(), &component, &wasm, call.kind())
         .map_err(|e| anyhow::anyhow!("{}: {e}", e.code()))?;
-    let prepared = runtime.prepare(inspection.kind, &component).map_err(|e| anyhow::anyhow!("linking: {e:#}"))?;
+    let version = inspection.wit.unwrap_or(crate::plugins::wit::WitVersion::NEWEST);
+    let prepared =
+        runtime.prepare(version, inspection.kind, &component).map_err(|e| anyhow::anyhow!("linking: {e:#}"))?;
     let limits = runtime.config().limits(inspection.kind).with(&overrides);
     let digest: Arc<str> = hex::encode(Sha256::digest(&wasm)).into();
     // As on the server: outbound HTTP only to allow-listed hosts; no LLM here.

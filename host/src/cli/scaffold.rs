@@ -10,10 +10,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 
 use crate::plugins::PluginKind;
-use crate::plugins::bindings::WIT_VERSION;
 use crate::plugins::calls::fixture_json;
 
 const SDK_LIB: &str = include_str!("../../../plugins/sdk/src/lib.rs");
+/// The WIT version the scaffold vendors: the newest the host speaks (a
+/// test below keeps them equal).
+const WIT_VERSION: &str = "0.1.0";
 const WIT_FILES: [(&str, &str); 5] = [
     ("types.wit", include_str!("../../../wit/0.1.0/types.wit")),
     ("pricing.wit", include_str!("../../../wit/0.1.0/pricing.wit")),
@@ -331,3 +333,13 @@ impl Extractor for Plugin {
 
 memhost_sdk::export_extractor!(Plugin);
 "##;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_scaffold_vendors_the_newest_wit() {
+        assert_eq!(WIT_VERSION, crate::plugins::wit::WitVersion::NEWEST.to_string());
+    }
+}

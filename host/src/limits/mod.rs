@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 
 use crate::auth::{Environment, Principal, Scope};
 use crate::plugins::kind::RateLimitFailure;
-use crate::plugins::{Active, LimiterAlgorithm, LimiterScope, PluginKind, PluginService, RequestClass};
+use crate::plugins::{Active, LimiterAlgorithm, LimiterScope, PluginService, RequestClass};
 use crate::supervisor::Shutdown;
 use algorithm::{Algorithm, Limit, Verdict};
 use store::{Clock, CounterRule, LocalStore, RedisStore, SystemClock};
@@ -522,7 +522,8 @@ impl LimitService {
     /// no rate-limit plugin is active (limits are off for this org).
     async fn rules_for(&self, facts: &RequestFacts<'_>) -> Result<Option<Arc<Vec<PlanRule>>>, Refusal> {
         let p = facts.principal;
-        let Some(active) = self.inner.plugins.active(PluginKind::RateLimit, Some(&p.org_id), Some(&p.plan)) else {
+        let plugins = self.inner.plugins.rate_limits();
+        let Some(active) = plugins.active(&p.org_id, &p.plan) else {
             return Ok(None);
         };
         let scopes = scope_list(p);
@@ -549,20 +550,26 @@ impl LimitService {
             method: facts.method.to_string(),
             route: facts.route.to_string(),
         };
-        match self.inner.plugins.rate_limit_rules(&active, &class).await {
-            Ok(rules) => {
-                let rules = Arc::new(rules.into_iter().map(PlanRule::from_plugin).collect::<Vec<_>>());
-                let mut cache = self.inner.rules.lock().unwrap_or_else(|e| e.into_inner());
-                if cache.len() >= CACHE_MAX {
-                    cache.clear();
+        match plugins.rules(&active, &class).await {
+            Ok(answer) => {
+                let rules = Arc::new(answer.value.into_iter().map(PlanRule::from_plugin).collect::<Vec<_>>());
+                // The previous version's answer stands in only while the
+                // active one fails: not cached under the active one's name.
+                if !answer.fallback {
+                    let mut cache = self.inner.rules.lock().unwrap_or_else(|e| e.into_inner());
+                    if cache.len() >= CACHE_MAX {
+                        cache.clear();
+                    }
+                    cache.insert(cache_key, rules.clone());
                 }
-                cache.insert(cache_key, rules.clone());
                 Ok(Some(rules))
             }
-            Err(reason) => self.plugin_failed(&active, &reason).map(|()| None),
+            Err(failure) => self.plugin_failed(&active, &failure.to_string()).map(|()| None),
         }
     }
 
+    /// No rules could be had (the plugin and any fallback failed): the
+    /// configured failure policy decides.
     fn plugin_failed(&self, active: &Active, reason: &str) -> Result<(), Refusal> {
         self.inner.stats.plugin_failures.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(plugin = %active.plugin.digest, reason, policy = ?self.inner.plugin_failure,

@@ -10,15 +10,15 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::ToSchema;
 
-use super::bindings::{PluginError, alert_channel, extractor, pricing, rate_limit};
+use super::alert_channel::{Alert, Severity};
+use super::extractor::{ExistingMemory, ExtractInput, MemoryOp, Turn};
 use super::host_calls::HostCalls;
 use super::kind::{Limits, PluginKind};
-use super::runtime::{CallError, CallStats, Prepared, Runtime};
-
-use alert_channel::exports::memhost::plugin::notifier as wit_alert;
-use extractor::exports::memhost::plugin::extraction as wit_extract;
-use pricing::exports::memhost::plugin::pricer as wit_price;
-use rate_limit::exports::memhost::plugin::limiter as wit_limit;
+use super::pricing::{Invoice, RatingInput as PricingInput, UsageQuantity};
+use super::rate_limit::{LimiterAlgorithm, LimiterRule, LimiterScope, RequestClass};
+use super::runtime::{CallError, CallStats, Runtime};
+use super::types::GuestError;
+use super::wit::Prepared;
 
 /// Input of a pricing `rate` call.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
@@ -200,8 +200,8 @@ pub struct PluginErrorJson {
     pub retryable: bool,
 }
 
-impl From<PluginError> for PluginErrorJson {
-    fn from(e: PluginError) -> Self {
+impl From<GuestError> for PluginErrorJson {
+    fn from(e: GuestError) -> Self {
         PluginErrorJson { code: e.code, message: e.message, retryable: e.retryable }
     }
 }
@@ -233,30 +233,30 @@ pub async fn run(
         return Err(RunError::WrongKind { function: input.function(), expected, actual: prepared.kind() });
     }
     let function = input.function().to_string();
-    let (answer, stats) = match (prepared, input) {
-        (p, CallInput::Describe) => {
-            let out = runtime.describe(p, limits, digest).await?;
+    let (answer, stats) = match input {
+        CallInput::Describe => {
+            let out = runtime.describe(prepared, limits, digest).await?;
             (Ok(serde_json::to_value(&out.value).unwrap_or(Value::Null)), out.stats)
         }
-        (Prepared::Pricing(pre), CallInput::Rate(i)) => {
-            let input = wit_price::RatingInput {
+        CallInput::Rate(i) => {
+            let input = PricingInput {
                 plan: i.plan,
                 overrides: i.overrides.to_string(),
                 period_start: i.period_start,
                 period_end: i.period_end,
-                usage: i.usage.into_iter().map(|(metric, quantity)| wit_price::Usage { metric, quantity }).collect(),
+                usage: i.usage.into_iter().map(|(metric, quantity)| UsageQuantity { metric, quantity }).collect(),
             };
-            let out = runtime.rate(pre, limits, digest, config, &input).await?;
+            let out = runtime.rate(prepared, limits, digest, config, &input).await?;
             (out.value.map(|inv| invoice_json(&inv)), out.stats)
         }
-        (Prepared::Pricing(pre), CallInput::Limits(i)) => {
-            let out = runtime.plan_limits(pre, limits, digest, config, &i.plan, &i.overrides.to_string()).await?;
+        CallInput::Limits(i) => {
+            let out = runtime.plan_limits(prepared, limits, digest, config, &i.plan, &i.overrides.to_string()).await?;
             (out.value.map(|l| serde_json::to_value(l).unwrap_or(Value::Null)), out.stats)
         }
-        (Prepared::RateLimit(pre), CallInput::Rules(i)) => {
+        CallInput::Rules(i) => {
             let mut scopes = i.scopes;
             scopes.sort();
-            let class = wit_limit::RequestClass {
+            let class = RequestClass {
                 plan: i.plan,
                 live: i.live,
                 scopes,
@@ -264,19 +264,14 @@ pub async fn run(
                 method: i.method,
                 route: i.route,
             };
-            let out = runtime.rules(pre, limits, digest, config, &class).await?;
+            let out = runtime.rules(prepared, limits, digest, config, &class).await?;
             (out.value.map(|rules| Value::Array(rules.iter().map(rule_json).collect())), out.stats)
         }
-        (Prepared::AlertChannel(pre), CallInput::Deliver(i)) => {
-            let severity = match i.severity.as_str() {
-                "info" => wit_alert::Severity::Info,
-                "warning" => wit_alert::Severity::Warning,
-                "critical" => wit_alert::Severity::Critical,
-                other => {
-                    return Err(RunError::BadInput(format!("severity `{other}`: expected info, warning or critical")));
-                }
-            };
-            let alert = wit_alert::Alert {
+        CallInput::Deliver(i) => {
+            let severity = Severity::parse(&i.severity).ok_or_else(|| {
+                RunError::BadInput(format!("severity `{}`: expected info, warning or critical", i.severity))
+            })?;
+            let alert = Alert {
                 id: i.id,
                 org_id: i.org_id,
                 rule: i.rule,
@@ -286,23 +281,22 @@ pub async fn run(
                 data: i.data.to_string(),
                 occurred_at: i.occurred_at,
             };
-            let out = runtime.deliver(pre, limits, digest, host, config, &alert).await?;
+            let out = runtime.deliver(prepared, limits, digest, host, config, &alert).await?;
             (out.value.map(|()| json!({"delivered": true})), out.stats)
         }
-        (Prepared::Extractor(pre), CallInput::Extract(i)) => {
-            let input = wit_extract::ExtractInput {
-                turns: i.turns.into_iter().map(|t| wit_extract::Turn { role: t.role, content: t.content }).collect(),
+        CallInput::Extract(i) => {
+            let input = ExtractInput {
+                turns: i.turns.into_iter().map(|t| Turn { role: t.role, content: t.content }).collect(),
                 existing: i
                     .existing
                     .into_iter()
-                    .map(|m| wit_extract::ExistingMemory { id: m.id, text: m.text, metadata: m.metadata.to_string() })
+                    .map(|m| ExistingMemory { id: m.id, text: m.text, metadata: m.metadata.to_string() })
                     .collect(),
                 metadata: i.metadata.to_string(),
             };
-            let out = runtime.extract(pre, limits, digest, host, config, &input).await?;
+            let out = runtime.extract(prepared, limits, digest, host, config, &input).await?;
             (out.value.map(|ops| Value::Array(ops.iter().map(memory_op_json).collect())), out.stats)
         }
-        _ => unreachable!("the kind check above matches input and plugin"),
     };
     Ok(match answer {
         Ok(ok) => CallReport { function, ok: Some(ok), error: None, stats },
@@ -310,7 +304,7 @@ pub async fn run(
     })
 }
 
-pub fn invoice_json(inv: &wit_price::Invoice) -> Value {
+pub fn invoice_json(inv: &Invoice) -> Value {
     json!({
         "currency": inv.currency,
         "lines": inv.lines.iter().map(|l| json!({
@@ -320,29 +314,29 @@ pub fn invoice_json(inv: &wit_price::Invoice) -> Value {
     })
 }
 
-fn rule_json(r: &wit_limit::Rule) -> Value {
+fn rule_json(r: &LimiterRule) -> Value {
     let scope = match r.scope {
-        wit_limit::Scope::Global => "global",
-        wit_limit::Scope::Org => "org",
-        wit_limit::Scope::Key => "key",
-        wit_limit::Scope::ClientIp => "client-ip",
+        LimiterScope::Global => "global",
+        LimiterScope::Org => "org",
+        LimiterScope::Key => "key",
+        LimiterScope::ClientIp => "client-ip",
     };
     let algorithm = match r.algorithm {
-        wit_limit::Algorithm::SlidingWindow => "sliding-window",
-        wit_limit::Algorithm::FixedWindow => "fixed-window",
-        wit_limit::Algorithm::TokenBucket => "token-bucket",
-        wit_limit::Algorithm::Concurrency => "concurrency",
+        LimiterAlgorithm::SlidingWindow => "sliding-window",
+        LimiterAlgorithm::FixedWindow => "fixed-window",
+        LimiterAlgorithm::TokenBucket => "token-bucket",
+        LimiterAlgorithm::Concurrency => "concurrency",
     };
     json!({"name": r.name, "scope": scope, "algorithm": algorithm, "limit": r.limit,
            "window_ms": r.window_ms, "burst": r.burst, "cost": r.cost})
 }
 
-fn memory_op_json(op: &wit_extract::MemoryOp) -> Value {
+fn memory_op_json(op: &MemoryOp) -> Value {
     let meta = |s: &str| serde_json::from_str::<Value>(s).unwrap_or(Value::Null);
     match op {
-        wit_extract::MemoryOp::Add(m) => json!({"op": "add", "text": m.text, "metadata": meta(&m.metadata)}),
-        wit_extract::MemoryOp::Update(u) => json!({"op": "update", "id": u.id, "text": u.text}),
-        wit_extract::MemoryOp::Delete(id) => json!({"op": "delete", "id": id}),
+        MemoryOp::Add { text, metadata } => json!({"op": "add", "text": text, "metadata": meta(metadata)}),
+        MemoryOp::Update { id, text } => json!({"op": "update", "id": id, "text": text}),
+        MemoryOp::Delete { id } => json!({"op": "delete", "id": id}),
     }
 }
 

@@ -1,17 +1,30 @@
 //! The host functions a kind may be granted beyond logging: outbound HTTP
 //! for alert channels (allow-listed hosts only), LLM completions and
 //! embeddings for extractors. Each call carries only what its kind was
-//! granted; the linker refuses any other import at upload.
+//! granted; the linker refuses any other import at upload. These work on
+//! the host's own types; each WIT version's adapter (`wit/`) converts.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::bindings::{alert_channel, extractor};
 use super::runtime::CallState;
-use crate::providers::{Completer, CompletionMessage, CompletionRequest, Embedder};
+use crate::providers::{Completer, Completion, CompletionRequest, Embedder};
 
-use alert_channel::memhost::plugin::http_outbound as http;
-use extractor::memhost::plugin::{embeddings, llm};
+/// An outbound HTTP request a plugin asks the host to send.
+#[derive(Debug, Clone)]
+pub struct HttpRequest {
+    pub method: String,
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
 
 /// Largest response body handed back to a plugin.
 const MAX_HTTP_RESPONSE: usize = 1 << 20;
@@ -49,14 +62,14 @@ impl HttpGate {
         })
     }
 
-    async fn send(&self, request: http::Request, deadline: Instant) -> Result<http::Response, String> {
+    async fn send(&self, request: HttpRequest, deadline: Instant) -> Result<HttpResponse, String> {
         let url = reqwest::Url::parse(&request.url).map_err(|e| format!("bad url `{}`: {e}", request.url))?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err(format!("scheme `{}` is not allowed (http or https only)", url.scheme()));
         }
         let host = url.host_str().unwrap_or_default().to_ascii_lowercase();
         if self.dry_run {
-            return Ok(http::Response { status: 200, headers: Vec::new(), body: b"{\"dry_run\":true}".to_vec() });
+            return Ok(HttpResponse { status: 200, headers: Vec::new(), body: b"{\"dry_run\":true}".to_vec() });
         }
         if !self.allowed(&host) {
             return Err(format!("host `{host}` is not on this server's allow-list for alert channels"));
@@ -84,7 +97,7 @@ impl HttpGate {
             }
             body.extend_from_slice(&chunk);
         }
-        Ok(http::Response { status, headers, body })
+        Ok(HttpResponse { status, headers, body })
     }
 }
 
@@ -102,36 +115,23 @@ impl HostCalls {
     }
 }
 
-impl http::Host for CallState {
-    async fn send(&mut self, request: http::Request) -> Result<http::Response, String> {
+/// The granted host functions, as each WIT version's adapter calls them.
+impl CallState {
+    pub(super) async fn http_send(&mut self, request: HttpRequest) -> Result<HttpResponse, String> {
         match self.host.http.clone() {
             Some(gate) => gate.send(request, self.deadline).await,
             None => Err("outbound HTTP is not available to this call".into()),
         }
     }
-}
 
-impl llm::Host for CallState {
-    async fn complete(&mut self, request: llm::CompletionRequest) -> Result<llm::Completion, String> {
+    pub(super) async fn llm_complete(&mut self, request: CompletionRequest) -> Result<Completion, String> {
         let Some(provider) = self.host.llm.clone() else {
             return Err("no LLM provider is configured on this server (`[completions]`)".into());
         };
-        let request = CompletionRequest {
-            messages: request
-                .messages
-                .into_iter()
-                .map(|m| CompletionMessage { role: m.role, content: m.content })
-                .collect(),
-            max_tokens: request.max_tokens,
-            json: request.json,
-        };
-        let c = provider.complete(&request).await.map_err(|e| e.to_string())?;
-        Ok(llm::Completion { text: c.text, input_tokens: c.input_tokens, output_tokens: c.output_tokens })
+        provider.complete(&request).await.map_err(|e| e.to_string())
     }
-}
 
-impl embeddings::Host for CallState {
-    async fn embed(&mut self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, String> {
+    pub(super) async fn embed_texts(&mut self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, String> {
         match self.host.embedder.clone() {
             Some(embedder) => {
                 let refs: Vec<&str> = texts.iter().map(String::as_str).collect();

@@ -1,5 +1,6 @@
-//! Plugin kinds: what each world exports, what it may import, its limits and
-//! what happens when it fails.
+//! Plugin kinds: what each world exports, what it may import, and its
+//! limits; and the `[plugins]` configuration (limits per kind, fallback,
+//! failure policy for rate limits).
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -12,23 +13,6 @@ pub enum PluginKind {
     RateLimit,
     AlertChannel,
     Extractor,
-}
-
-/// What the host does when a plugin of a kind fails (traps, runs out of fuel,
-/// returns garbage).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "kebab-case")]
-pub enum FailurePolicy {
-    /// The operation errors out: never a wrong invoice.
-    Error,
-    /// Rate limits: admit the request (configurable).
-    FailOpen,
-    /// Rate limits: refuse the request with 503 (configurable).
-    FailClosed,
-    /// Alert channels: the delivery is retried later.
-    RetryLater,
-    /// Extractors: the extraction job fails with the reason.
-    FailJob,
 }
 
 impl PluginKind {
@@ -168,8 +152,13 @@ pub struct PluginsConfig {
     pub rate_limit: Limits,
     pub alert_channel: Limits,
     pub extractor: Limits,
-    /// What a failing rate-limit plugin means: `fail-open` admits the request,
-    /// `fail-closed` refuses it with 503.
+    /// When an active plugin's call fails in the sandbox (trap, fuel,
+    /// deadline, memory, size), the version active for that target before it
+    /// answers instead (for a few seconds, first). Never for invoices.
+    pub fallback_to_previous: bool,
+    /// What a failing rate-limit plugin means when no earlier version
+    /// answers either: `fail-open` admits the request, `fail-closed`
+    /// refuses it with 503.
     pub rate_limit_failure: RateLimitFailure,
     /// Hosts alert channels may reach through outbound HTTP (exact host names
     /// or `*.example.com`). Empty: none.
@@ -194,6 +183,7 @@ impl Default for PluginsConfig {
             rate_limit: Limits::default_for(PluginKind::RateLimit),
             alert_channel: Limits::default_for(PluginKind::AlertChannel),
             extractor: Limits::default_for(PluginKind::Extractor),
+            fallback_to_previous: true,
             rate_limit_failure: RateLimitFailure::FailOpen,
             http_allow_hosts: Vec::new(),
             max_memory_bytes: 64 << 20,
@@ -232,18 +222,6 @@ impl PluginsConfig {
             PluginKind::RateLimit => self.rate_limit,
             PluginKind::AlertChannel => self.alert_channel,
             PluginKind::Extractor => self.extractor,
-        }
-    }
-
-    pub fn failure_policy(&self, kind: PluginKind) -> FailurePolicy {
-        match kind {
-            PluginKind::Pricing => FailurePolicy::Error,
-            PluginKind::RateLimit => match self.rate_limit_failure {
-                RateLimitFailure::FailOpen => FailurePolicy::FailOpen,
-                RateLimitFailure::FailClosed => FailurePolicy::FailClosed,
-            },
-            PluginKind::AlertChannel => FailurePolicy::RetryLater,
-            PluginKind::Extractor => FailurePolicy::FailJob,
         }
     }
 }

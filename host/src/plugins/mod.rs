@@ -2,27 +2,38 @@
 //! rate-limit rules, alert channels, extraction), uploaded and activated while
 //! the service runs.
 //!
-//! - `bindings`: the host side of `wit/0.1.0`.
+//! - `pricing`, `rate_limit`, `alert_channel`, `extractor`: one file per
+//!   kind with its types (the host's own) and the typed facade callers use
+//!   (`plugins.pricing().plan_limits(…)`); `types`: what kinds share.
+//! - `wit/`: one adapter per WIT version, converting generated types at the
+//!   boundary; plugins are dispatched by the version they were built against.
 //! - `runtime`: the sandbox (engine, pool, fresh store per call, limits).
 //! - `validate`: upload checks; `calls`: JSON in and out of each kind's
 //!   functions (self-check, `run`); `host_calls`: what a kind may import.
 //! - `registry`: records and activations in the database.
 //! - this file: [`PluginService`], which keeps the active set (swapped
 //!   atomically; in-flight calls finish on the version they started with),
-//!   compiles each plugin once, caches precompiled artifacts, and follows
-//!   other instances through the change feed.
+//!   falls back to a target's previous version when a call fails, compiles
+//!   each plugin once, caches precompiled artifacts, and follows other
+//!   instances through the change feed.
 
-pub mod bindings;
+pub mod alert_channel;
 pub mod build_plan;
 pub mod calls;
+pub mod extractor;
 pub mod host_calls;
 pub mod kind;
+pub mod pricing;
+pub mod rate_limit;
 pub mod registry;
 pub mod runtime;
+pub mod types;
 pub mod validate;
+pub mod wit;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
@@ -34,21 +45,19 @@ use utoipa::ToSchema;
 use wasmtime::component::Component;
 
 pub use calls::{CallInput, CallReport, RunError};
-pub use kind::{FailurePolicy, LimitOverrides, Limits, PluginKind, PluginsConfig};
+pub use kind::{LimitOverrides, Limits, PluginKind, PluginsConfig};
+pub use pricing::MetricLimit;
+pub use rate_limit::{LimiterAlgorithm, LimiterRule, LimiterScope, RequestClass};
 pub use registry::{ActivationRecord, PluginRecord};
 pub use runtime::{CallError, CallStats, Runtime};
+pub use types::GuestError;
 pub use validate::UploadError;
 
 use crate::providers::Providers;
 use crate::store::Database;
 use crate::supervisor::Shutdown;
 use host_calls::{HostCalls, HttpGate};
-use runtime::Prepared;
-
-pub use bindings::pricing::exports::memhost::plugin::pricer::MetricLimit;
-pub use bindings::rate_limit::exports::memhost::plugin::limiter::{
-    Algorithm as LimiterAlgorithm, RequestClass, Rule as LimiterRule, Scope as LimiterScope,
-};
+use wit::{Prepared, WitVersion};
 
 /// A default plugin compiled into the binary, with the policy file it is
 /// first activated with (none: uploaded but left inactive).
@@ -122,6 +131,98 @@ pub struct Active {
     /// The config as JSON text, as the plugin receives it.
     pub config: String,
     pub plugin: Arc<Loaded>,
+    /// The version active for this target before this one, with its config:
+    /// it answers when a call of this one fails (if `fallback_to_previous`).
+    pub previous: Option<Previous>,
+    /// After a failure, calls go straight to `previous` until then (ms since
+    /// the epoch), so a broken version does not cost a deadline per call.
+    failing_until_ms: AtomicU64,
+}
+
+/// The fallback of an [`Active`].
+pub struct Previous {
+    pub plugin: Arc<Loaded>,
+    pub config: String,
+}
+
+/// A plugin's answer, and whether the fallback (the previous version) gave it.
+#[derive(Debug)]
+pub struct Answer<T> {
+    pub value: T,
+    pub fallback: bool,
+}
+
+/// Why a plugin call gave no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginFailure {
+    /// The sandbox stopped it (trap, fuel, deadline, memory, size).
+    #[error(transparent)]
+    Call(#[from] CallError),
+    /// The plugin answered with an error on purpose.
+    #[error("{0}")]
+    Guest(GuestError),
+    /// The answer breaks what the kind promises (an invoice whose lines do
+    /// not add up to its total).
+    #[error("{0}")]
+    BadAnswer(String),
+}
+
+/// Calls an active plugin: `$call` is the call, written with `$p` (the
+/// [`Loaded`] plugin) and `$config` (its config). When the sandbox stops it
+/// and fallback is on, the target's previous version answers (and, for a
+/// few seconds, answers first). A plugin's deliberate error is an answer,
+/// not a failure. (A macro rather than a function taking an async closure:
+/// the facades' futures must stay `Send`.)
+macro_rules! with_fallback {
+    ($service:expr, $active:expr, |$p:ident, $config:ident| $call:expr) => {{
+        let (service, active): (&$crate::plugins::PluginService, &$crate::plugins::Active) = ($service, $active);
+        let previous = service.fallback_for(active);
+        let first = if service.skip_primary(active, previous.is_some()) {
+            None
+        } else {
+            let ($p, $config) = (&*active.plugin, active.config.as_str());
+            Some($call)
+        };
+        match first {
+            Some(Ok(outcome)) => service.answered(outcome, false),
+            first => {
+                let failure = first.and_then(|r| r.err());
+                if let Some(e) = &failure {
+                    service.note_failure(active, e, previous.is_some());
+                }
+                match (previous, failure) {
+                    (None, Some(e)) => Err($crate::plugins::PluginFailure::Call(e)),
+                    (None, None) => unreachable!("the active version is skipped only when a fallback exists"),
+                    (Some(prev), failure) => {
+                        let ($p, $config) = (&*prev.plugin, prev.config.as_str());
+                        match $call {
+                            Ok(outcome) => service.answered(outcome, true),
+                            Err(e) => Err($crate::plugins::PluginFailure::Call(failure.unwrap_or(e))),
+                        }
+                    }
+                }
+            }
+        }
+    }};
+}
+pub(crate) use with_fallback;
+
+/// How long calls skip a version that just failed.
+const FAILING_FOR_MS: u64 = 5_000;
+
+/// Plugin calls that failed, and those the previous version answered.
+#[derive(Debug, Default)]
+struct Stats {
+    failures: AtomicU64,
+    fallbacks: AtomicU64,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct PluginStats {
+    /// Calls of active plugins the sandbox stopped (trap, fuel, deadline, …).
+    pub failures: u64,
+    /// Calls the previous version answered instead.
+    pub fallbacks: u64,
 }
 
 /// Where an activation applies.
@@ -213,6 +314,7 @@ struct Inner {
     http: HttpGate,
     /// Embeddings and completions for extractors' host calls.
     providers: Providers,
+    stats: Stats,
 }
 
 /// A plugin with where it is active.
@@ -302,6 +404,7 @@ impl PluginService {
                 cache_dir,
                 http,
                 providers,
+                stats: Stats::default(),
             }),
         };
         service.install_builtins().await?;
@@ -553,29 +656,70 @@ impl PluginService {
         self.inner.active.load().resolve(kind, org_id, plan)
     }
 
-    /// The rate-limit rules an active rate-limit plugin gives for a request
-    /// class. The error says why there are none (trap, plugin error).
-    pub async fn rate_limit_rules(&self, active: &Active, class: &RequestClass) -> Result<Vec<LimiterRule>, String> {
-        let Prepared::RateLimit(pre) = &active.plugin.prepared else {
-            return Err(format!("plugin {} is not a rate-limit plugin", short(&active.plugin.record.id)));
-        };
-        let p = &active.plugin;
-        match self.inner.runtime.rules(pre, &p.limits, &p.digest, &active.config, class).await {
-            Ok(outcome) => outcome.value.map_err(|e| format!("plugin error `{}`: {}", e.code, e.message)),
-            Err(e) => Err(e.to_string()),
+    /// The pricing plugins' facade.
+    pub fn pricing(&self) -> pricing::Pricing<'_> {
+        pricing::Pricing { service: self }
+    }
+
+    /// The rate-limit plugins' facade.
+    pub fn rate_limits(&self) -> rate_limit::RateLimits<'_> {
+        rate_limit::RateLimits { service: self }
+    }
+
+    /// The alert-channel plugins' facade.
+    pub fn alert_channels(&self) -> alert_channel::AlertChannels<'_> {
+        alert_channel::AlertChannels { service: self }
+    }
+
+    /// The extractor plugins' facade.
+    pub fn extractors(&self) -> extractor::Extractors<'_> {
+        extractor::Extractors { service: self }
+    }
+
+    /// What calls of kinds granted host functions get: allow-listed HTTP,
+    /// the completion provider, the embedder.
+    fn host_calls(&self) -> HostCalls {
+        HostCalls {
+            http: Some(self.inner.http.clone()),
+            llm: self.inner.providers.completer.clone(),
+            embedder: Some(self.inner.providers.embedder.clone()),
         }
     }
 
-    /// The plan's metric limits from an active pricing plugin.
-    pub async fn plan_limits(&self, active: &Active, plan: &str, overrides: &str) -> Result<Vec<MetricLimit>, String> {
-        let Prepared::Pricing(pre) = &active.plugin.prepared else {
-            return Err(format!("plugin {} is not a pricing plugin", short(&active.plugin.record.id)));
-        };
-        let p = &active.plugin;
-        match self.inner.runtime.plan_limits(pre, &p.limits, &p.digest, &active.config, plan, overrides).await {
-            Ok(outcome) => outcome.value.map_err(|e| format!("plugin error `{}`: {}", e.code, e.message)),
-            Err(e) => Err(e.to_string()),
+    pub fn stats(&self) -> PluginStats {
+        PluginStats {
+            failures: self.inner.stats.failures.load(Ordering::Relaxed),
+            fallbacks: self.inner.stats.fallbacks.load(Ordering::Relaxed),
         }
+    }
+
+    /// The version that answers when `active`'s call fails, if fallback is on.
+    fn fallback_for<'a>(&self, active: &'a Active) -> Option<&'a Previous> {
+        active.previous.as_ref().filter(|_| self.inner.runtime.config().fallback_to_previous)
+    }
+
+    /// Whether to go straight to the fallback: the active version failed
+    /// moments ago.
+    fn skip_primary(&self, active: &Active, has_fallback: bool) -> bool {
+        has_fallback && active.failing_until_ms.load(Ordering::Relaxed) > now_ms()
+    }
+
+    fn note_failure(&self, active: &Active, e: &CallError, has_fallback: bool) {
+        self.inner.stats.failures.fetch_add(1, Ordering::Relaxed);
+        active.failing_until_ms.store(now_ms() + FAILING_FOR_MS, Ordering::Relaxed);
+        tracing::warn!(plugin = %active.plugin.digest, kind = %active.plugin.record.kind,
+            error = %e, fallback = has_fallback, "plugin call failed");
+    }
+
+    fn answered<T>(
+        &self,
+        outcome: runtime::Outcome<Result<T, GuestError>>,
+        fallback: bool,
+    ) -> Result<Answer<T>, PluginFailure> {
+        if fallback {
+            self.inner.stats.fallbacks.fetch_add(1, Ordering::Relaxed);
+        }
+        outcome.value.map(|value| Answer { value, fallback }).map_err(PluginFailure::Guest)
     }
 
     /// Runs a stored plugin on JSON input with a given config.
@@ -610,11 +754,7 @@ impl PluginService {
         config: &str,
         input: CallInput,
     ) -> Result<RunReport, PluginError> {
-        let host = HostCalls {
-            http: Some(self.inner.http.clone()),
-            llm: self.inner.providers.completer.clone(),
-            embedder: Some(self.inner.providers.embedder.clone()),
-        };
+        let host = self.host_calls();
         let report =
             calls::run(&self.inner.runtime, &loaded.prepared, &loaded.limits, &loaded.digest, config, host, input)
                 .await?;
@@ -632,6 +772,7 @@ impl PluginService {
     pub async fn reload(&self) -> Result<(), PluginError> {
         let _guard = self.inner.reload_lock.lock().await;
         let current = registry::activations(&self.inner.db, None).await?;
+        let ended = registry::ended_activations(&self.inner.db).await?;
         let mut set = ActiveSet::default();
         for a in current {
             let plugin = match self.load(&a.plugin_id).await {
@@ -643,7 +784,25 @@ impl PluginService {
                 }
             };
             let target = Target::parse(&a.target).map_err(PluginError::InvalidRequest)?;
-            let active = Arc::new(Active { config: a.config.to_string(), activation: a, plugin });
+            // The most recent earlier version of this target, if it loads.
+            let earlier = ended.iter().find(|e| e.kind == a.kind && e.target == a.target && e.plugin_id != a.plugin_id);
+            let previous = match earlier {
+                Some(e) => match self.load(&e.plugin_id).await {
+                    Ok(plugin) => Some(Previous { plugin, config: e.config.to_string() }),
+                    Err(err) => {
+                        tracing::warn!(plugin = %e.plugin_id, error = %err, "previous plugin version could not be loaded");
+                        None
+                    }
+                },
+                None => None,
+            };
+            let active = Arc::new(Active {
+                config: a.config.to_string(),
+                activation: a,
+                plugin,
+                previous,
+                failing_until_ms: AtomicU64::new(0),
+            });
             let routes = set.kinds.entry(active.plugin.record.kind).or_default();
             match target {
                 Target::Global => routes.global = Some(active),
@@ -727,10 +886,14 @@ impl PluginService {
                 component
             }
         };
+        // Dispatched by the WIT version it was built against (checked at upload).
+        let version = wit::Version::parse(&record.wit_version)
+            .and_then(|v| WitVersion::for_guest(&v).ok())
+            .ok_or_else(|| anyhow::anyhow!("stored plugin {digest}: no adapter for WIT {}", record.wit_version))?;
         let prepared = self
             .inner
             .runtime
-            .prepare(record.kind, &component)
+            .prepare(version, record.kind, &component)
             .map_err(|e| anyhow::anyhow!("linking stored plugin {digest}: {e:#}"))?;
         let limits = self.inner.runtime.config().limits(record.kind).with(&record.limits);
         let loaded = Arc::new(Loaded { digest: digest.to_string().into(), limits, prepared, record });
@@ -804,6 +967,10 @@ impl PluginService {
         // keyed by both) and authenticated with its cache key.
         unsafe { Component::deserialize(self.inner.runtime.engine(), bytes) }.ok()
     }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The first 12 characters of a plugin id, for messages.

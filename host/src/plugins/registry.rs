@@ -151,6 +151,18 @@ pub async fn activations(db: &Database, history: Option<(PluginKind, &str)>) -> 
     q.fetch_all(db.read()).await?.iter().map(activation_from).collect()
 }
 
+/// Every ended activation, newest first within each kind and target (to
+/// find a target's previous version).
+pub async fn ended_activations(db: &Database) -> sqlx::Result<Vec<ActivationRecord>> {
+    let rows = sql(format!(
+        "SELECT {ACTIVATION_COLS} FROM plugin_activations WHERE deactivated_at IS NOT NULL \
+         ORDER BY kind, target, activated_at DESC, id DESC"
+    ))
+    .fetch_all(db.read())
+    .await?;
+    rows.iter().map(activation_from).collect()
+}
+
 /// Every activation of one plugin (current first).
 pub async fn activations_of(db: &Database, digest: &str) -> sqlx::Result<Vec<ActivationRecord>> {
     let rows = sql(format!(

@@ -6,6 +6,7 @@
 //! they stay deterministic. What a kind may use beyond that comes only from
 //! the `memhost:plugin` host interfaces granted to it.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -13,14 +14,19 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::sync::Semaphore;
 use utoipa::ToSchema;
-use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store, Trap};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use super::bindings::{LogLevel, alert_channel, extractor, pricing, rate_limit};
+use super::alert_channel::Alert;
+use super::extractor::{ExtractInput, MemoryOp};
 use super::host_calls::HostCalls;
 use super::kind::{Limits, PluginKind, PluginsConfig};
+use super::pricing::{Invoice, MetricLimit, RatingInput};
+use super::rate_limit::{LimiterRule, RequestClass};
+use super::types::{GuestError, LogLevel, PluginInfo};
+use super::wit::{Prepared, WitVersion, WrongKind};
 
 /// How often the epoch advances; deadlines are counted in these ticks.
 const EPOCH_TICK: Duration = Duration::from_millis(5);
@@ -32,25 +38,6 @@ const STDERR_CAP: usize = 16 * 1024;
 /// Log lines kept per call, and bytes per line.
 const MAX_LOG_LINES: usize = 100;
 const MAX_LOG_LINE: usize = 1024;
-
-/// A compiled plugin, ready to instantiate for its kind's world.
-pub enum Prepared {
-    Pricing(pricing::PricingPre<CallState>),
-    RateLimit(rate_limit::RateLimitPre<CallState>),
-    AlertChannel(alert_channel::AlertChannelPre<CallState>),
-    Extractor(extractor::ExtractorPre<CallState>),
-}
-
-impl Prepared {
-    pub fn kind(&self) -> PluginKind {
-        match self {
-            Prepared::Pricing(_) => PluginKind::Pricing,
-            Prepared::RateLimit(_) => PluginKind::RateLimit,
-            Prepared::AlertChannel(_) => PluginKind::AlertChannel,
-            Prepared::Extractor(_) => PluginKind::Extractor,
-        }
-    }
-}
 
 /// What the plugin logged during a call.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -100,6 +87,9 @@ pub enum CallError {
     OutputTooLarge { size: u64, limit: u64 },
     #[error("could not instantiate the plugin: {0}")]
     Instantiate(String),
+    /// A host bug: the call does not exist in this plugin's kind.
+    #[error("{0}")]
+    WrongKind(String),
 }
 
 fn stderr_suffix(stderr: &str) -> String {
@@ -118,6 +108,7 @@ impl CallError {
             CallError::InputTooLarge { .. } => "input_too_large",
             CallError::OutputTooLarge { .. } => "output_too_large",
             CallError::Instantiate(_) => "instantiate_failed",
+            CallError::WrongKind(_) => "wrong_kind",
         }
     }
 }
@@ -174,10 +165,10 @@ impl WasiView for CallState {
     }
 }
 
-impl pricing::memhost::plugin::types::Host for CallState {}
-
-impl pricing::memhost::plugin::log::Host for CallState {
-    async fn log(&mut self, level: LogLevel, message: String) {
+impl CallState {
+    /// A plugin's log line: kept for the call's report (capped) and logged
+    /// at debug, tagged with the plugin's digest.
+    pub(super) fn record_log(&mut self, level: LogLevel, message: String) {
         if self.logs.len() >= MAX_LOG_LINES {
             self.logs_dropped += 1;
             return;
@@ -191,13 +182,7 @@ impl pricing::memhost::plugin::log::Host for CallState {
             message.truncate(cut);
             message.push('…');
         }
-        let level = match level {
-            LogLevel::Trace => "trace",
-            LogLevel::Debug => "debug",
-            LogLevel::Info => "info",
-            LogLevel::Warn => "warn",
-            LogLevel::Error => "error",
-        };
+        let level = level.as_str();
         tracing::debug!(target: "memhost::plugin", digest = %self.digest, level, "{message}");
         self.logs.push(LogLine { level: level.into(), message });
     }
@@ -256,7 +241,8 @@ impl Drop for EpochTicker {
 /// The plugin sandbox. Cheap to share (`Arc`); every call gets its own `Store`.
 pub struct Runtime {
     engine: Engine,
-    linkers: [Linker<CallState>; 4],
+    /// One linker per (WIT version, kind): the imports that kind is granted.
+    linkers: HashMap<(WitVersion, PluginKind), Linker<CallState>>,
     config: PluginsConfig,
     /// Calls in flight, bounded by the instance pool's size: more wait here
     /// rather than fail.
@@ -267,12 +253,12 @@ pub struct Runtime {
 impl Runtime {
     pub fn new(config: PluginsConfig) -> anyhow::Result<Runtime> {
         let engine = Engine::new(&engine_config(&config)?).map_err(|e| anyhow::anyhow!("{e:#}"))?;
-        let linkers = [
-            linker(&engine, PluginKind::Pricing)?,
-            linker(&engine, PluginKind::RateLimit)?,
-            linker(&engine, PluginKind::AlertChannel)?,
-            linker(&engine, PluginKind::Extractor)?,
-        ];
+        let mut linkers = HashMap::new();
+        for version in WitVersion::ALL {
+            for kind in PluginKind::ALL {
+                linkers.insert((version, kind), linker(&engine, version, kind)?);
+            }
+        }
         let slots = Arc::new(Semaphore::new(config.max_concurrent_calls.max(1) as usize));
         let ticker = EpochTicker::start(engine.clone());
         Ok(Runtime { engine, linkers, config, slots, _ticker: ticker })
@@ -286,10 +272,6 @@ impl Runtime {
         &self.config
     }
 
-    pub fn linker(&self, kind: PluginKind) -> &Linker<CallState> {
-        &self.linkers[kind as usize]
-    }
-
     /// A key for precompiled artifacts: they are only valid for this wasmtime
     /// version and engine configuration.
     pub fn artifact_key(&self) -> String {
@@ -299,15 +281,16 @@ impl Runtime {
         format!("wasmtime-{}-{:016x}", wasmtime_version(), h.finish())
     }
 
-    /// Links a compiled component against its kind's world.
-    pub fn prepare(&self, kind: PluginKind, component: &Component) -> Result<Prepared, wasmtime::Error> {
-        let pre = self.linker(kind).instantiate_pre(component)?;
-        Ok(match kind {
-            PluginKind::Pricing => Prepared::Pricing(pricing::PricingPre::new(pre)?),
-            PluginKind::RateLimit => Prepared::RateLimit(rate_limit::RateLimitPre::new(pre)?),
-            PluginKind::AlertChannel => Prepared::AlertChannel(alert_channel::AlertChannelPre::new(pre)?),
-            PluginKind::Extractor => Prepared::Extractor(extractor::ExtractorPre::new(pre)?),
-        })
+    /// Links a compiled component against its kind's world at the WIT
+    /// version it was built against.
+    pub fn prepare(
+        &self,
+        version: WitVersion,
+        kind: PluginKind,
+        component: &Component,
+    ) -> Result<Prepared, wasmtime::Error> {
+        let linker = self.linkers.get(&(version, kind)).expect("a linker for every supported version and kind");
+        Prepared::new(version, kind, linker.instantiate_pre(component)?)
     }
 
     fn new_store(&self, kind: PluginKind, limits: &Limits, digest: &Arc<str>, host: HostCalls) -> Store<CallState> {
@@ -397,128 +380,74 @@ impl Runtime {
         p: &Prepared,
         limits: &Limits,
         digest: &Arc<str>,
-    ) -> Result<Outcome<super::bindings::PluginInfo>, CallError> {
-        let host = HostCalls::none();
-        match p {
-            Prepared::Pricing(pre) => {
-                self.call(p.kind(), limits, digest, host, 0, async |s| {
-                    pre.instantiate_async(&mut *s).await?.memhost_plugin_meta().call_describe(&mut *s).await
-                })
-                .await
-            }
-            Prepared::RateLimit(pre) => {
-                self.call(p.kind(), limits, digest, host, 0, async |s| {
-                    pre.instantiate_async(&mut *s).await?.memhost_plugin_meta().call_describe(&mut *s).await
-                })
-                .await
-            }
-            Prepared::AlertChannel(pre) => {
-                self.call(p.kind(), limits, digest, host, 0, async |s| {
-                    pre.instantiate_async(&mut *s).await?.memhost_plugin_meta().call_describe(&mut *s).await
-                })
-                .await
-            }
-            Prepared::Extractor(pre) => {
-                self.call(p.kind(), limits, digest, host, 0, async |s| {
-                    pre.instantiate_async(&mut *s).await?.memhost_plugin_meta().call_describe(&mut *s).await
-                })
-                .await
-            }
-        }
+    ) -> Result<Outcome<PluginInfo>, CallError> {
+        self.call(p.kind(), limits, digest, HostCalls::none(), 0, async |s| p.describe(s).await).await
     }
 
     pub async fn rate(
         &self,
-        pre: &pricing::PricingPre<CallState>,
+        p: &Prepared,
         limits: &Limits,
         digest: &Arc<str>,
         config: &str,
-        input: &pricing::exports::memhost::plugin::pricer::RatingInput,
-    ) -> Result<
-        Outcome<Result<pricing::exports::memhost::plugin::pricer::Invoice, super::bindings::PluginError>>,
-        CallError,
-    > {
+        input: &RatingInput,
+    ) -> Result<Outcome<Result<Invoice, GuestError>>, CallError> {
         let size = config.len() + json_size(input) as usize;
-        self.call(PluginKind::Pricing, limits, digest, HostCalls::none(), size, async |s| {
-            pre.instantiate_async(&mut *s).await?.memhost_plugin_pricer().call_rate(&mut *s, config, input).await
-        })
-        .await
+        self.call(p.kind(), limits, digest, HostCalls::none(), size, async |s| p.rate(s, config, input).await).await
     }
 
     pub async fn plan_limits(
         &self,
-        pre: &pricing::PricingPre<CallState>,
+        p: &Prepared,
         limits: &Limits,
         digest: &Arc<str>,
         config: &str,
         plan: &str,
         overrides: &str,
-    ) -> Result<
-        Outcome<Result<Vec<pricing::exports::memhost::plugin::pricer::MetricLimit>, super::bindings::PluginError>>,
-        CallError,
-    > {
+    ) -> Result<Outcome<Result<Vec<MetricLimit>, GuestError>>, CallError> {
         let size = config.len() + plan.len() + overrides.len();
-        self.call(PluginKind::Pricing, limits, digest, HostCalls::none(), size, async |s| {
-            pre.instantiate_async(&mut *s)
-                .await?
-                .memhost_plugin_pricer()
-                .call_limits(&mut *s, config, plan, overrides)
-                .await
+        self.call(p.kind(), limits, digest, HostCalls::none(), size, async |s| {
+            p.plan_limits(s, config, plan, overrides).await
         })
         .await
     }
 
     pub async fn rules(
         &self,
-        pre: &rate_limit::RateLimitPre<CallState>,
+        p: &Prepared,
         limits: &Limits,
         digest: &Arc<str>,
         config: &str,
-        request: &rate_limit::exports::memhost::plugin::limiter::RequestClass,
-    ) -> Result<
-        Outcome<Result<Vec<rate_limit::exports::memhost::plugin::limiter::Rule>, super::bindings::PluginError>>,
-        CallError,
-    > {
-        let size = config.len() + json_size(request) as usize;
-        self.call(PluginKind::RateLimit, limits, digest, HostCalls::none(), size, async |s| {
-            pre.instantiate_async(&mut *s).await?.memhost_plugin_limiter().call_rules(&mut *s, config, request).await
-        })
-        .await
+        class: &RequestClass,
+    ) -> Result<Outcome<Result<Vec<LimiterRule>, GuestError>>, CallError> {
+        let size = config.len() + json_size(class) as usize;
+        self.call(p.kind(), limits, digest, HostCalls::none(), size, async |s| p.rules(s, config, class).await).await
     }
 
     pub async fn deliver(
         &self,
-        pre: &alert_channel::AlertChannelPre<CallState>,
+        p: &Prepared,
         limits: &Limits,
         digest: &Arc<str>,
         host: HostCalls,
         config: &str,
-        alert: &alert_channel::exports::memhost::plugin::notifier::Alert,
-    ) -> Result<Outcome<Result<(), super::bindings::PluginError>>, CallError> {
+        alert: &Alert,
+    ) -> Result<Outcome<Result<(), GuestError>>, CallError> {
         let size = config.len() + json_size(alert) as usize;
-        self.call(PluginKind::AlertChannel, limits, digest, host, size, async |s| {
-            pre.instantiate_async(&mut *s).await?.memhost_plugin_notifier().call_deliver(&mut *s, config, alert).await
-        })
-        .await
+        self.call(p.kind(), limits, digest, host, size, async |s| p.deliver(s, config, alert).await).await
     }
 
     pub async fn extract(
         &self,
-        pre: &extractor::ExtractorPre<CallState>,
+        p: &Prepared,
         limits: &Limits,
         digest: &Arc<str>,
         host: HostCalls,
         config: &str,
-        input: &extractor::exports::memhost::plugin::extraction::ExtractInput,
-    ) -> Result<
-        Outcome<Result<Vec<extractor::exports::memhost::plugin::extraction::MemoryOp>, super::bindings::PluginError>>,
-        CallError,
-    > {
+        input: &ExtractInput,
+    ) -> Result<Outcome<Result<Vec<MemoryOp>, GuestError>>, CallError> {
         let size = config.len() + json_size(input) as usize;
-        self.call(PluginKind::Extractor, limits, digest, host, size, async |s| {
-            pre.instantiate_async(&mut *s).await?.memhost_plugin_extraction().call_extract(&mut *s, config, input).await
-        })
-        .await
+        self.call(p.kind(), limits, digest, host, size, async |s| p.extract(s, config, input).await).await
     }
 }
 
@@ -560,23 +489,20 @@ fn engine_config(config: &PluginsConfig) -> anyhow::Result<wasmtime::Config> {
     Ok(c)
 }
 
-fn linker(engine: &Engine, kind: PluginKind) -> anyhow::Result<Linker<CallState>> {
+fn linker(engine: &Engine, version: WitVersion, kind: PluginKind) -> anyhow::Result<Linker<CallState>> {
     let mut linker = Linker::<CallState>::new(engine);
-    let err = |e: wasmtime::Error| anyhow::anyhow!("linking {kind} host functions: {e:#}");
+    let err = |e: wasmtime::Error| anyhow::anyhow!("linking {kind} host functions for WIT {version}: {e:#}");
     wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(err)?;
-    match kind {
-        PluginKind::Pricing => pricing::Pricing::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s),
-        PluginKind::RateLimit => rate_limit::RateLimit::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s),
-        PluginKind::AlertChannel => alert_channel::AlertChannel::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s),
-        PluginKind::Extractor => extractor::Extractor::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s),
-    }
-    .map_err(err)?;
+    version.add_to_linker(&mut linker, kind).map_err(err)?;
     Ok(linker)
 }
 
 fn classify(err: wasmtime::Error, store: &Store<CallState>, limits: &Limits) -> CallError {
     if let Some(hit) = err.downcast_ref::<MemoryLimitHit>() {
         return CallError::MemoryLimit { requested: hit.requested, limit: hit.limit };
+    }
+    if let Some(wrong) = err.downcast_ref::<WrongKind>() {
+        return CallError::WrongKind(wrong.to_string());
     }
     let stderr = String::from_utf8_lossy(&store.data().stderr.contents()).into_owned();
     match err.downcast_ref::<Trap>() {

@@ -13,12 +13,12 @@ use wasmtime::Engine;
 use wasmtime::component::Component;
 use wasmtime::component::types::ComponentItem;
 
-use super::bindings::semver_lite::Version;
-use super::bindings::{PluginInfo, WIT_VERSION, WitKind};
 use super::calls::{self, CallInput, RunError};
 use super::host_calls::{HostCalls, HttpGate};
 use super::kind::{LimitOverrides, Limits, PluginKind};
-use super::runtime::{CallError, Prepared, Runtime};
+use super::runtime::{CallError, Runtime};
+use super::types::PluginInfo;
+use super::wit::{Prepared, Unsupported, Version, WitVersion};
 
 /// Largest plugin accepted.
 pub const MAX_PLUGIN_BYTES: usize = 10 * 1024 * 1024;
@@ -93,6 +93,9 @@ impl UploadError {
 pub struct Inspection {
     pub kind: PluginKind,
     pub wit_version: String,
+    /// The adapter it is dispatched to.
+    #[serde(skip)]
+    pub wit: Option<WitVersion>,
     /// The SDK stamp (`{"wit": …, "sdk": …}`) if built with memhost-sdk.
     pub sdk: Option<String>,
     pub imports: Vec<String>,
@@ -172,14 +175,14 @@ pub fn inspect(
         }
     };
     let parsed = Version::parse(version).ok_or_else(|| UploadError::Invalid(format!("bad WIT version `{version}`")))?;
-    if !parsed.compatible_with(&WIT_VERSION) || parsed > WIT_VERSION {
-        let (found, supported) = (parsed.to_string(), WIT_VERSION.to_string());
-        return Err(if parsed > WIT_VERSION {
-            UploadError::WitTooNew { found, supported }
-        } else {
-            UploadError::WitTooOld { found, supported }
-        });
-    }
+    let wit = WitVersion::for_guest(&parsed).map_err(|why| {
+        let found = parsed.to_string();
+        let supported = WitVersion::ALL.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(", ");
+        match why {
+            Unsupported::TooNew => UploadError::WitTooNew { found, supported },
+            Unsupported::TooOld => UploadError::WitTooOld { found, supported },
+        }
+    })?;
     if let Some(expected) = expected
         && expected != found
     {
@@ -211,6 +214,7 @@ pub fn inspect(
     Ok(Inspection {
         kind: found,
         wit_version: parsed.to_string(),
+        wit: Some(wit),
         sdk: sdk_stamp(bytes),
         imports: imports.into_iter().map(|(n, _)| n).collect(),
         exports,
@@ -247,7 +251,8 @@ pub async fn validate(
         .map_err(|e| UploadError::Invalid(format!("compilation task failed: {e}")))?
         .map_err(|e| UploadError::Invalid(format!("{e:#}")))?;
     let inspection = inspect(runtime.engine(), &component, bytes, expected)?;
-    let prepared = runtime.prepare(inspection.kind, &component).map_err(|e| link_error(e, inspection.kind))?;
+    let version = inspection.wit.unwrap_or(WitVersion::NEWEST);
+    let prepared = runtime.prepare(version, inspection.kind, &component).map_err(|e| link_error(e, inspection.kind))?;
 
     let described = runtime.describe(&prepared, limits, digest).await.map_err(UploadError::Describe)?;
     let info = described.value;
@@ -315,12 +320,7 @@ fn link_error(e: wasmtime::Error, kind: PluginKind) -> UploadError {
 }
 
 fn check_info(info: &PluginInfo, kind: PluginKind) -> Result<(), UploadError> {
-    let described = match info.kind {
-        WitKind::Pricing => PluginKind::Pricing,
-        WitKind::RateLimit => PluginKind::RateLimit,
-        WitKind::AlertChannel => PluginKind::AlertChannel,
-        WitKind::Extractor => PluginKind::Extractor,
-    };
+    let described = info.kind;
     if described != kind {
         return Err(UploadError::BadDescribe(format!(
             "it says kind `{described}` but the component implements the `{kind}` world"

@@ -20,6 +20,8 @@ pub struct Ready {
     /// Rate limits: where they are decided, and failures counted since start.
     /// Ready even in `local-fallback` (fail-open serves on).
     pub limits: crate::limits::LimitStatsSnapshot,
+    /// Plugin calls the sandbox stopped, and those a previous version answered.
+    pub plugins: crate::plugins::PluginStats,
     /// The request path: handler panics answered with 500 since start.
     pub requests: crate::api::request_path::PathStatsSnapshot,
     /// Background loops, and how often each had to be restarted.
@@ -41,6 +43,7 @@ pub async fn ready(State(state): State<AppState>) -> Result<ApiOk<Ready>, ApiErr
         status: "ready",
         database: state.db.backend().as_str(),
         limits: state.limits.stats(),
+        plugins: state.plugins.stats(),
         requests: state.path_stats.snapshot(),
         background: state.supervisor.status(),
     }))
