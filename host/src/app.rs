@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::api::{self, AppState};
+use crate::api::{self, AppState, Services};
 use crate::auth::{self, AuthService};
 use crate::billing::BillingService;
 use crate::config::Config;
@@ -51,7 +51,7 @@ pub async fn build(config: Config) -> anyhow::Result<AppState> {
         supervisor.spawn("redis-heartbeat", move |shutdown| l.clone().heartbeat_loop(shutdown));
     }
 
-    Ok(AppState {
+    Ok(AppState::new(Services {
         billing: BillingService::new(plugins.clone(), meter.clone()),
         limits,
         auth: AuthService::new(db.clone(), secret, std::time::Duration::from_millis(config.auth_cache_ttl_ms)),
@@ -62,7 +62,7 @@ pub async fn build(config: Config) -> anyhow::Result<AppState> {
         path_stats: Default::default(),
         db,
         config: Arc::new(config),
-    })
+    }))
 }
 
 /// Runs the HTTP server until SIGTERM or Ctrl-C; in-flight requests then get

@@ -155,6 +155,12 @@ impl TestServer {
         self.child = Some(child);
     }
 
+    /// Starts the server again (same data, database and environment), after
+    /// it exited.
+    pub fn restart(&mut self) {
+        self.spawn();
+    }
+
     pub fn log_path(&self) -> PathBuf {
         self.dir.path().join("server.log")
     }

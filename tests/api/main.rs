@@ -17,4 +17,5 @@ mod plugins;
 mod providers;
 mod request_path;
 mod retrieval;
+mod supervisor;
 mod tenancy;

@@ -19,21 +19,14 @@ BACKENDS=${BACKENDS:-"sqlite postgres"}
 SIZES=${SIZES:-"10000 100000"}
 SECTIONS=${SECTIONS:-"backends limits"}
 REDIS=${REDIS_URL:-redis://127.0.0.1:6379}
-# Bench orgs get rate limits no measurement reaches: the numbers are the
-# server's cost, not a tier's refusals (the limits section measures those).
-UNLIMITED='{"rate_limits": {"requests_per_minute": 4000000000, "requests_per_day": 4000000000, "concurrent": 100000, "per_ip_requests_per_minute": 0}}'
-PG=${MEMHOST_TEST_PG:-postgres://postgres@127.0.0.1:5432}
+# Bench orgs get rate limits no measurement reaches (lib.sh's UNLIMITED);
+# the limits section measures the limits.
+source "$BENCH_DIR/lib.sh"
 
 cd "$ROOT"
 cargo build --release -q --bin memhost --example bare_axum --example bench_seed
 BIN="$ROOT/target/release/memhost"
 SEED="$ROOT/target/release/examples/bench_seed"
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() { for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
-trap cleanup EXIT
-
-wait_port() { for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$1/" && return 0; sleep 0.1; done; echo "port $1 did not open" >&2; exit 1; }
 
 # name script url [connections] [threads]
 measure() {

@@ -23,6 +23,9 @@ pub struct RequestContext {
     pub request_id: String,
     pub started: Instant,
     pub usage: RequestUsage,
+    /// The request's trace span (the request path records org, key and
+    /// route on it as it learns them).
+    pub span: tracing::Span,
 }
 
 tokio::task_local! {

@@ -67,7 +67,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 }
 
 /// The principal of an authenticated request.
-pub struct Auth(pub Principal);
+pub struct Auth(pub std::sync::Arc<Principal>);
 
 impl Auth {
     pub fn require(&self, scope: Scope) -> Result<&Principal, ApiError> {
@@ -82,7 +82,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Auth {
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
         parts
             .extensions
-            .get::<Principal>()
+            .get::<std::sync::Arc<Principal>>()
             .cloned()
             .map(Auth)
             .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("route is outside the authentication layer")))

@@ -8,13 +8,13 @@ pub mod extract;
 pub mod openapi;
 pub mod request_path;
 pub mod routes;
+pub mod step;
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, HeaderValue, Method};
-use axum::middleware::{from_fn, from_fn_with_state};
 use axum::routing::{delete, get, post};
 use tower::ServiceBuilder;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -31,9 +31,27 @@ use crate::supervisor::Supervisor;
 use error::ApiError;
 use request_path as path;
 
-/// What handlers share: the domain services.
+/// What handlers and the request path share: the domain services, behind
+/// one `Arc`. axum clones the state for every layer and handler of every
+/// request, so a clone must be one reference count, not one per service.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Services>);
+
+impl AppState {
+    pub fn new(services: Services) -> AppState {
+        AppState(Arc::new(services))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Services;
+    fn deref(&self) -> &Services {
+        &self.0
+    }
+}
+
+/// The domain services a server runs with.
+pub struct Services {
     pub config: Arc<Config>,
     pub db: Database,
     pub auth: AuthService,
@@ -50,14 +68,14 @@ pub struct AppState {
 /// the `/v1` (customers) and `/admin` (operators) routers.
 pub fn router(state: AppState) -> anyhow::Result<Router> {
     use routes::{account, health, memories, plugins, retrieval};
-    let s = || state.clone();
 
+    let st = &state;
     // Steps 4–6: every /v1 and /admin route.
     let guarded = || {
         ServiceBuilder::new()
-            .layer(from_fn_with_state(s(), path::limit_address))
-            .layer(from_fn_with_state(s(), path::authenticate))
-            .layer(from_fn_with_state(s(), path::rate_limit))
+            .layer(step::layer(st, path::LimitAddressStep))
+            .layer(step::layer(st, path::AuthenticateStep))
+            .layer(step::layer(st, path::RateLimitStep))
     };
 
     let mut v1 = Router::new()
@@ -77,8 +95,7 @@ pub fn router(state: AppState) -> anyhow::Result<Router> {
         v1 = v1.route("/v1/debug/panic", get(health::panic_on_purpose));
     }
     // Step 7 for customers: quota, then metering around the handler.
-    let v1 = v1
-        .route_layer(guarded().layer(from_fn_with_state(s(), path::quota)).layer(from_fn_with_state(s(), path::meter)));
+    let v1 = v1.route_layer(guarded().layer(step::layer(st, path::QuotaStep)).layer(step::layer(st, path::MeterStep)));
 
     let admin = Router::new()
         .route(
@@ -92,14 +109,14 @@ pub fn router(state: AppState) -> anyhow::Result<Router> {
         .route("/admin/plugins/{id}/run", post(plugins::run))
         .route("/admin/plugins/active/{kind}/run", post(plugins::run_active))
         // Step 7 for operators.
-        .route_layer(guarded().layer(from_fn(path::require_operator)));
+        .route_layer(guarded().layer(step::layer(st, path::RequireOperatorStep)));
 
     let api = Router::new()
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
         .merge(v1)
         .merge(admin)
-        .with_state(s())
+        .with_state(state.clone())
         .merge(openapi::docs_router())
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed });
@@ -107,14 +124,16 @@ pub fn router(state: AppState) -> anyhow::Result<Router> {
     let api = api.layer(
         ServiceBuilder::new()
             .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
-            .layer(from_fn(path::refuse_key_in_url)),
+            .layer(step::layer(st, path::RefuseKeyInUrlStep)),
     );
     let api = match cors_layer(&state.config.cors_origins)? {
         Some(cors) => api.layer(cors),
         None => api,
     };
     Ok(api.layer(
-        ServiceBuilder::new().layer(from_fn(path::request_context)).layer(from_fn_with_state(s(), path::catch_panic)),
+        ServiceBuilder::new()
+            .layer(step::layer(st, path::RequestContextStep))
+            .layer(step::layer(st, path::CatchPanicStep)),
     ))
 }
 

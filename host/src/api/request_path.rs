@@ -27,10 +27,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::extract::{ConnectInfo, MatchedPath, Request};
 use axum::http::header::AUTHORIZATION;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use futures_util::FutureExt;
 use percent_encoding::percent_decode_str;
@@ -40,6 +39,7 @@ use tracing::Instrument;
 use super::AppState;
 use super::envelope::{self, CURRENT, REQUEST_ID_HEADER, RequestContext};
 use super::error::ApiError;
+use super::step::{Inner, Next, step};
 use crate::auth::{ApiKey, AuthError, Principal, Scope};
 use crate::billing::QuotaExceeded;
 use crate::limits::{RateHeaders, Refusal, RequestFacts};
@@ -77,7 +77,7 @@ pub(crate) fn metered(path: &str) -> bool {
 ///    the request's span, scopes the context the envelope reads, echoes
 ///    `X-Request-ID`, and puts any response that left without the envelope
 ///    (a 405 from the router, a 413 from a body limit) into one.
-pub async fn request_context(mut request: Request, next: Next) -> Response {
+pub async fn request_context<S: Inner>(_: AppState, mut request: Request, next: Next<S>) -> Response {
     let request_id = request
         .headers()
         .get(REQUEST_ID_HEADER)
@@ -100,6 +100,7 @@ pub async fn request_context(mut request: Request, next: Next) -> Response {
         request_id: request_id.clone(),
         started: Instant::now(),
         usage: RequestUsage::default(),
+        span: span.clone(),
     });
     request.extensions_mut().insert(ctx.clone());
     let started = ctx.started;
@@ -132,7 +133,7 @@ fn is_valid_request_id(v: &str) -> bool {
 
 /// 2. A panic below becomes 500 `INTERNAL_ERROR` with the request id; the
 ///    worker survives and the next request is served as usual.
-pub async fn catch_panic(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub async fn catch_panic<S: Inner>(state: AppState, request: Request, next: Next<S>) -> Response {
     match AssertUnwindSafe(next.run(request)).catch_unwind().await {
         Ok(response) => response,
         Err(panic) => {
@@ -151,15 +152,20 @@ pub async fn catch_panic(State(state): State<AppState>, request: Request, next: 
 ///    key or a conventional credential parameter, before it reaches a
 ///    handler. The path and query are checked as the handlers will see them:
 ///    percent-decoded.
-pub async fn refuse_key_in_url(request: Request, next: Next) -> Response {
+pub async fn refuse_key_in_url<S: Inner>(_: AppState, request: Request, next: Next<S>) -> Response {
     let uri = request.uri();
-    let decoded = |s: &str| percent_decode_str(&s.replace('+', " ")).decode_utf8_lossy().into_owned();
-    let in_path = ApiKey::looks_like_key(uri.path()) || ApiKey::looks_like_key(&decoded(uri.path()));
+    // What a handler sees: the percent-decoded text (decoded only if encoded).
+    let decoded_has_key = |s: &str| {
+        (s.contains('%') || s.contains('+'))
+            && ApiKey::looks_like_key(&percent_decode_str(&s.replace('+', " ")).decode_utf8_lossy())
+    };
+    let in_path = ApiKey::looks_like_key(uri.path()) || decoded_has_key(uri.path());
     let in_query = uri.query().is_some_and(|q| {
         ApiKey::looks_like_key(q)
-            || ApiKey::looks_like_key(&decoded(q))
+            || decoded_has_key(q)
             || q.split('&').any(|pair| {
-                let name = decoded(pair.split('=').next().unwrap_or("")).to_ascii_lowercase();
+                let name = pair.split('=').next().unwrap_or("");
+                let name = percent_decode_str(&name.replace('+', " ")).decode_utf8_lossy().to_ascii_lowercase();
                 matches!(name.as_str(), "api_key" | "apikey" | "key" | "token" | "access_token" | "authorization")
             })
     });
@@ -171,7 +177,7 @@ pub async fn refuse_key_in_url(request: Request, next: Next) -> Response {
 
 /// 4. Before any key lookup: an address that has failed authentication too
 ///    often is refused (429) until the window frees.
-pub async fn limit_address(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+pub async fn limit_address<S: Inner>(state: AppState, mut request: Request, next: Next<S>) -> Response {
     let ip = client_ip(&request, state.limits.trust_forwarded_for());
     request.extensions_mut().insert(ClientIp(ip));
     if let Err(refusal) = state.limits.check_address(ip).await {
@@ -183,9 +189,9 @@ pub async fn limit_address(State(state): State<AppState>, mut request: Request, 
 /// 5. The API key in `Authorization: Bearer` ─▶ the principal, which the
 ///    rest of the path and the handler read. A failure counts against the
 ///    address (step 4).
-pub async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
-    let span = tracing::Span::current();
-    if let Some(route) = request.extensions().get::<MatchedPath>() {
+pub async fn authenticate<S: Inner>(state: AppState, mut request: Request, next: Next<S>) -> Response {
+    let span = request.extensions().get::<Arc<RequestContext>>().map(|ctx| ctx.span.clone());
+    if let (Some(span), Some(route)) = (&span, request.extensions().get::<MatchedPath>()) {
         span.record("route", route.as_str());
     }
     let principal = match principal_of(&state, request.headers()).await {
@@ -198,9 +204,11 @@ pub async fn authenticate(State(state): State<AppState>, mut request: Request, n
             return e.into_response();
         }
     };
-    span.record("org", principal.org_id.as_str());
-    span.record("key_id", principal.key_id.as_str());
-    request.extensions_mut().insert(principal);
+    if let Some(span) = span {
+        span.record("org", principal.org_id.as_str());
+        span.record("key_id", principal.key_id.as_str());
+    }
+    request.extensions_mut().insert(Arc::new(principal));
     next.run(request).await
 }
 
@@ -218,11 +226,11 @@ async fn principal_of(state: &AppState, headers: &HeaderMap) -> Result<Principal
 ///    503 when the store is unreachable and the deployment fails closed).
 ///    On the way out: the `RateLimit-*` headers, and concurrency leases
 ///    released (also if the client hangs up: the admission is dropped).
-pub async fn rate_limit(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub async fn rate_limit<S: Inner>(state: AppState, request: Request, next: Next<S>) -> Response {
     if !state.limits.enabled() {
         return next.run(request).await;
     }
-    let Some(principal) = request.extensions().get::<Principal>().cloned() else {
+    let Some(principal) = request.extensions().get::<Arc<Principal>>().cloned() else {
         return missing_principal();
     };
     let route = request.extensions().get::<MatchedPath>().map_or_else(|| request.uri().path(), |m| m.as_str());
@@ -242,9 +250,9 @@ pub async fn rate_limit(State(state): State<AppState>, request: Request, next: N
 
 /// 7a. `/v1`: the plan's quotas for this period (402 when used up and the
 ///     plan allows no overage).
-pub async fn quota(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub async fn quota<S: Inner>(state: AppState, request: Request, next: Next<S>) -> Response {
     if state.limits.enabled() && metered(request.uri().path()) {
-        let Some(principal) = request.extensions().get::<Principal>() else {
+        let Some(principal) = request.extensions().get::<Arc<Principal>>() else {
             return missing_principal();
         };
         if let Err(exceeded) = state.billing.check_quota(principal).await {
@@ -256,8 +264,9 @@ pub async fn quota(State(state): State<AppState>, request: Request, next: Next) 
 
 /// 7b. `/v1`: meters the request once the handler has answered (not for
 ///     server errors, and not for account reads).
-pub async fn meter(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let principal = metered(request.uri().path()).then(|| request.extensions().get::<Principal>().cloned()).flatten();
+pub async fn meter<S: Inner>(state: AppState, request: Request, next: Next<S>) -> Response {
+    let principal =
+        metered(request.uri().path()).then(|| request.extensions().get::<Arc<Principal>>().cloned()).flatten();
     let ctx = request.extensions().get::<Arc<RequestContext>>().cloned();
     let response = next.run(request).await;
     if let Some(p) = principal
@@ -273,8 +282,8 @@ pub async fn meter(State(state): State<AppState>, request: Request, next: Next) 
 
 /// 7c. `/admin`: an admin key of an operator org. Plugins and operator
 ///     tasks decide every tenant's prices and limits.
-pub async fn require_operator(request: Request, next: Next) -> Response {
-    let Some(principal) = request.extensions().get::<Principal>() else {
+pub async fn require_operator<S: Inner>(_: AppState, request: Request, next: Next<S>) -> Response {
+    let Some(principal) = request.extensions().get::<Arc<Principal>>() else {
         return missing_principal();
     };
     if !principal.has_scope(Scope::Admin) {
@@ -368,3 +377,40 @@ fn quota_refused(e: QuotaExceeded) -> Response {
     }
     .into_response()
 }
+
+step!(
+    /// Layer 1: request id, span, envelope.
+    RequestContextStep => request_context
+);
+step!(
+    /// Layer 2: panics answer 500.
+    CatchPanicStep => catch_panic
+);
+step!(
+    /// Layer 3: no keys in URLs.
+    RefuseKeyInUrlStep => refuse_key_in_url
+);
+step!(
+    /// Layer 4: the per-address rule before authentication.
+    LimitAddressStep => limit_address
+);
+step!(
+    /// Layer 5: the API key.
+    AuthenticateStep => authenticate
+);
+step!(
+    /// Layer 6: rate limits.
+    RateLimitStep => rate_limit
+);
+step!(
+    /// Layer 7a: quotas.
+    QuotaStep => quota
+);
+step!(
+    /// Layer 7b: metering.
+    MeterStep => meter
+);
+step!(
+    /// Layer 7c: operators only.
+    RequireOperatorStep => require_operator
+);
