@@ -22,10 +22,18 @@ BACKENDS=${BACKENDS:-"sqlite postgres"}
 BEFORE=${BEFORE:?the binary before the change}
 AFTER=${AFTER:-$ROOT/target/release/memhost}
 source "$BENCH_DIR/lib.sh"
+# The server's CPU time so far (user + system), in clock ticks.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$server/stat"; }
 measure() { # label script [connections] [threads]
-  local out
+  local out t0 t1 n
+  t0=$(cpu_ticks)
   out=$(wrk -t"${4:-2}" -c"${3:-$CONN}" -d"$DUR" -s "$BENCH_DIR/$2" http://127.0.0.1:18998) || { echo "$1: wrk failed" >&2; exit 1; }
-  printf '%-44s %s %s\n' "$1" "$(grep '^RESULT' <<<"$out" | cut -d' ' -f2-)" "$(grep '^STATUS' <<<"$out" | cut -d' ' -f2- || true)"
+  t1=$(cpu_ticks)
+  n=$(grep '^RESULT' <<<"$out" | sed 's/.*requests=\([0-9]*\).*/\1/')
+  # Server CPU per request: less sensitive than throughput to what else
+  # shares the machine (here: wrk itself).
+  printf '%-44s %s cpu_us_per_req=%s %s\n' "$1" "$(grep '^RESULT' <<<"$out" | cut -d' ' -f2-)" \
+    "$(( (t1 - t0) * 1000000 / $(getconf CLK_TCK) / (n > 0 ? n : 1) ))" "$(grep '^STATUS' <<<"$out" | cut -d' ' -f2- || true)"
 }
 start_server() { # binary log
   "$1" serve >"$WORK/$2.log" 2>&1 &

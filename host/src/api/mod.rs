@@ -30,6 +30,7 @@ use crate::store::Database;
 use crate::supervisor::Supervisor;
 use error::ApiError;
 use request_path as path;
+use step::steps;
 
 /// What handlers and the request path share: the domain services, behind
 /// one `Arc`. axum clones the state for every layer and handler of every
@@ -70,14 +71,6 @@ pub fn router(state: AppState) -> anyhow::Result<Router> {
     use routes::{account, health, memories, plugins, retrieval};
 
     let st = &state;
-    // Steps 4–6: every /v1 and /admin route.
-    let guarded = || {
-        ServiceBuilder::new()
-            .layer(step::layer(st, path::LimitAddressStep))
-            .layer(step::layer(st, path::AuthenticateStep))
-            .layer(step::layer(st, path::RateLimitStep))
-    };
-
     let mut v1 = Router::new()
         .route("/v1/memories", post(memories::create).get(memories::list).delete(memories::delete_all))
         .route("/v1/memories/{id}", get(memories::get).put(memories::update).delete(memories::delete))
@@ -94,8 +87,12 @@ pub fn router(state: AppState) -> anyhow::Result<Router> {
         // Test-only: proves a panicking handler answers 500 and the server serves on.
         v1 = v1.route("/v1/debug/panic", get(health::panic_on_purpose));
     }
-    // Step 7 for customers: quota, then metering around the handler.
-    let v1 = v1.route_layer(guarded().layer(step::layer(st, path::QuotaStep)).layer(step::layer(st, path::MeterStep)));
+    // Steps 4–7 for customers: per-address limit, authentication, rate
+    // limit, quota, then metering around the handler.
+    let v1 = v1.route_layer(step::chain(
+        st,
+        steps![path::LimitAddressStep, path::AuthenticateStep, path::RateLimitStep, path::QuotaStep, path::MeterStep],
+    ));
 
     let admin = Router::new()
         .route(
@@ -108,8 +105,11 @@ pub fn router(state: AppState) -> anyhow::Result<Router> {
         .route("/admin/plugins/{id}/deactivate", post(plugins::deactivate))
         .route("/admin/plugins/{id}/run", post(plugins::run))
         .route("/admin/plugins/active/{kind}/run", post(plugins::run_active))
-        // Step 7 for operators.
-        .route_layer(guarded().layer(step::layer(st, path::RequireOperatorStep)));
+        // Steps 4–7 for operators: the same, then the operator check.
+        .route_layer(step::chain(
+            st,
+            steps![path::LimitAddressStep, path::AuthenticateStep, path::RateLimitStep, path::RequireOperatorStep],
+        ));
 
     let api = Router::new()
         .route("/health", get(health::health))
@@ -124,17 +124,13 @@ pub fn router(state: AppState) -> anyhow::Result<Router> {
     let api = api.layer(
         ServiceBuilder::new()
             .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
-            .layer(step::layer(st, path::RefuseKeyInUrlStep)),
+            .layer(step::chain(st, steps![path::RefuseKeyInUrlStep])),
     );
     let api = match cors_layer(&state.config.cors_origins)? {
         Some(cors) => api.layer(cors),
         None => api,
     };
-    Ok(api.layer(
-        ServiceBuilder::new()
-            .layer(step::layer(st, path::RequestContextStep))
-            .layer(step::layer(st, path::CatchPanicStep)),
-    ))
+    Ok(api.layer(step::chain(st, steps![path::RequestContextStep, path::CatchPanicStep])))
 }
 
 /// CORS for the configured origins only; none configured means no CORS headers.

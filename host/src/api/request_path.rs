@@ -39,7 +39,7 @@ use tracing::Instrument;
 use super::AppState;
 use super::envelope::{self, CURRENT, REQUEST_ID_HEADER, RequestContext};
 use super::error::ApiError;
-use super::step::{Inner, Next, step};
+use super::step::{Next, step};
 use crate::auth::{ApiKey, AuthError, Principal, Scope};
 use crate::billing::QuotaExceeded;
 use crate::limits::{RateHeaders, Refusal, RequestFacts};
@@ -77,7 +77,7 @@ pub(crate) fn metered(path: &str) -> bool {
 ///    the request's span, scopes the context the envelope reads, echoes
 ///    `X-Request-ID`, and puts any response that left without the envelope
 ///    (a 405 from the router, a 413 from a body limit) into one.
-pub async fn request_context<S: Inner>(_: AppState, mut request: Request, next: Next<S>) -> Response {
+pub async fn request_context<N: Next>(_: AppState, mut request: Request, next: N) -> Response {
     let request_id = request
         .headers()
         .get(REQUEST_ID_HEADER)
@@ -133,7 +133,7 @@ fn is_valid_request_id(v: &str) -> bool {
 
 /// 2. A panic below becomes 500 `INTERNAL_ERROR` with the request id; the
 ///    worker survives and the next request is served as usual.
-pub async fn catch_panic<S: Inner>(state: AppState, request: Request, next: Next<S>) -> Response {
+pub async fn catch_panic<N: Next>(state: AppState, request: Request, next: N) -> Response {
     match AssertUnwindSafe(next.run(request)).catch_unwind().await {
         Ok(response) => response,
         Err(panic) => {
@@ -152,7 +152,7 @@ pub async fn catch_panic<S: Inner>(state: AppState, request: Request, next: Next
 ///    key or a conventional credential parameter, before it reaches a
 ///    handler. The path and query are checked as the handlers will see them:
 ///    percent-decoded.
-pub async fn refuse_key_in_url<S: Inner>(_: AppState, request: Request, next: Next<S>) -> Response {
+pub async fn refuse_key_in_url<N: Next>(_: AppState, request: Request, next: N) -> Response {
     let uri = request.uri();
     // What a handler sees: the percent-decoded text (decoded only if encoded).
     let decoded_has_key = |s: &str| {
@@ -177,7 +177,7 @@ pub async fn refuse_key_in_url<S: Inner>(_: AppState, request: Request, next: Ne
 
 /// 4. Before any key lookup: an address that has failed authentication too
 ///    often is refused (429) until the window frees.
-pub async fn limit_address<S: Inner>(state: AppState, mut request: Request, next: Next<S>) -> Response {
+pub async fn limit_address<N: Next>(state: AppState, mut request: Request, next: N) -> Response {
     let ip = client_ip(&request, state.limits.trust_forwarded_for());
     request.extensions_mut().insert(ClientIp(ip));
     if let Err(refusal) = state.limits.check_address(ip).await {
@@ -189,11 +189,7 @@ pub async fn limit_address<S: Inner>(state: AppState, mut request: Request, next
 /// 5. The API key in `Authorization: Bearer` ─▶ the principal, which the
 ///    rest of the path and the handler read. A failure counts against the
 ///    address (step 4).
-pub async fn authenticate<S: Inner>(state: AppState, mut request: Request, next: Next<S>) -> Response {
-    let span = request.extensions().get::<Arc<RequestContext>>().map(|ctx| ctx.span.clone());
-    if let (Some(span), Some(route)) = (&span, request.extensions().get::<MatchedPath>()) {
-        span.record("route", route.as_str());
-    }
+pub async fn authenticate<N: Next>(state: AppState, mut request: Request, next: N) -> Response {
     let principal = match principal_of(&state, request.headers()).await {
         Ok(p) => p,
         Err(e) => {
@@ -204,12 +200,28 @@ pub async fn authenticate<S: Inner>(state: AppState, mut request: Request, next:
             return e.into_response();
         }
     };
-    if let Some(span) = span {
-        span.record("org", principal.org_id.as_str());
-        span.record("key_id", principal.key_id.as_str());
+    if let Some(ctx) = request.extensions().get::<Arc<RequestContext>>() {
+        let route = request.extensions().get::<MatchedPath>().map_or("", |m| m.as_str());
+        record_identity(&ctx.span, route, &principal);
     }
     request.extensions_mut().insert(Arc::new(principal));
     next.run(request).await
+}
+
+/// Route, org and key id on the request's span, in one record (each record
+/// re-formats the span's fields for the log).
+fn record_identity(span: &tracing::Span, route: &str, p: &Principal) {
+    let Some(meta) = span.metadata() else { return };
+    let fields = meta.fields();
+    let (Some(r), Some(o), Some(k)) = (fields.field("route"), fields.field("org"), fields.field("key_id")) else {
+        return;
+    };
+    let (org, key) = (p.org_id.as_str(), p.key_id.as_str());
+    span.record_all(&fields.value_set(&[
+        (&r, Some(&route as &dyn tracing::Value)),
+        (&o, Some(&org as &dyn tracing::Value)),
+        (&k, Some(&key as &dyn tracing::Value)),
+    ]));
 }
 
 async fn principal_of(state: &AppState, headers: &HeaderMap) -> Result<Principal, ApiError> {
@@ -226,7 +238,7 @@ async fn principal_of(state: &AppState, headers: &HeaderMap) -> Result<Principal
 ///    503 when the store is unreachable and the deployment fails closed).
 ///    On the way out: the `RateLimit-*` headers, and concurrency leases
 ///    released (also if the client hangs up: the admission is dropped).
-pub async fn rate_limit<S: Inner>(state: AppState, request: Request, next: Next<S>) -> Response {
+pub async fn rate_limit<N: Next>(state: AppState, request: Request, next: N) -> Response {
     if !state.limits.enabled() {
         return next.run(request).await;
     }
@@ -250,7 +262,7 @@ pub async fn rate_limit<S: Inner>(state: AppState, request: Request, next: Next<
 
 /// 7a. `/v1`: the plan's quotas for this period (402 when used up and the
 ///     plan allows no overage).
-pub async fn quota<S: Inner>(state: AppState, request: Request, next: Next<S>) -> Response {
+pub async fn quota<N: Next>(state: AppState, request: Request, next: N) -> Response {
     if state.limits.enabled() && metered(request.uri().path()) {
         let Some(principal) = request.extensions().get::<Arc<Principal>>() else {
             return missing_principal();
@@ -264,7 +276,7 @@ pub async fn quota<S: Inner>(state: AppState, request: Request, next: Next<S>) -
 
 /// 7b. `/v1`: meters the request once the handler has answered (not for
 ///     server errors, and not for account reads).
-pub async fn meter<S: Inner>(state: AppState, request: Request, next: Next<S>) -> Response {
+pub async fn meter<N: Next>(state: AppState, request: Request, next: N) -> Response {
     let principal =
         metered(request.uri().path()).then(|| request.extensions().get::<Arc<Principal>>().cloned()).flatten();
     let ctx = request.extensions().get::<Arc<RequestContext>>().cloned();
@@ -282,7 +294,7 @@ pub async fn meter<S: Inner>(state: AppState, request: Request, next: Next<S>) -
 
 /// 7c. `/admin`: an admin key of an operator org. Plugins and operator
 ///     tasks decide every tenant's prices and limits.
-pub async fn require_operator<S: Inner>(_: AppState, request: Request, next: Next<S>) -> Response {
+pub async fn require_operator<N: Next>(_: AppState, request: Request, next: N) -> Response {
     let Some(principal) = request.extensions().get::<Arc<Principal>>() else {
         return missing_principal();
     };

@@ -92,13 +92,24 @@ pub fn main() -> ExitCode {
 
 fn init_logging(format: LogFormat, serving: bool) {
     use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let default = if serving { "info" } else { "warn" };
-    let filter = EnvFilter::try_from_env("MEMHOST_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let directives = std::env::var("MEMHOST_LOG").unwrap_or_else(|_| default.to_string());
+    // Plain `target=level` lists get the static filter: EnvFilter, needed
+    // only for span and field directives, takes a lock on every span enter
+    // and exit, which every request's span pays on every poll.
+    let filter: Box<dyn tracing_subscriber::Layer<_> + Send + Sync> =
+        match directives.parse::<tracing_subscriber::filter::Targets>() {
+            Ok(targets) if !directives.contains(['[', '{']) => Box::new(targets),
+            _ => Box::new(EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new(default))),
+        };
     // Colours only on a terminal; a log file gets plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi);
+    let registry = tracing_subscriber::registry().with(filter);
     match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
+        LogFormat::Json => registry.with(fmt.json()).init(),
+        LogFormat::Text => registry.with(fmt).init(),
     }
 }
