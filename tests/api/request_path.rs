@@ -10,6 +10,7 @@ use crate::common::{Backend, TestServer};
 
 both_backends!(
     wrong_keys_from_one_address_get_429_after_the_per_address_limit,
+    concurrent_guesses_do_not_slip_past_the_per_address_limit,
     encoded_keys_in_urls_are_refused,
     multibyte_key_ids_are_404_not_a_dropped_connection,
     a_panicking_handler_answers_500_and_the_server_serves_on,
@@ -50,6 +51,39 @@ async fn wrong_keys_from_one_address_get_429_after_the_per_address_limit(backend
 
     let ready = s.call(Method::GET, "/ready", None, None).await;
     assert!(ready.data()["limits"]["unauthenticated_refusals"].as_u64().unwrap() >= 102, "{}", ready.body);
+}
+
+async fn concurrent_guesses_do_not_slip_past_the_per_address_limit(backend: Backend) {
+    // 32 connections guessing at once: once the address has failed, no more
+    // of its requests reach the key lookup at a time than it has failures
+    // left, so the lookups stop at the limit (give or take what the sliding
+    // window frees if the test crosses a minute boundary). (Requests already
+    // in flight when an address first fails were not checked yet: the
+    // bound holds from its first failure on, hence one guess first.)
+    let s = std::sync::Arc::new(
+        TestServer::start_with(backend, &[("MEMHOST_LIMITS__UNAUTHENTICATED_PER_ADDRESS_PER_MINUTE", "100")]).await,
+    );
+    s.call(Method::GET, "/v1/memories", Some(WRONG_KEY), None).await.assert_error(401, "INVALID_API_KEY");
+    let workers: Vec<_> = (0..32)
+        .map(|_| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                for _ in 0..40 {
+                    seen.push(s.call(Method::GET, "/v1/memories", Some(WRONG_KEY), None).await.status.as_u16());
+                }
+                seen
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for w in workers {
+        statuses.extend(w.await.unwrap());
+    }
+    let unauthorized = statuses.iter().filter(|&&c| c == 401).count();
+    let looked_up = unauthorized + 1;
+    assert!((100..=104).contains(&looked_up), "{looked_up} of 1281 guesses reached the key lookup");
+    assert_eq!(statuses.iter().filter(|&&c| c == 429).count(), 1280 - unauthorized, "the rest were refused");
 }
 
 async fn encoded_keys_in_urls_are_refused(backend: Backend) {

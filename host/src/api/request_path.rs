@@ -42,7 +42,7 @@ use super::error::ApiError;
 use super::step::{Next, step};
 use crate::auth::{ApiKey, AuthError, Principal, Scope};
 use crate::billing::QuotaExceeded;
-use crate::limits::{RateHeaders, Refusal, RequestFacts};
+use crate::limits::{AddressCheck, RateHeaders, Refusal, RequestFacts};
 use crate::metering::{API_CALLS, RequestUsage, TOKENS_PROCESSED};
 
 /// Counts of the request path itself, for `/ready`.
@@ -180,9 +180,11 @@ pub async fn refuse_key_in_url<N: Next>(_: AppState, request: Request, next: N) 
 pub async fn limit_address<N: Next>(state: AppState, mut request: Request, next: N) -> Response {
     let ip = client_ip(&request, state.limits.trust_forwarded_for());
     request.extensions_mut().insert(ClientIp(ip));
-    if let Err(refusal) = state.limits.check_address(ip).await {
-        return refused(refusal);
-    }
+    match state.limits.check_address(ip).await {
+        // Held until `authenticate` knows the outcome.
+        Ok(check) => request.extensions_mut().insert(Arc::new(check)),
+        Err(refusal) => return refused(refusal),
+    };
     next.run(request).await
 }
 
@@ -190,6 +192,7 @@ pub async fn limit_address<N: Next>(state: AppState, mut request: Request, next:
 ///    rest of the path and the handler read. A failure counts against the
 ///    address (step 4).
 pub async fn authenticate<N: Next>(state: AppState, mut request: Request, next: N) -> Response {
+    let check = request.extensions_mut().remove::<Arc<AddressCheck>>();
     let principal = match principal_of(&state, request.headers()).await {
         Ok(p) => p,
         Err(e) => {
@@ -200,6 +203,7 @@ pub async fn authenticate<N: Next>(state: AppState, mut request: Request, next: 
             return e.into_response();
         }
     };
+    drop(check);
     if let Some(ctx) = request.extensions().get::<Arc<RequestContext>>() {
         let route = request.extensions().get::<MatchedPath>().map_or("", |m| m.as_str());
         record_identity(&ctx.span, route, &principal);

@@ -208,6 +208,40 @@ pub struct RuleStatus {
     pub reset_secs: u64,
 }
 
+/// An address that failed authentication lately.
+#[derive(Debug, Clone, Copy)]
+struct Suspect {
+    /// When it last failed (ms since the epoch).
+    last_failure_ms: u64,
+    /// Its requests between the check and their authentication's outcome.
+    checking: u64,
+}
+
+/// A request from a suspect address that passed the per-address check and
+/// is being authenticated; dropped once the outcome is recorded. While the
+/// address has `n` failures left, at most `n` of its requests are let
+/// through to the key lookup at once (so a flood of concurrent guesses
+/// cannot all slip past the check before the first failure is counted).
+pub struct AddressCheck {
+    held: Option<(Arc<Inner>, IpAddr)>,
+}
+
+impl Drop for AddressCheck {
+    fn drop(&mut self) {
+        if let Some((inner, ip)) = self.held.take()
+            && let Some(s) = inner.suspects.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&ip)
+        {
+            s.checking = s.checking.saturating_sub(1);
+        }
+    }
+}
+
+impl std::fmt::Debug for AddressCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AddressCheck").field("ip", &self.held.as_ref().map(|(_, ip)| ip)).finish()
+    }
+}
+
 /// Counts the operator may want to see (`/ready`, logs).
 #[derive(Debug, Default)]
 pub struct LimitStats {
@@ -263,7 +297,7 @@ struct Inner {
     /// Addresses that failed authentication lately, and when: only these
     /// are checked against the shared per-address counter before
     /// authentication, so clean traffic costs no extra store round trip.
-    suspects: Mutex<HashMap<IpAddr, u64>>,
+    suspects: Mutex<HashMap<IpAddr, Suspect>>,
     stats: LimitStats,
     instance_id: String,
 }
@@ -361,32 +395,48 @@ impl LimitService {
     /// Before authentication: refuses (429) an address that has failed
     /// authentication more often than the per-address rule allows. Only
     /// addresses this instance saw fail lately are checked on the store.
-    pub async fn check_address(&self, ip: Option<IpAddr>) -> Result<(), Refusal> {
-        let Some(ip) = ip else { return Ok(()) };
+    /// Hold the returned check until the authentication's outcome is known.
+    pub async fn check_address(&self, ip: Option<IpAddr>) -> Result<AddressCheck, Refusal> {
+        let pass = AddressCheck { held: None };
+        let Some(ip) = ip else { return Ok(pass) };
         let seen = self.inner.suspects.lock().unwrap_or_else(|e| e.into_inner()).get(&ip).copied();
-        if seen.is_none_or(|at| now_ms().saturating_sub(at) > SUSPECT_FOR_MS) {
-            return Ok(());
+        if seen.is_none_or(|s| now_ms().saturating_sub(s.last_failure_ms) > SUSPECT_FOR_MS) {
+            return Ok(pass);
         }
         if self.unauthenticated_rule(ip, 1).is_none() {
-            return Ok(());
+            return Ok(pass);
         }
         // An empty lease only reads: would one more failure still fit?
         let (verdicts, _) =
             self.decide_counters(&|share| self.unauthenticated_rule(ip, share).into_iter().collect(), "").await?;
-        match verdicts.first() {
-            Some(v) if !v.allowed => {
-                self.inner.stats.unauthenticated_refusals.fetch_add(1, Ordering::Relaxed);
-                let headers = RateHeaders { limit: v.limit, remaining: 0, reset_secs: v.reset_us.div_ceil(1_000_000) };
-                Err(Refusal::Exceeded {
-                    rule: UNAUTHENTICATED_RULE.into(),
-                    verdict: *v,
-                    window_ms: 60_000,
-                    concurrent: false,
-                    headers,
-                })
+        let Some(v) = verdicts.first().copied() else { return Ok(pass) };
+        let refuse = |verdict: Verdict| {
+            self.inner.stats.unauthenticated_refusals.fetch_add(1, Ordering::Relaxed);
+            let headers =
+                RateHeaders { limit: verdict.limit, remaining: 0, reset_secs: verdict.reset_us.div_ceil(1_000_000) };
+            Refusal::Exceeded {
+                rule: UNAUTHENTICATED_RULE.into(),
+                verdict,
+                window_ms: 60_000,
+                concurrent: false,
+                headers,
             }
-            _ => Ok(()),
+        };
+        if !v.allowed {
+            return Err(refuse(v));
         }
+        // Failures left now (the peek counted this request as one).
+        let left = v.remaining + 1;
+        let mut suspects = self.inner.suspects.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(s) = suspects.get_mut(&ip) else { return Ok(pass) };
+        if s.checking >= left {
+            // As many of its requests as it has failures left are already
+            // being authenticated: a slot frees within milliseconds.
+            drop(suspects);
+            return Err(refuse(Verdict { allowed: false, remaining: 0, retry_after_us: 1_000_000, ..v }));
+        }
+        s.checking += 1;
+        Ok(AddressCheck { held: Some((self.inner.clone(), ip)) })
     }
 
     /// Counts a request from `ip` that failed authentication.
@@ -399,9 +449,9 @@ impl LimitService {
             let mut suspects = self.inner.suspects.lock().unwrap_or_else(|e| e.into_inner());
             let now = now_ms();
             if suspects.len() >= CACHE_MAX {
-                suspects.retain(|_, at| now.saturating_sub(*at) <= SUSPECT_FOR_MS);
+                suspects.retain(|_, s| s.checking > 0 || now.saturating_sub(s.last_failure_ms) <= SUSPECT_FOR_MS);
             }
-            suspects.insert(ip, now);
+            suspects.entry(ip).or_insert(Suspect { last_failure_ms: now, checking: 0 }).last_failure_ms = now;
         }
         let lease = "f";
         if let Err(e) =

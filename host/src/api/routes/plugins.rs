@@ -43,7 +43,7 @@ fn parse_kind(s: &str, field: &str) -> Result<PluginKind, ApiError> {
     PluginKind::parse(s).ok_or_else(|| {
         ApiError::invalid_field(
             field,
-            format!("unknown plugin kind `{s}`; expected pricing, rate-limit, alert-channel or extractor"),
+            format!("unknown plugin kind `{s}`; expected one of {}", PluginKind::ALL.map(|k| k.as_str()).join(", ")),
         )
     })
 }
