@@ -29,7 +29,7 @@ pub async fn build(config: Config) -> anyhow::Result<AppState> {
     let plugins = PluginService::start(db.clone(), config.plugins.clone(), cache_dir, providers.clone())
         .await
         .context("starting the plugin runtime")?;
-    let meter = UsageMeter::new(db.clone());
+    let meter = UsageMeter::new(db.clone(), config.metrics_policy()?)?;
     let limits = LimitService::start(
         config.limits.clone(),
         config.plugins.rate_limit_failure,
@@ -41,7 +41,13 @@ pub async fn build(config: Config) -> anyhow::Result<AppState> {
 
     let supervisor = Supervisor::new();
     let m = meter.clone();
-    supervisor.spawn("usage-meter-flush", move |shutdown| m.clone().flush_loop(shutdown));
+    supervisor.spawn("usage-writer", move |shutdown| m.clone().writer_loop(shutdown));
+    let m = meter.clone();
+    supervisor.spawn("metrics-policy-reload", move |shutdown| m.clone().policy_loop(shutdown));
+    let m = meter.clone();
+    supervisor.spawn("usage-retention", move |shutdown| m.clone().retention_loop(shutdown));
+    let k = meter.idempotency().clone();
+    supervisor.spawn("instance-heartbeat", move |shutdown| k.clone().heartbeat_loop(shutdown));
     if plugins.follows_changes() {
         let p = plugins.clone();
         supervisor.spawn("plugin-change-feed", move |shutdown| p.clone().change_feed_loop(shutdown));

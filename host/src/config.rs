@@ -58,6 +58,12 @@ pub struct Config {
     pub plugins: crate::plugins::PluginsConfig,
     /// Rate limits and quotas: on/off, Redis failure policy, client address.
     pub limits: crate::limits::LimitsConfig,
+    /// Where the policy files are (`metrics.yaml`, …), reloaded on change.
+    /// Default: `./policies` if it exists, else the bundled defaults.
+    pub policies_dir: Option<PathBuf>,
+    /// When set, `GET /metrics` needs `Authorization: Bearer <metrics_token>`.
+    /// Never logged.
+    pub metrics_token: Option<String>,
     /// Test-only routes that fail on purpose (`GET /v1/debug/panic`). Never
     /// in production.
     pub fault_injection: bool,
@@ -90,6 +96,8 @@ impl Default for Config {
             plugin_cache_dir: None,
             plugins: crate::plugins::PluginsConfig::default(),
             limits: crate::limits::LimitsConfig::default(),
+            policies_dir: None,
+            metrics_token: None,
             fault_injection: false,
         }
     }
@@ -136,6 +144,25 @@ impl Config {
     /// True when the configuration selects PostgreSQL (production mode).
     pub fn is_postgres(&self) -> bool {
         self.store().is_postgres()
+    }
+
+    /// The metrics policy: `<policies_dir>/metrics.yaml` if that file exists
+    /// (a configured directory without it is an error), else bundled.
+    pub fn metrics_policy(&self) -> anyhow::Result<crate::metering::meter::PolicySource> {
+        use crate::metering::meter::PolicySource;
+        match &self.policies_dir {
+            Some(dir) => {
+                let file = dir.join("metrics.yaml");
+                if !file.exists() {
+                    anyhow::bail!("policies_dir {} has no metrics.yaml", dir.display());
+                }
+                Ok(PolicySource::File(file))
+            }
+            None => {
+                let file = Path::new("policies").join("metrics.yaml");
+                Ok(if file.exists() { PolicySource::File(file) } else { PolicySource::Bundled })
+            }
+        }
     }
 
     /// What the database connection needs.

@@ -248,10 +248,20 @@ async fn ready_limits(s: &TestServer) -> Value {
 async fn redis_outage_follows_the_failure_policy_and_recovers() {
     let mut redis = PrivateRedis::start();
     let url = redis.url();
-    let open = TestServer::start_with(Backend::Sqlite, &[("REDIS_URL", &url)]).await;
+    // Two separate deployments (each its own database and key prefix) on
+    // one Redis server: neither counts the other as an instance sharing its
+    // limits.
+    let (open_prefix, closed_prefix) = (redis_prefix(), redis_prefix());
+    let open =
+        TestServer::start_with(Backend::Sqlite, &[("REDIS_URL", &url), ("MEMHOST_LIMITS__REDIS_PREFIX", &open_prefix)])
+            .await;
     let closed = TestServer::start_with(
         Backend::Sqlite,
-        &[("REDIS_URL", &url), ("MEMHOST_LIMITS__ON_STORE_FAILURE", "fail-closed")],
+        &[
+            ("REDIS_URL", &url),
+            ("MEMHOST_LIMITS__REDIS_PREFIX", &closed_prefix),
+            ("MEMHOST_LIMITS__ON_STORE_FAILURE", "fail-closed"),
+        ],
     )
     .await;
     let overrides = r#"{"rate_limits": {"requests_per_minute": 20, "requests_per_day": 1000000, "concurrent": 1000}}"#;

@@ -17,7 +17,7 @@ async fn background_loops_are_listed_and_drained_on_sigterm(backend: Backend) {
     let ready = s.call(Method::GET, "/ready", None, None).await;
     let loops = ready.assert_ok(200)["background"].as_array().unwrap().clone();
     let names: Vec<&str> = loops.iter().map(|l| l["name"].as_str().unwrap()).collect();
-    assert!(names.contains(&"usage-meter-flush"), "{loops:?}");
+    assert!(names.contains(&"usage-writer"), "{loops:?}");
     // Only PostgreSQL has other instances whose activations to follow.
     assert_eq!(names.contains(&"plugin-change-feed"), backend == Backend::Postgres, "{loops:?}");
     assert!(loops.iter().all(|l| l["running"] == true && l["restarts"] == 0), "{loops:?}");
@@ -27,7 +27,7 @@ async fn background_loops_are_listed_and_drained_on_sigterm(backend: Backend) {
     for i in 0..5 {
         s.post("/v1/memories", &key, json!({ "text": format!("memory {i}") })).await.assert_ok(201);
     }
-    // Straight away: the meter still holds (some of) these five.
+    // Straight away: each of the five was acknowledged only once its usage event committed.
     s.terminate();
     assert_eq!(s.wait_exit(Duration::from_secs(20)), Some(0), "a clean exit:\n{}", s.log());
 

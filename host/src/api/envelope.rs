@@ -26,6 +26,8 @@ pub struct RequestContext {
     /// The request's trace span (the request path records org, key and
     /// route on it as it learns them).
     pub span: tracing::Span,
+    /// The route template, once authentication has matched it (for `/metrics`).
+    pub route: std::sync::OnceLock<String>,
 }
 
 tokio::task_local! {
@@ -117,6 +119,12 @@ pub fn error_response(status: StatusCode, code: &str, message: &str, details: Op
     let mut response = (status, Json(body)).into_response();
     response.extensions_mut().insert(Enveloped);
     response
+}
+
+/// Marks a response built elsewhere (a stored idempotent response) as
+/// already carrying the envelope.
+pub(super) fn mark_enveloped(response: &mut Response) {
+    response.extensions_mut().insert(Enveloped);
 }
 
 /// The response as it is if it carries the envelope (or is a success);

@@ -68,7 +68,7 @@ pub struct Services {
 /// The HTTP API: the request path of `request_path.rs`, in its order, around
 /// the `/v1` (customers) and `/admin` (operators) routers.
 pub fn router(state: AppState) -> anyhow::Result<Router> {
-    use routes::{account, health, memories, plugins, retrieval};
+    use routes::{account, admin, health, memories, plugins, retrieval, usage};
 
     let st = &state;
     let mut v1 = Router::new()
@@ -82,16 +82,25 @@ pub fn router(state: AppState) -> anyhow::Result<Router> {
         .route("/v1/account/limits", get(account::limits))
         .route("/v1/account/api-keys", get(account::list_keys).post(account::create_key))
         .route("/v1/account/api-keys/{key_id}", delete(account::revoke_key))
-        .route("/v1/account/api-keys/{key_id}/rotate", post(account::rotate_key));
+        .route("/v1/account/api-keys/{key_id}/rotate", post(account::rotate_key))
+        .route("/v1/usage", get(usage::usage))
+        .route("/v1/usage/history", get(usage::history));
     if state.config.fault_injection {
         // Test-only: proves a panicking handler answers 500 and the server serves on.
         v1 = v1.route("/v1/debug/panic", get(health::panic_on_purpose));
     }
     // Steps 4–7 for customers: per-address limit, authentication, rate
-    // limit, quota, then metering around the handler.
+    // limit, idempotency keys, quota, then metering around the handler.
     let v1 = v1.route_layer(step::chain(
         st,
-        steps![path::LimitAddressStep, path::AuthenticateStep, path::RateLimitStep, path::QuotaStep, path::MeterStep],
+        steps![
+            path::LimitAddressStep,
+            path::AuthenticateStep,
+            path::RateLimitStep,
+            path::IdempotencyStep,
+            path::QuotaStep,
+            path::MeterStep
+        ],
     ));
 
     let admin = Router::new()
@@ -105,15 +114,29 @@ pub fn router(state: AppState) -> anyhow::Result<Router> {
         .route("/admin/plugins/{id}/deactivate", post(plugins::deactivate))
         .route("/admin/plugins/{id}/run", post(plugins::run))
         .route("/admin/plugins/active/{kind}/run", post(plugins::run_active))
-        // Steps 4–7 for operators: the same, then the operator check.
+        .route("/admin/metrics", get(admin::metrics))
+        .route("/admin/metrics/{name}", get(admin::metric))
+        .route("/admin/usage/export", get(admin::export))
+        .route("/admin/audit", get(admin::audit_log))
+        .route("/admin/audit/verify", get(admin::audit_verify))
+        // Steps 4–7 for operators: the same, the operator check, then
+        // idempotency keys and metering (operator calls are audited too).
         .route_layer(step::chain(
             st,
-            steps![path::LimitAddressStep, path::AuthenticateStep, path::RateLimitStep, path::RequireOperatorStep],
+            steps![
+                path::LimitAddressStep,
+                path::AuthenticateStep,
+                path::RateLimitStep,
+                path::RequireOperatorStep,
+                path::IdempotencyStep,
+                path::MeterStep
+            ],
         ));
 
     let api = Router::new()
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
+        .route("/metrics", get(health::metrics))
         .merge(v1)
         .merge(admin)
         .with_state(state.clone())

@@ -6,7 +6,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
-use super::routes::{account, health, memories, plugins, retrieval};
+use super::routes::{account, admin, health, memories, plugins, retrieval, usage};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -24,6 +24,8 @@ use super::routes::{account, health, memories, plugins, retrieval};
         account::account, account::limits, account::list_keys, account::create_key, account::revoke_key, account::rotate_key,
         plugins::upload, plugins::list, plugins::get, plugins::activate, plugins::rollback, plugins::deactivate,
         plugins::run, plugins::run_active,
+        usage::usage, usage::history,
+        admin::metrics, admin::metric, admin::export, admin::audit_log, admin::audit_verify,
     ),
     modifiers(&BearerAuth, &CommonErrors),
     tags(
@@ -32,7 +34,8 @@ use super::routes::{account, health, memories, plugins, retrieval};
         (name = "account", description = "The org and its API keys"),
         (name = "plugins", description = "Operators: upload, activate, roll back and try sandboxed plugins \
             (admin key of an operator org)"),
-        (name = "operations", description = "Health and readiness"),
+        (name = "usage", description = "The caller's usage this period and over time"),
+        (name = "operations", description = "Health, readiness, usage metrics, exports and the audit log"),
     )
 )]
 pub struct ApiDoc;
@@ -84,7 +87,8 @@ impl Modify for CommonErrors {
                     );
                     add(
                         "503",
-                        "SERVICE_UNAVAILABLE: the rate-limit store is unreachable and the deployment fails closed",
+                        "SERVICE_UNAVAILABLE: the rate-limit store is unreachable and the deployment fails closed; \
+                         or USAGE_NOT_RECORDED: the request's usage event could not be written (not billed; retry)",
                     );
                     if metered {
                         add(
@@ -95,6 +99,13 @@ impl Modify for CommonErrors {
                     }
                 }
                 add("400", "INVALID_REQUEST: bad parameters or body; `details.field` names what was wrong");
+                if op.security.is_some() && path.starts_with("/v1/") {
+                    add(
+                        "409",
+                        "IDEMPOTENCY_IN_PROGRESS: a request with this Idempotency-Key is still running; retry later",
+                    );
+                    add("422", "IDEMPOTENCY_KEY_REUSED: this Idempotency-Key was used for a different request");
+                }
                 if op.request_body.is_some() {
                     add("413", "PAYLOAD_TOO_LARGE: the body is over the size limit (10 MB by default)");
                     add("415", "UNSUPPORTED_MEDIA_TYPE: the body must be sent as application/json");

@@ -16,9 +16,11 @@
 //! 5. [`authenticate`]: API key ─▶ principal (`auth`).
 //! 6. [`rate_limit`]: the rate-limit plugin's rules on the counter store
 //!    (`limits`); adds the `RateLimit-*` headers on the way out.
-//! 7. `/v1`: [`quota`] (`billing`), then [`meter`] (`metering`), which
-//!    records the request once the handler has answered.
-//!    `/admin`: [`require_operator`].
+//! 7. `/v1`: [`idempotency`] (`metering`: a repeated `Idempotency-Key`
+//!    gets the stored response), [`quota`] (`billing`), then [`meter`]
+//!    (`metering`), which writes the request's usage event, durably, before
+//!    the response leaves.
+//!    `/admin`: [`require_operator`], then [`idempotency`] and [`meter`].
 //! 8. the handler (`api/routes/*`).
 
 use std::net::{IpAddr, SocketAddr};
@@ -43,7 +45,10 @@ use super::step::{Next, step};
 use crate::auth::{ApiKey, AuthError, Principal, Scope};
 use crate::billing::QuotaExceeded;
 use crate::limits::{AddressCheck, RateHeaders, Refusal, RequestFacts};
-use crate::metering::{API_CALLS, RequestUsage, TOKENS_PROCESSED};
+use crate::metering::RequestUsage;
+use crate::metering::idempotency::{ClaimOutcome, Completion, IdempotencyKeys, MAX_KEY_LEN, StoredResponse};
+use crate::metering::writer::Submission;
+use crate::metering::{EventFacts, UsageEvent};
 
 /// Counts of the request path itself, for `/ready`.
 #[derive(Debug, Default)]
@@ -67,11 +72,21 @@ impl PathStats {
 #[derive(Debug, Clone, Copy)]
 pub struct ClientIp(pub Option<IpAddr>);
 
-/// Account reads stay possible when a quota is used up, so a customer can
-/// see why; they are rate limited but neither quota-checked nor billed.
+/// Account and usage reads stay possible when a quota is used up, so a
+/// customer can see why; they are rate limited but neither quota-checked
+/// nor billed (their usage events are not billable).
 pub(crate) fn metered(path: &str) -> bool {
-    path.starts_with("/v1/") && !path.starts_with("/v1/account")
+    path.starts_with("/v1/") && !path.starts_with("/v1/account") && !path.starts_with("/v1/usage")
 }
+
+/// The header a caller tags a request's usage with (`team=search, feature=chat`).
+pub const USAGE_TAGS_HEADER: &str = "x-usage-tags";
+pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
+pub const IDEMPOTENT_REPLAYED_HEADER: &str = "idempotent-replayed";
+
+/// Routes whose response carries a secret shown once (a new API key): it is
+/// never stored, so they take no `Idempotency-Key`.
+const SECRET_RESPONSES: &[&str] = &["/v1/account/api-keys", "/v1/account/api-keys/{key_id}/rotate"];
 
 /// 1. Assigns the request id (the client's `X-Request-ID` if sane), opens
 ///    the request's span, scopes the context the envelope reads, echoes
@@ -101,10 +116,14 @@ pub async fn request_context<N: Next>(_: AppState, mut request: Request, next: N
         started: Instant::now(),
         usage: RequestUsage::default(),
         span: span.clone(),
+        route: Default::default(),
     });
     request.extensions_mut().insert(ctx.clone());
     let started = ctx.started;
     let inner = span.clone();
+    let method = request.method().clone();
+    let public_path = PUBLIC_PATHS.iter().find(|p| **p == request.uri().path()).copied();
+    let for_metrics = ctx.clone();
     let mut response = CURRENT
         .scope(
             ctx,
@@ -113,8 +132,20 @@ pub async fn request_context<N: Next>(_: AppState, mut request: Request, next: N
                 let response = envelope::ensure_enveloped(response);
                 let status = response.status().as_u16();
                 inner.record("status", status);
-                tracing::debug!(target: "memhost::access",
-                    duration_ms = started.elapsed().as_secs_f64() * 1000.0, "request served");
+                let elapsed = started.elapsed().as_secs_f64();
+                tracing::debug!(target: "memhost::access", duration_ms = elapsed * 1000.0, "request served");
+                let route = for_metrics.route.get().map(String::as_str).or(public_path).unwrap_or("other");
+                let status_text = status.to_string();
+                crate::telemetry::inc(
+                    "memhost_http_requests_total",
+                    &[("method", method.as_str()), ("route", route), ("status", &status_text)],
+                    1,
+                );
+                crate::telemetry::observe(
+                    "memhost_http_request_duration_seconds",
+                    &[("method", method.as_str()), ("route", route)],
+                    elapsed,
+                );
                 response
             }
             .instrument(span),
@@ -125,6 +156,10 @@ pub async fn request_context<N: Next>(_: AppState, mut request: Request, next: N
     }
     response
 }
+
+/// Paths outside the authenticated routers, labelled as themselves in
+/// `/metrics` (anything else unauthenticated is `other`).
+const PUBLIC_PATHS: &[&str] = &["/health", "/ready", "/metrics", "/openapi.json", "/docs"];
 
 /// Accepts ids a client may reasonably send: 1–128 visible ASCII characters.
 fn is_valid_request_id(v: &str) -> bool {
@@ -138,6 +173,7 @@ pub async fn catch_panic<N: Next>(state: AppState, request: Request, next: N) ->
         Ok(response) => response,
         Err(panic) => {
             state.path_stats.panics.fetch_add(1, Ordering::Relaxed);
+            crate::telemetry::inc("memhost_http_panics_total", &[], 1);
             let what = panic
                 .downcast_ref::<&str>()
                 .map(|s| s.to_string())
@@ -207,6 +243,7 @@ pub async fn authenticate<N: Next>(state: AppState, mut request: Request, next: 
     if let Some(ctx) = request.extensions().get::<Arc<RequestContext>>() {
         let route = request.extensions().get::<MatchedPath>().map_or("", |m| m.as_str());
         record_identity(&ctx.span, route, &principal);
+        let _ = ctx.route.set(route.to_string());
     }
     request.extensions_mut().insert(Arc::new(principal));
     next.run(request).await
@@ -254,8 +291,13 @@ pub async fn rate_limit<N: Next>(state: AppState, request: Request, next: N) -> 
     let facts = RequestFacts { principal: &principal, method: request.method().as_str(), route, client_ip };
     let admission = match state.limits.admit(&facts).await {
         Ok(a) => a,
-        Err(refusal) => return refused(refusal),
+        Err(refusal) => {
+            let outcome = if matches!(refusal, Refusal::Unavailable(_)) { "unavailable" } else { "limited" };
+            crate::telemetry::inc("memhost_ratelimit_decisions_total", &[("outcome", outcome)], 1);
+            return refused(refusal);
+        }
     };
+    crate::telemetry::inc("memhost_ratelimit_decisions_total", &[("outcome", "allowed")], 1);
     let mut response = next.run(request).await;
     if let Some(h) = admission.headers {
         set_rate_headers(response.headers_mut(), h);
@@ -272,28 +314,218 @@ pub async fn quota<N: Next>(state: AppState, request: Request, next: N) -> Respo
             return missing_principal();
         };
         if let Err(exceeded) = state.billing.check_quota(principal).await {
+            crate::telemetry::inc("memhost_quota_refusals_total", &[("metric", &exceeded.metric)], 1);
             return quota_refused(exceeded);
         }
     }
     next.run(request).await
 }
 
-/// 7b. `/v1`: meters the request once the handler has answered (not for
-///     server errors, and not for account reads).
-pub async fn meter<N: Next>(state: AppState, request: Request, next: N) -> Response {
-    let principal =
-        metered(request.uri().path()).then(|| request.extensions().get::<Arc<Principal>>().cloned()).flatten();
-    let ctx = request.extensions().get::<Arc<RequestContext>>().cloned();
-    let response = next.run(request).await;
-    if let Some(p) = principal
-        && response.status().as_u16() < 500
-    {
-        state.meter.record(&p.org_id, p.environment, API_CALLS, 1);
-        if let Some(ctx) = ctx {
-            state.meter.record(&p.org_id, p.environment, TOKENS_PROCESSED, ctx.usage.snapshot().tokens_processed);
+/// 7. (before the quota) `Idempotency-Key` on POST, PUT and DELETE: the
+///    first request with a key claims it and runs; a repeat of the same
+///    request gets the stored response (`Idempotent-Replayed: true`), not
+///    run nor metered again; another request with the key is 422, a repeat
+///    while the first runs 409. Keys are per org and key environment.
+pub async fn idempotency<N: Next>(state: AppState, request: Request, next: N) -> Response {
+    let Some(header) = request.headers().get(IDEMPOTENCY_KEY_HEADER) else {
+        return next.run(request).await;
+    };
+    if !matches!(request.method().as_str(), "POST" | "PUT" | "DELETE") {
+        return next.run(request).await;
+    }
+    let key = match header.to_str() {
+        Ok(k) if !k.trim().is_empty() && k.len() <= MAX_KEY_LEN && k.bytes().all(|b| b.is_ascii_graphic()) => {
+            k.to_string()
+        }
+        _ => {
+            return ApiError::invalid_field(
+                "Idempotency-Key",
+                format!("Idempotency-Key must be 1 to {MAX_KEY_LEN} visible ASCII characters"),
+            )
+            .into_response();
+        }
+    };
+    let route = request.extensions().get::<MatchedPath>().map_or("", |m| m.as_str());
+    if SECRET_RESPONSES.contains(&route) && request.method() == axum::http::Method::POST {
+        return ApiError::invalid_field(
+            "Idempotency-Key",
+            "this endpoint's response carries a new API key, shown once and never stored: send it without \
+             Idempotency-Key",
+        )
+        .into_response();
+    }
+    let Some(principal) = request.extensions().get::<Arc<Principal>>().cloned() else {
+        return missing_principal();
+    };
+    // The body is read here (it is part of what makes two requests the
+    // same) and handed on unchanged.
+    let (parts, body) = request.into_parts();
+    let limit = state.config.max_body_bytes.max(crate::api::routes::plugins::UPLOAD_BODY_LIMIT);
+    let bytes = match axum::body::to_bytes(body, limit).await {
+        Ok(b) => b,
+        Err(_) => return ApiError::PayloadTooLarge.into_response(),
+    };
+    let target = parts.uri.path_and_query().map_or_else(|| parts.uri.path().to_string(), |p| p.to_string());
+    let hash = IdempotencyKeys::request_hash(parts.method.as_str(), &target, &bytes);
+    let keys = state.meter.idempotency();
+    let outcome = match keys.claim(&principal.org_id, principal.environment, &key, &hash).await {
+        Ok(o) => o,
+        Err(e) => {
+            return ApiError::Rejected {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                code: "SERVICE_UNAVAILABLE",
+                message: format!("idempotency keys unavailable: {e}"),
+                details: None,
+            }
+            .into_response();
+        }
+    };
+    match outcome {
+        ClaimOutcome::Proceed(claim) => {
+            let mut request = Request::from_parts(parts, axum::body::Body::from(bytes));
+            request.extensions_mut().insert(Arc::new(keys.slot(claim)));
+            next.run(request).await
+        }
+        ClaimOutcome::Replay(stored) => {
+            crate::telemetry::inc("memhost_idempotent_replays_total", &[], 1);
+            replay(stored)
+        }
+        ClaimOutcome::Mismatch => ApiError::Rejected {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            code: "IDEMPOTENCY_KEY_REUSED",
+            message: format!(
+                "Idempotency-Key `{key}` was already used for a different request (method, path or body); \
+                 use a new key for a new request"
+            ),
+            details: Some(serde_json::json!({ "idempotency_key": key })),
+        }
+        .into_response(),
+        ClaimOutcome::InFlight => {
+            let mut r = ApiError::Rejected {
+                status: StatusCode::CONFLICT,
+                code: "IDEMPOTENCY_IN_PROGRESS",
+                message: format!(
+                    "a request with Idempotency-Key `{key}` is still running; retry after it has answered"
+                ),
+                details: Some(serde_json::json!({ "idempotency_key": key })),
+            }
+            .into_response();
+            r.headers_mut().insert("retry-after", HeaderValue::from(1u64));
+            r
         }
     }
+}
+
+fn replay(stored: StoredResponse) -> Response {
+    let mut response = Response::new(axum::body::Body::from(stored.body));
+    *response.status_mut() = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK);
+    for (name, value) in stored.headers {
+        if let (Ok(n), Ok(v)) = (axum::http::HeaderName::try_from(name), HeaderValue::from_str(&value)) {
+            response.headers_mut().insert(n, v);
+        }
+    }
+    response.headers_mut().insert(IDEMPOTENT_REPLAYED_HEADER, HeaderValue::from_static("true"));
+    envelope::mark_enveloped(&mut response);
     response
+}
+
+/// Headers kept with an idempotent response for its replays.
+const STORED_HEADERS: &[&str] = &["content-type", "location"];
+
+/// 7b. Writes the request's usage event (and its audit entry, and the
+///     response of an idempotent request) through the group-commit writer,
+///     and answers only once it is committed. If it cannot be written, the
+///     answer is 503 `USAGE_NOT_RECORDED`: the work is not billed, and a
+///     retry with the same `Idempotency-Key` runs again.
+pub async fn meter<N: Next>(state: AppState, request: Request, next: N) -> Response {
+    let Some(principal) = request.extensions().get::<Arc<Principal>>().cloned() else {
+        return missing_principal();
+    };
+    let tags = match request.headers().get(USAGE_TAGS_HEADER).map(|v| v.to_str()) {
+        None => Default::default(),
+        Some(Ok(v)) => match crate::metering::parse_tags(v) {
+            Ok(t) => t,
+            Err(e) => return ApiError::invalid_field("X-Usage-Tags", format!("X-Usage-Tags: {e}")).into_response(),
+        },
+        Some(Err(_)) => {
+            return ApiError::invalid_field("X-Usage-Tags", "X-Usage-Tags must be ASCII").into_response();
+        }
+    };
+    let Some(ctx) = request.extensions().get::<Arc<RequestContext>>().cloned() else {
+        return missing_principal();
+    };
+    let claim = request.extensions().get::<Arc<crate::metering::idempotency::ClaimSlot>>().cloned();
+    let route = request.extensions().get::<MatchedPath>().map_or_else(|| "-".to_string(), |m| m.as_str().to_string());
+    let method = request.method().as_str().to_string();
+    let billable_route = metered(request.uri().path());
+    let ip = request.extensions().get::<ClientIp>().and_then(|c| c.0).map(|ip| ip.to_string());
+    let user_agent = request
+        .headers()
+        .get(axum::http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.chars().take(256).collect::<String>());
+
+    let mut response = next.run(request).await;
+
+    let status = response.status().as_u16();
+    let event = UsageEvent::new(
+        EventFacts {
+            org_id: &principal.org_id,
+            environment: principal.environment,
+            key_id: &principal.key_id,
+            method: &method,
+            route: &route,
+            status,
+            billable: billable_route && status < 500,
+            request_id: &ctx.request_id,
+            processing_us: ctx.started.elapsed().as_micros() as u64,
+            tags,
+        },
+        &ctx.usage,
+    );
+    // A server error is not stored for replays: the claim is released (when
+    // the slot drops) and a retry runs.
+    let mut completion = None;
+    if status < 500
+        && let Some(claim) = claim.as_ref().and_then(|c| c.take())
+    {
+        let (parts, body) = response.into_parts();
+        let bytes = match axum::body::to_bytes(body, usize::MAX).await {
+            Ok(b) => b,
+            Err(e) => {
+                return ApiError::Internal(anyhow::anyhow!("reading the response to store it: {e}")).into_response();
+            }
+        };
+        let headers = STORED_HEADERS
+            .iter()
+            .filter_map(|h| parts.headers.get(*h).and_then(|v| v.to_str().ok()).map(|v| (h.to_string(), v.to_string())))
+            .collect();
+        completion = Some(Completion { claim, response: StoredResponse { status, headers, body: bytes.to_vec() } });
+        response = Response::from_parts(parts, axum::body::Body::from(bytes));
+    }
+    let released = completion.as_ref().map(|c| c.claim.clone());
+    match state.meter.submit(Submission { event, ip, user_agent, completion }).await {
+        Ok(()) => {
+            crate::telemetry::inc("memhost_usage_events_total", &[], 1);
+            response
+        }
+        Err(reason) => {
+            crate::telemetry::inc("memhost_usage_write_failures_total", &[], 1);
+            if let Some(claim) = released {
+                state.meter.idempotency().release(&claim).await;
+            }
+            ApiError::Rejected {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                code: "USAGE_NOT_RECORDED",
+                message: format!(
+                    "the request's usage could not be recorded, so it is not billed and its answer is withheld; \
+                     retry (with the same Idempotency-Key, if you sent one): {reason}"
+                ),
+                details: None,
+            }
+            .into_response()
+        }
+    }
 }
 
 /// 7c. `/admin`: an admin key of an operator org. Plugins and operator
@@ -421,6 +653,10 @@ step!(
 step!(
     /// Layer 7a: quotas.
     QuotaStep => quota
+);
+step!(
+    /// Layer 7: idempotency keys.
+    IdempotencyStep => idempotency
 );
 step!(
     /// Layer 7b: metering.

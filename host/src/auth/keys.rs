@@ -15,7 +15,7 @@ pub const SECRET_LEN: usize = 32;
 const DISPLAY_CHARS: usize = 4;
 
 /// Live keys touch real, billed data; test keys touch their org's sandbox.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema, PartialOrd, Ord)]
 #[serde(rename_all = "lowercase")]
 pub enum Environment {
     Live,

@@ -15,7 +15,9 @@ use serde::{Deserialize, Serialize};
 
 pub use keys::{ApiKey, Environment};
 
+use crate::audit::{self, Actor, NewEntry};
 use crate::store::Database;
+use crate::store::sql::Tx;
 
 /// What a key may do. `admin` implies every other scope.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema)]
@@ -290,7 +292,7 @@ impl AuthService {
         }
     }
 
-    pub async fn create_org(&self, name: &str, plan: &str, operator: bool) -> Result<Org, AuthError> {
+    pub async fn create_org(&self, name: &str, plan: &str, operator: bool, actor: &Actor) -> Result<Org, AuthError> {
         let name = name.trim();
         if name.is_empty() || name.len() > 200 {
             return Err(AuthError::Invalid("org name must be 1 to 200 characters".into()));
@@ -304,7 +306,11 @@ impl AuthService {
             overrides: serde_json::json!({}),
             created_at: now(),
         };
-        repo::insert_org(&self.db, &org).await?;
+        let mut tx = self.db.begin().await?;
+        repo::insert_org(&mut tx, &org).await?;
+        audit::record_in(&mut tx, NewEntry::action(actor, Some(&org.id), "org.created", &org.id, None, org_json(&org)))
+            .await?;
+        tx.commit().await?;
         Ok(org)
     }
 
@@ -316,8 +322,10 @@ impl AuthService {
         id: &str,
         plan: Option<&str>,
         overrides: Option<serde_json::Value>,
+        actor: &Actor,
     ) -> Result<Org, AuthError> {
         let org = self.get_org(id).await?;
+        let before = org_json(&org);
         let plan = match plan {
             Some(p) => check_plan(p)?.to_string(),
             None => org.plan.clone(),
@@ -326,7 +334,11 @@ impl AuthService {
         if !overrides.is_object() {
             return Err(AuthError::Invalid("overrides must be a JSON object".into()));
         }
-        repo::set_org(&self.db, id, &plan, &overrides).await?;
+        let mut tx = self.db.begin().await?;
+        repo::set_org(&mut tx, id, &plan, &overrides).await?;
+        let after = serde_json::json!({ "plan": plan, "overrides": overrides });
+        audit::record_in(&mut tx, NewEntry::action(actor, Some(id), "org.updated", id, before, Some(after))).await?;
+        tx.commit().await?;
         self.cache.forget_org(id);
         self.get_org(id).await
     }
@@ -339,11 +351,20 @@ impl AuthService {
         repo::get_org(&self.db, id).await?.ok_or_else(|| AuthError::NotFound { kind: "org", id: id.to_string() })
     }
 
-    pub async fn create_key(&self, new: NewKey) -> Result<CreatedKey, AuthError> {
-        self.create_key_inner(new, None).await
+    pub async fn create_key(&self, new: NewKey, actor: &Actor) -> Result<CreatedKey, AuthError> {
+        let mut tx = self.db.begin().await?;
+        let created = self.create_key_in(&mut tx, new, None, actor).await?;
+        tx.commit().await?;
+        Ok(created)
     }
 
-    async fn create_key_inner(&self, new: NewKey, rotated_from: Option<String>) -> Result<CreatedKey, AuthError> {
+    async fn create_key_in(
+        &self,
+        tx: &mut Tx,
+        new: NewKey,
+        rotated_from: Option<String>,
+        actor: &Actor,
+    ) -> Result<CreatedKey, AuthError> {
         let name = new.name.trim();
         if name.len() > 200 {
             return Err(AuthError::Invalid("key name must be at most 200 characters".into()));
@@ -372,7 +393,12 @@ impl AuthService {
             rotated_from,
             rotated_to: None,
         };
-        repo::insert_key(&self.db, &record, &key.hash(&self.secret)).await?;
+        repo::insert_key(tx, &record, &key.hash(&self.secret)).await?;
+        audit::record_in(
+            tx,
+            NewEntry::action(actor, Some(&record.org_id), "key.created", &record.id, None, key_json(&record)),
+        )
+        .await?;
         Ok(CreatedKey { key: key.expose().to_string(), record })
     }
 
@@ -437,7 +463,7 @@ impl AuthService {
     /// Issues a replacement key with the same org, environment, name and
     /// scopes. The new key works at once; the old one keeps working for
     /// `grace` and then expires.
-    pub async fn rotate(&self, key_id: &str, grace: Duration) -> Result<CreatedKey, AuthError> {
+    pub async fn rotate(&self, key_id: &str, grace: Duration, actor: &Actor) -> Result<CreatedKey, AuthError> {
         let old = self.find_key(key_id).await?;
         check_usable(&old, now())?;
         if old.rotated_to.is_some() {
@@ -448,8 +474,10 @@ impl AuthService {
         }
         let grace =
             chrono::Duration::from_std(grace).map_err(|_| AuthError::Invalid("grace period too long".into()))?;
+        let mut tx = self.db.begin().await?;
         let created = self
-            .create_key_inner(
+            .create_key_in(
+                &mut tx,
                 NewKey {
                     org_id: old.org_id.clone(),
                     name: old.name.clone(),
@@ -458,23 +486,44 @@ impl AuthService {
                     expires_at: old.expires_at,
                 },
                 Some(old.id.clone()),
+                actor,
             )
             .await?;
         let grace_end = now() + grace;
         let old_expiry = old.expires_at.map_or(grace_end, |e| e.min(grace_end));
-        repo::mark_rotated(&self.db, &old.id, &created.record.id, old_expiry).await?;
+        repo::mark_rotated(&mut tx, &old.id, &created.record.id, old_expiry).await?;
+        let after = serde_json::json!({ "rotated_to": created.record.id, "expires_at": old_expiry });
+        audit::record_in(
+            &mut tx,
+            NewEntry::action(actor, Some(&old.org_id), "key.rotated", &old.id, key_json(&old), Some(after)),
+        )
+        .await?;
+        tx.commit().await?;
         self.cache.forget(&old.id);
         Ok(created)
     }
 
     /// Revokes (permanent), deactivates or reactivates a key.
-    pub async fn set_status(&self, key_id: &str, status: KeyStatus) -> Result<ApiKeyRecord, AuthError> {
+    pub async fn set_status(&self, key_id: &str, status: KeyStatus, actor: &Actor) -> Result<ApiKeyRecord, AuthError> {
         let key = self.find_key(key_id).await?;
         if key.status == KeyStatus::Revoked && status != KeyStatus::Revoked {
             return Err(AuthError::Conflict(format!("key {} is revoked; revocation is permanent", key.id)));
         }
         let revoked_at = (status == KeyStatus::Revoked).then(now);
-        repo::set_key_status(&self.db, &key.id, status, revoked_at.or(key.revoked_at)).await?;
+        let action = match status {
+            KeyStatus::Revoked => "key.revoked",
+            KeyStatus::Inactive => "key.deactivated",
+            KeyStatus::Active => "key.activated",
+        };
+        let mut tx = self.db.begin().await?;
+        repo::set_key_status(&mut tx, &key.id, status, revoked_at.or(key.revoked_at)).await?;
+        let after = serde_json::json!({ "status": status.as_str() });
+        audit::record_in(
+            &mut tx,
+            NewEntry::action(actor, Some(&key.org_id), action, &key.id, key_json(&key), Some(after)),
+        )
+        .await?;
+        tx.commit().await?;
         self.cache.forget(&key.id);
         self.find_key(&key.id).await
     }
@@ -532,6 +581,26 @@ fn redact(s: &str) -> String {
 }
 
 /// Now, truncated to microseconds so that what we store and what we return agree.
+/// What the audit log keeps of an org (never a secret).
+fn org_json(org: &Org) -> Option<serde_json::Value> {
+    Some(
+        serde_json::json!({ "name": org.name, "plan": org.plan, "operator": org.operator, "overrides": org.overrides }),
+    )
+}
+
+/// What the audit log keeps of a key: its id, prefix and settings, never the key.
+fn key_json(k: &ApiKeyRecord) -> Option<serde_json::Value> {
+    Some(serde_json::json!({
+        "name": k.name, "environment": k.environment.as_str(), "prefix": k.prefix,
+        "scopes": Scope::join(&k.scopes), "status": k.status.as_str(), "expires_at": k.expires_at,
+    }))
+}
+
+/// Compares secrets in time that does not depend on where they differ.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 pub fn now() -> DateTime<Utc> {
     let t = Utc::now();
     DateTime::from_timestamp_micros(t.timestamp_micros()).unwrap_or(t)

@@ -4,20 +4,20 @@ use chrono::{DateTime, Utc};
 
 use super::{ApiKeyRecord, Environment, KeyOwner, KeyStatus, Org, Scope};
 use crate::store::Database;
-use crate::store::sql::{Row, sql};
+use crate::store::sql::{Row, Tx, sql};
 
 const ORG_COLUMNS: &str = "id, name, plan, operator, overrides, created_at";
 const KEY_COLUMNS: &str = "k.id, k.org_id, k.name, k.environment, k.prefix, k.scopes, k.status, k.expires_at, \
                            k.created_at, k.last_used_at, k.revoked_at, k.rotated_from, k.rotated_to";
 
-pub async fn insert_org(db: &Database, org: &Org) -> sqlx::Result<()> {
+pub async fn insert_org(tx: &mut Tx, org: &Org) -> sqlx::Result<()> {
     sql("INSERT INTO orgs (id, name, plan, operator, created_at) VALUES ($1, $2, $3, $4, $5)")
         .bind(&org.id)
         .bind(&org.name)
         .bind(&org.plan)
         .bind(org.operator)
         .bind(org.created_at)
-        .execute(db.write())
+        .execute(tx)
         .await?;
     Ok(())
 }
@@ -32,17 +32,17 @@ pub async fn get_org(db: &Database, id: &str) -> sqlx::Result<Option<Org>> {
     row.as_ref().map(org_from).transpose()
 }
 
-pub async fn set_org(db: &Database, id: &str, plan: &str, overrides: &serde_json::Value) -> sqlx::Result<bool> {
+pub async fn set_org(tx: &mut Tx, id: &str, plan: &str, overrides: &serde_json::Value) -> sqlx::Result<bool> {
     let n = sql("UPDATE orgs SET plan = $1, overrides = $2 WHERE id = $3")
         .bind(plan)
         .bind(overrides.to_string())
         .bind(id)
-        .execute(db.write())
+        .execute(tx)
         .await?;
     Ok(n == 1)
 }
 
-pub async fn insert_key(db: &Database, k: &ApiKeyRecord, hash: &str) -> sqlx::Result<()> {
+pub async fn insert_key(tx: &mut Tx, k: &ApiKeyRecord, hash: &str) -> sqlx::Result<()> {
     sql("INSERT INTO api_keys (id, org_id, name, environment, prefix, key_hash, scopes, status, expires_at, \
          created_at, rotated_from) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)")
     .bind(&k.id)
@@ -56,7 +56,7 @@ pub async fn insert_key(db: &Database, k: &ApiKeyRecord, hash: &str) -> sqlx::Re
     .bind(k.expires_at)
     .bind(k.created_at)
     .bind(&k.rotated_from)
-    .execute(db.write())
+    .execute(tx)
     .await?;
     Ok(())
 }
@@ -97,18 +97,18 @@ pub async fn key_by_hash(db: &Database, hash: &str) -> sqlx::Result<Option<(ApiK
     .transpose()
 }
 
-pub async fn mark_rotated(db: &Database, old_id: &str, new_id: &str, expires_at: DateTime<Utc>) -> sqlx::Result<()> {
+pub async fn mark_rotated(tx: &mut Tx, old_id: &str, new_id: &str, expires_at: DateTime<Utc>) -> sqlx::Result<()> {
     sql("UPDATE api_keys SET rotated_to = $1, expires_at = $2 WHERE id = $3")
         .bind(new_id)
         .bind(expires_at)
         .bind(old_id)
-        .execute(db.write())
+        .execute(tx)
         .await?;
     Ok(())
 }
 
 pub async fn set_key_status(
-    db: &Database,
+    tx: &mut Tx,
     id: &str,
     status: KeyStatus,
     revoked_at: Option<DateTime<Utc>>,
@@ -117,7 +117,7 @@ pub async fn set_key_status(
         .bind(status.as_str())
         .bind(revoked_at)
         .bind(id)
-        .execute(db.write())
+        .execute(tx)
         .await?;
     Ok(())
 }

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use crate::auth::Principal;
 use crate::metering::API_CALLS;
-use crate::metering::meter::{UsageMeter, period_end, period_of};
+use crate::metering::{UsageMeter, period_end, period_of};
 use crate::plugins::{MetricLimit, PluginService};
 
 /// Cache entries kept before the cache starts over.

@@ -7,6 +7,7 @@ use clap::{Args, Subcommand};
 use comfy_table::{ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
 use serde::Serialize;
 
+use crate::audit::Actor;
 use crate::auth::{self, ApiKeyRecord, AuthService, CreatedKey, Environment, KeyStatus, NewKey, Scope};
 use crate::config::Config;
 use crate::store::Database;
@@ -141,9 +142,9 @@ pub async fn orgs(config: Config, cmd: OrgsCommand) -> anyhow::Result<()> {
     match cmd {
         OrgsCommand::Create { name, plan, operator, overrides, out } => {
             let overrides = overrides.as_deref().map(parse_overrides).transpose()?;
-            let mut org = auth.create_org(&name, &plan, operator).await?;
+            let mut org = auth.create_org(&name, &plan, operator, &Actor::cli()).await?;
             if overrides.is_some() {
-                org = auth.update_org(&org.id, None, overrides).await?;
+                org = auth.update_org(&org.id, None, overrides, &Actor::cli()).await?;
             }
             emit(out, &org, || format!("Org created.\n{}", org_table(std::slice::from_ref(&org))))?;
         }
@@ -152,7 +153,7 @@ pub async fn orgs(config: Config, cmd: OrgsCommand) -> anyhow::Result<()> {
                 anyhow::bail!("nothing to change: give --plan and/or --overrides");
             }
             let overrides = overrides.as_deref().map(parse_overrides).transpose()?;
-            let org = auth.update_org(&org, plan.as_deref(), overrides).await?;
+            let org = auth.update_org(&org, plan.as_deref(), overrides, &Actor::cli()).await?;
             emit(out, &org, || format!("Org updated.\n{}", org_table(std::slice::from_ref(&org))))?;
         }
         OrgsCommand::List { out } => {
@@ -203,7 +204,8 @@ async fn keys_inner(auth: &AuthService, cmd: KeysCommand) -> anyhow::Result<()> 
                 None => None,
             };
             let environment = if test { Environment::Test } else { Environment::Live };
-            let created = auth.create_key(NewKey { org_id: org, name, environment, scopes, expires_at }).await?;
+            let created =
+                auth.create_key(NewKey { org_id: org, name, environment, scopes, expires_at }, &Actor::cli()).await?;
             emit_created(out, &created, "API key created")?;
         }
         KeysCommand::List { org, out } => {
@@ -245,7 +247,7 @@ async fn keys_inner(auth: &AuthService, cmd: KeysCommand) -> anyhow::Result<()> 
         },
         KeysCommand::Rotate { key, grace, out } => {
             let grace = parse_duration(&grace)?;
-            let created = auth.rotate(&key, grace).await?;
+            let created = auth.rotate(&key, grace, &Actor::cli()).await?;
             let old = created.record.rotated_from.clone().unwrap_or_default();
             emit_created(out, &created, &format!("Key {old} rotated; it keeps working for {}", humanize(grace)))?;
         }
@@ -257,7 +259,7 @@ async fn keys_inner(auth: &AuthService, cmd: KeysCommand) -> anyhow::Result<()> 
 }
 
 async fn status(auth: &AuthService, key: &str, status: KeyStatus, out: Output) -> anyhow::Result<()> {
-    let record = auth.set_status(key, status).await?;
+    let record = auth.set_status(key, status, &Actor::cli()).await?;
     emit(out, &record, || {
         format!("Key {} is now {}.\n{}", record.id, record.status.as_str(), key_table(std::slice::from_ref(&record)))
     })

@@ -5,6 +5,7 @@ mod admin;
 mod plugin;
 mod ratelimit;
 mod scaffold;
+mod usage;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -46,6 +47,12 @@ enum Command {
     /// A key's rate limits and quotas, as a running server enforces them.
     #[command(subcommand)]
     Ratelimit(ratelimit::RatelimitCommand),
+    /// Usage: stats per key or org, the period export, reconciliation with the raw events.
+    #[command(subcommand)]
+    Usage(usage::UsageCommand),
+    /// The audit log: verify its hash chain, list entries.
+    #[command(subcommand)]
+    Audit(usage::AuditCommand),
 }
 
 pub fn main() -> ExitCode {
@@ -79,6 +86,8 @@ pub fn main() -> ExitCode {
             Command::Db(cmd) => admin::db(config, cmd).await,
             Command::Plugin(cmd) => plugin::run(config, cmd).await,
             Command::Ratelimit(cmd) => ratelimit::run(cmd).await,
+            Command::Usage(cmd) => usage::usage(config, cmd).await,
+            Command::Audit(cmd) => usage::audit(config, cmd).await,
         }
     });
     match result {

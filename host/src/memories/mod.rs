@@ -183,14 +183,14 @@ impl MemoryService {
         let now = crate::auth::now();
         let memory = Memory { id: Uuid::now_v7(), text, metadata, created_at: now, updated_at: now };
         self.store.insert(scope, &memory, &embedding, actor).await?;
-        usage.add_memories(1);
+        usage.add_created(1);
         Ok(memory)
     }
 
     pub async fn get(&self, scope: &MemoryScope, id: &str, usage: &RequestUsage) -> Result<Memory, MemoryError> {
         let uuid = parse_id(id)?;
         let memory = self.store.get(scope, uuid).await?.ok_or_else(|| MemoryError::NotFound(id.to_string()))?;
-        usage.add_memories(1);
+        usage.add_read(1);
         Ok(memory)
     }
 
@@ -222,7 +222,7 @@ impl MemoryService {
             .update(scope, uuid, text.as_deref(), metadata.as_ref(), embedding.as_deref(), actor)
             .await?
             .ok_or_else(|| MemoryError::NotFound(id.to_string()))?;
-        usage.add_memories(1);
+        usage.add_updated(1);
         Ok(new)
     }
 
@@ -235,7 +235,7 @@ impl MemoryService {
     ) -> Result<(), MemoryError> {
         let uuid = parse_id(id)?;
         self.store.delete(scope, uuid, actor).await?.ok_or_else(|| MemoryError::NotFound(id.to_string()))?;
-        usage.add_memories(1);
+        usage.add_deleted(1);
         Ok(())
     }
 
@@ -256,7 +256,7 @@ impl MemoryService {
         let has_more = memories.len() > limit as usize;
         memories.truncate(limit as usize);
         let next_cursor = if has_more { memories.last().map(|m| encode_cursor(m.id)) } else { None };
-        usage.add_memories(memories.len() as u64);
+        usage.add_read(memories.len() as u64);
         Ok(MemoryPage { memories, next_cursor, has_more })
     }
 
@@ -304,7 +304,7 @@ impl MemoryService {
             .into_iter()
             .map(|(memory, score)| ScoredMemory { memory, score })
             .collect();
-        usage.add_memories(results.len() as u64);
+        usage.add_read(results.len() as u64);
         Ok(results)
     }
 
@@ -319,21 +319,31 @@ impl MemoryService {
         let texts: Vec<&str> = memories.iter().map(|m| m.memory.text.as_str()).collect();
         let answer = self.answerer.answer(&params.query, &texts).await?;
         if self.answerer.is_remote() {
-            usage.add_model_call();
+            usage.add_model_call(&answer.model, 0);
         }
-        usage.add_tokens(
-            answer.tokens.unwrap_or_else(|| {
-                estimate_tokens(&answer.text) + texts.iter().map(|t| estimate_tokens(t)).sum::<u64>()
-            }),
-        );
+        // What the answer was made from (in) and the answer itself (out),
+        // as the provider reports them or estimated.
+        let context_tokens = texts.iter().map(|t| estimate_tokens(t)).sum::<u64>();
+        let answer_tokens = estimate_tokens(&answer.text);
+        match answer.tokens {
+            Some(total) => {
+                usage.add_output_tokens(answer_tokens.min(total));
+                usage.add_tokens(total.saturating_sub(answer_tokens.min(total)));
+            }
+            None => {
+                usage.add_tokens(context_tokens);
+                usage.add_output_tokens(answer_tokens);
+            }
+        }
         Ok(AnswerResult { answer: answer.text, model: answer.model, memories })
     }
 
     async fn embed(&self, text: &str, usage: &RequestUsage) -> Result<Vec<f32>, MemoryError> {
         let mut vectors = self.embedder.embed(&[text]).await?;
         usage.add_tokens(estimate_tokens(text));
+        usage.add_embeddings(1);
         if self.embedder.is_remote() {
-            usage.add_model_call();
+            usage.add_model_call(self.embedder.model(), 0);
         }
         vectors.pop().ok_or_else(|| ProviderError("no embedding returned".into()).into())
     }

@@ -1,35 +1,62 @@
-//! Period usage per org: what quotas are checked against.
+//! [`UsageMeter`]: the metering service the request path and other domains
+//! use. It owns the event writer's queue, the metrics policy (reloaded on
+//! change), the idempotency keys and the period usage the quota check reads.
 //!
-//! Requests add to in-memory deltas; a background task adds the deltas to
-//! `usage_counters` once a second (and at shutdown), so metering costs no
-//! database write on the request path. A quota check reads the stored total
-//! (re-read at most once a second per org) plus this instance's unflushed
-//! deltas. With several instances, another instance's last second of usage
-//! may not be seen yet: a monthly quota can overshoot by at most what the
-//! other instances serve in about two seconds.
+//! Period usage (`used`) is read from `usage_counters`, which the writer
+//! updates in the same transaction as the events: it is cached for at most
+//! [`USAGE_CACHE_TTL`] per org, and each batch this instance commits is
+//! applied to the cache, so within one instance a quota check sees every
+//! acknowledged request; another instance's requests show within the TTL.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
+use arc_swap::ArcSwap;
+use chrono::Utc;
+use serde::Serialize;
+use tokio::sync::oneshot;
+
+use super::idempotency::IdempotencyKeys;
+use super::policy::{Metric, MetricsPolicy};
+use super::writer::{self, Job, Queue, Submission};
+use super::{period_of, reconcile};
 use crate::auth::Environment;
 use crate::store::Database;
 use crate::store::sql::sql;
 use crate::supervisor::Shutdown;
-use chrono::{DateTime, Datelike, Utc};
+use crate::telemetry;
 
-/// How often deltas are written and stored totals re-read.
-pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
+/// How long a read of the stored period usage is trusted.
+pub const USAGE_CACHE_TTL: Duration = Duration::from_secs(1);
+/// How often the policy file is checked for changes.
+pub const POLICY_POLL: Duration = Duration::from_secs(1);
+/// How often retention runs.
+pub const RETENTION_EVERY: Duration = Duration::from_secs(3600);
 
-/// The billing period an instant falls in: its UTC calendar month.
-pub fn period_of(t: DateTime<Utc>) -> String {
-    format!("{:04}-{:02}", t.year(), t.month())
+/// The metering writer's figures, for `/ready` and `/metrics`.
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    pub batches: AtomicU64,
+    pub events: AtomicU64,
+    pub failed_batches: AtomicU64,
+    pub failed_events: AtomicU64,
+    /// Sum of commit times, in µs (with `batches`, the mean).
+    pub commit_us_total: AtomicU64,
+    pub largest_batch: AtomicU64,
 }
 
-/// The period's end (the first instant of the next month), RFC 3339.
-pub fn period_end(t: DateTime<Utc>) -> DateTime<Utc> {
-    let (y, m) = if t.month() == 12 { (t.year() + 1, 1) } else { (t.year(), t.month() + 1) };
-    chrono::NaiveDate::from_ymd_opt(y, m, 1).and_then(|d| d.and_hms_opt(0, 0, 0)).map(|d| d.and_utc()).unwrap_or(t)
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct WriterStatsSnapshot {
+    pub batches: u64,
+    pub events: u64,
+    pub failed_batches: u64,
+    pub failed_events: u64,
+    pub queue_depth: u64,
+    pub mean_commit_ms: f64,
+    pub largest_batch: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -39,7 +66,23 @@ struct Slot {
     period: String,
 }
 
-type Deltas = HashMap<String, u64>;
+#[derive(Default)]
+struct UsageCache {
+    entries: HashMap<Slot, (Instant, HashMap<String, i64>)>,
+    /// Bumped when a batch starts committing and when it is applied: a read
+    /// that saw a change of epoch (or a commit in progress) is not cached.
+    epoch: u64,
+    committing: bool,
+}
+
+/// Where the metrics policy comes from.
+#[derive(Debug, Clone)]
+pub enum PolicySource {
+    /// The bundled `policies/metrics.yaml`.
+    Bundled,
+    /// A file, reloaded when it changes.
+    File(PathBuf),
+}
 
 #[derive(Clone)]
 pub struct UsageMeter {
@@ -48,75 +91,206 @@ pub struct UsageMeter {
 
 struct Inner {
     db: Database,
-    counts: Mutex<Counts>,
-    /// A flush holds it for writing, a read of the stored totals for
-    /// reading: so no read sees a batch both in the database and in
-    /// `Counts::flushing`, and within one instance a check is exact.
-    flush_lock: tokio::sync::RwLock<()>,
-}
-
-#[derive(Default)]
-struct Counts {
-    /// Recorded, not yet being written.
-    pending: HashMap<Slot, Deltas>,
-    /// Being written by the flush in progress.
-    flushing: HashMap<Slot, Deltas>,
-    /// Totals as last read from the database, and when.
-    stored: HashMap<Slot, (Instant, Deltas)>,
-}
-
-impl Counts {
-    /// `base` plus what this instance has not written yet.
-    fn with_unwritten(&self, slot: &Slot, mut base: Deltas) -> Deltas {
-        for deltas in [self.flushing.get(slot), self.pending.get(slot)].into_iter().flatten() {
-            for (metric, q) in deltas {
-                *base.entry(metric.clone()).or_default() += q;
-            }
-        }
-        base
-    }
+    policy: ArcSwap<MetricsPolicy>,
+    source: PolicySource,
+    /// The last reload's refusal, if the file on disk is not valid.
+    policy_error: Mutex<Option<String>>,
+    queue: Queue,
+    idempotency: IdempotencyKeys,
+    cache: Mutex<UsageCache>,
+    stats: WriterStats,
 }
 
 impl UsageMeter {
-    pub fn new(db: Database) -> UsageMeter {
-        UsageMeter { inner: Arc::new(Inner { db, counts: Mutex::default(), flush_lock: tokio::sync::RwLock::new(()) }) }
+    /// Loads the policy (an invalid file is an error at start).
+    pub fn new(db: Database, source: PolicySource) -> anyhow::Result<UsageMeter> {
+        let policy = match &source {
+            PolicySource::Bundled => MetricsPolicy::bundled(),
+            PolicySource::File(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| anyhow::anyhow!("reading the metrics policy {}: {e}", path.display()))?;
+                MetricsPolicy::parse(&text)
+                    .map_err(|e| anyhow::anyhow!("the metrics policy {} is not valid: {e}", path.display()))?
+            }
+        };
+        let idempotency = IdempotencyKeys::new(db.clone(), policy.retention.idempotency_hours);
+        Ok(UsageMeter {
+            inner: Arc::new(Inner {
+                db,
+                policy: ArcSwap::from_pointee(policy),
+                source,
+                policy_error: Mutex::default(),
+                queue: writer::queue(),
+                idempotency,
+                cache: Mutex::default(),
+                stats: WriterStats::default(),
+            }),
+        })
     }
 
-    fn counts(&self) -> std::sync::MutexGuard<'_, Counts> {
-        self.inner.counts.lock().unwrap_or_else(|e| e.into_inner())
+    pub fn policy(&self) -> Arc<MetricsPolicy> {
+        self.inner.policy.load_full()
     }
 
-    /// Adds usage to the current period.
-    pub fn record(&self, org_id: &str, environment: Environment, metric: &str, quantity: u64) {
-        if quantity == 0 {
-            return;
+    pub fn policy_error(&self) -> Option<String> {
+        self.inner.policy_error.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn idempotency(&self) -> &IdempotencyKeys {
+        &self.inner.idempotency
+    }
+
+    pub fn db(&self) -> &Database {
+        &self.inner.db
+    }
+
+    pub fn stats(&self) -> WriterStatsSnapshot {
+        let s = &self.inner.stats;
+        let batches = s.batches.load(Ordering::Relaxed);
+        WriterStatsSnapshot {
+            batches,
+            events: s.events.load(Ordering::Relaxed),
+            failed_batches: s.failed_batches.load(Ordering::Relaxed),
+            failed_events: s.failed_events.load(Ordering::Relaxed),
+            queue_depth: (writer::QUEUE_CAPACITY - self.inner.queue.0.capacity()) as u64,
+            mean_commit_ms: if batches == 0 {
+                0.0
+            } else {
+                s.commit_us_total.load(Ordering::Relaxed) as f64 / batches as f64 / 1000.0
+            },
+            largest_batch: s.largest_batch.load(Ordering::Relaxed),
         }
-        let slot = Slot { org_id: org_id.to_string(), environment, period: period_of(Utc::now()) };
-        *self.counts().pending.entry(slot).or_default().entry(metric.to_string()).or_default() += quantity;
     }
 
-    /// The org's usage in the current period, per metric.
-    pub async fn used(&self, org_id: &str, environment: Environment) -> sqlx::Result<Deltas> {
-        let slot = Slot { org_id: org_id.to_string(), environment, period: period_of(Utc::now()) };
-        {
-            let counts = self.counts();
-            if let Some((at, stored)) = counts.stored.get(&slot)
-                && at.elapsed() < FLUSH_EVERY
-            {
-                return Ok(counts.with_unwritten(&slot, stored.clone()));
+    /// Hands an event to the writer and waits until its batch committed.
+    /// An error means it was not written (the caller answers 503).
+    pub async fn submit(&self, submission: Submission) -> Result<(), String> {
+        let (done, answer) = oneshot::channel();
+        let job = Job { submission, enqueued: Instant::now(), done };
+        self.inner.queue.0.send(job).await.map_err(|_| "the usage writer has stopped".to_string())?;
+        answer.await.unwrap_or_else(|_| Err("the usage writer stopped before writing".into()))
+    }
+
+    /// The writer task (under the supervisor): batches, writes, answers.
+    /// On shutdown it writes what is queued and returns.
+    pub async fn writer_loop(self, mut shutdown: Shutdown) {
+        let receiver = self.inner.queue.1.clone();
+        let mut rx = receiver.lock().await;
+        loop {
+            let first = tokio::select! {
+                job = rx.recv() => job,
+                _ = shutdown.requested() => None,
+            };
+            let mut batch: Vec<Job> = match first {
+                Some(j) => vec![j],
+                None => {
+                    // Shutting down: what is already queued is still written.
+                    let mut rest = Vec::new();
+                    while let Ok(j) = rx.try_recv() {
+                        rest.push(j);
+                    }
+                    if rest.is_empty() {
+                        return;
+                    }
+                    rest
+                }
+            };
+            while batch.len() < writer::MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(j) => batch.push(j),
+                    Err(_) => break,
+                }
+            }
+            self.write(batch).await;
+            if shutdown.is_requested() && rx.is_empty() {
+                return;
             }
         }
-        let _no_flush_meanwhile = self.inner.flush_lock.read().await;
-        let stored = self.read(&slot).await?;
-        let mut counts = self.counts();
-        if counts.stored.len() > 100_000 {
-            counts.stored.clear();
-        }
-        counts.stored.insert(slot.clone(), (Instant::now(), stored.clone()));
-        Ok(counts.with_unwritten(&slot, stored))
     }
 
-    async fn read(&self, slot: &Slot) -> sqlx::Result<HashMap<String, u64>> {
+    async fn write(&self, mut batch: Vec<Job>) {
+        let policy = self.policy();
+        {
+            let mut c = self.cache();
+            c.committing = true;
+            c.epoch += 1;
+        }
+        let started = Instant::now();
+        let result = writer::write_batch(&self.inner.db, &policy, &mut batch).await;
+        let elapsed = started.elapsed();
+        let stats = &self.inner.stats;
+        {
+            let mut c = self.cache();
+            if let Ok(outcome) = &result {
+                for (bucket, update) in &outcome.counters {
+                    let slot = Slot {
+                        org_id: bucket.org_id.clone(),
+                        environment: bucket.environment,
+                        period: bucket.bucket.clone(),
+                    };
+                    if let Some((_, used)) = c.entries.get_mut(&slot) {
+                        let v = used.entry(bucket.metric.clone()).or_insert(0);
+                        *v = update.apply(*v);
+                    }
+                }
+            }
+            c.committing = false;
+            c.epoch += 1;
+        }
+        let n = batch.len() as u64;
+        telemetry::observe("memhost_usage_commit_seconds", &[], elapsed.as_secs_f64());
+        telemetry::observe_with("memhost_usage_batch_events", &[], n as f64, telemetry::SIZE_BUCKETS);
+        let answer = match result {
+            Ok(_) => {
+                stats.batches.fetch_add(1, Ordering::Relaxed);
+                stats.events.fetch_add(n, Ordering::Relaxed);
+                stats.commit_us_total.fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+                stats.largest_batch.fetch_max(n, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => {
+                stats.failed_batches.fetch_add(1, Ordering::Relaxed);
+                stats.failed_events.fetch_add(n, Ordering::Relaxed);
+                tracing::error!(error = %e, events = n, "could not write a batch of usage events; its requests answer 503");
+                Err(format!("usage could not be recorded: {e}"))
+            }
+        };
+        for job in batch {
+            telemetry::observe("memhost_usage_event_wait_seconds", &[], job.enqueued.elapsed().as_secs_f64());
+            let _ = job.done.send(answer.clone());
+        }
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, UsageCache> {
+        self.inner.cache.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The org's usage in the current period, per metric of the policy.
+    pub async fn used(&self, org_id: &str, environment: Environment) -> sqlx::Result<HashMap<String, u64>> {
+        let slot = Slot { org_id: org_id.to_string(), environment, period: period_of(Utc::now()) };
+        let epoch = {
+            let c = self.cache();
+            if let Some((at, used)) = c.entries.get(&slot)
+                && at.elapsed() < USAGE_CACHE_TTL
+            {
+                return Ok(to_u64(used));
+            }
+            (!c.committing).then_some(c.epoch)
+        };
+        let used = self.read_period(&slot).await?;
+        let mut c = self.cache();
+        if epoch.is_some_and(|e| e == c.epoch && !c.committing) {
+            if c.entries.len() > 100_000 {
+                c.entries.clear();
+            }
+            c.entries.insert(slot, (Instant::now(), used.clone()));
+        }
+        Ok(to_u64(&used))
+    }
+
+    /// Stored counters of a period; a carried-over metric with no counter
+    /// yet this period (no request since it began) reads the gauge.
+    async fn read_period(&self, slot: &Slot) -> sqlx::Result<HashMap<String, i64>> {
         let rows =
             sql("SELECT metric, quantity FROM usage_counters WHERE org_id = $1 AND environment = $2 AND period = $3")
                 .bind(&slot.org_id)
@@ -124,129 +298,160 @@ impl UsageMeter {
                 .bind(&slot.period)
                 .fetch_all(self.inner.db.read())
                 .await?;
-        rows.iter().map(|r| Ok((r.get::<String>("metric")?, r.quantity("quantity")?))).collect()
+        let mut used = HashMap::new();
+        for r in &rows {
+            used.insert(r.get::<String>("metric")?, r.get::<i64>("quantity")?);
+        }
+        let policy = self.policy();
+        let missing: Vec<&Metric> =
+            policy.metrics.iter().filter(|m| m.carries_over() && !used.contains_key(&m.name)).collect();
+        for m in missing {
+            let gauge = sql(
+                "SELECT value FROM usage_gauges WHERE org_id = $1 AND environment = $2 AND name = 'memories_stored'",
+            )
+            .bind(&slot.org_id)
+            .bind(slot.environment.as_str())
+            .fetch_optional(self.inner.db.read())
+            .await?;
+            if let Some(g) = gauge {
+                used.insert(m.name.clone(), g.get::<i64>("value")?);
+            }
+        }
+        Ok(used)
     }
 
-    /// Writes the pending deltas. On failure they are kept for the next try.
-    pub async fn flush(&self) -> sqlx::Result<()> {
-        let _one_at_a_time = self.inner.flush_lock.write().await;
-        let batch = {
-            let mut counts = self.counts();
-            let batch = std::mem::take(&mut counts.pending);
-            counts.flushing = batch.clone();
-            batch
-        };
-        if batch.is_empty() {
+    /// Forgets cached usage (after counters were rewritten by recomputation).
+    pub fn forget_cached(&self) {
+        let mut c = self.cache();
+        c.entries.clear();
+        c.epoch += 1;
+    }
+
+    /// Reloads the policy file when it changes (every [`POLICY_POLL`]). A
+    /// valid change is applied at once, the current period's counters and
+    /// rollups of new or changed metrics are recomputed from the events, and
+    /// the change is in the audit log; an invalid file is refused (logged,
+    /// shown in `/admin/metrics`) and the running policy stays.
+    pub async fn policy_loop(self, mut shutdown: Shutdown) {
+        let PolicySource::File(path) = self.inner.source.clone() else { return shutdown.requested().await };
+        let mut seen = modified(&path);
+        let mut tick = tokio::time::interval(POLICY_POLL);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.requested() => return,
+            }
+            let now = modified(&path);
+            if now == seen {
+                continue;
+            }
+            seen = now;
+            if let Err(e) = self.reload(&path).await {
+                tracing::warn!(error = %e, path = %path.display(), "metrics policy not reloaded; the previous one stays");
+                *self.inner.policy_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+            }
+        }
+    }
+
+    async fn reload(&self, path: &std::path::Path) -> Result<(), String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+        let new = MetricsPolicy::parse(&text)?;
+        *self.inner.policy_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        let old = self.policy();
+        if *old == new {
             return Ok(());
         }
-        let result = self.write(&batch).await;
-        let mut counts = self.counts();
-        let written = std::mem::take(&mut counts.flushing);
-        match &result {
-            Ok(()) => {
-                // The stored totals now include the batch: drop cached reads
-                // so no check counts it twice.
-                for slot in written.keys() {
-                    counts.stored.remove(slot);
-                }
-            }
-            Err(_) => {
-                for (slot, deltas) in written {
-                    let into = counts.pending.entry(slot).or_default();
-                    for (metric, q) in deltas {
-                        *into.entry(metric).or_default() += q;
-                    }
-                }
-            }
+        let changed: Vec<Metric> =
+            new.metrics.iter().filter(|m| old.get(&m.name).is_none_or(|o| o != *m)).cloned().collect();
+        self.inner.policy.store(Arc::new(new.clone()));
+        tracing::info!(changed = changed.len(), "metrics policy reloaded");
+        if !changed.is_empty() {
+            let period = period_of(Utc::now());
+            reconcile::recompute(&self.inner.db, &new, &period, Some(&changed), true)
+                .await
+                .map_err(|e| format!("recomputing the changed metrics: {e}"))?;
+            self.forget_cached();
         }
-        result
+        let entry = crate::audit::NewEntry {
+            kind: Some(crate::audit::EntryKind::System),
+            actor: crate::audit::Actor::system().0,
+            action: "policy.metrics.changed".into(),
+            target: Some(path.display().to_string()),
+            before: serde_json::to_value(&*old).ok(),
+            after: serde_json::to_value(&new).ok(),
+            ..Default::default()
+        };
+        crate::audit::record(&self.inner.db, vec![entry]).await.map_err(|e| e.to_string())
     }
 
-    async fn write(&self, batch: &HashMap<Slot, HashMap<String, u64>>) -> sqlx::Result<()> {
-        let mut tx = self.inner.db.begin().await?;
-        for (slot, deltas) in batch {
-            for (metric, q) in deltas {
-                sql("INSERT INTO usage_counters (org_id, environment, period, metric, quantity) \
-                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (org_id, environment, period, metric) \
-                     DO UPDATE SET quantity = usage_counters.quantity + excluded.quantity")
-                .bind(&slot.org_id)
-                .bind(slot.environment.as_str())
-                .bind(&slot.period)
-                .bind(metric)
-                .bind(*q)
-                .execute(&mut tx)
-                .await?;
-            }
-        }
-        tx.commit().await
-    }
-
-    /// Flushes every [`FLUSH_EVERY`]; on shutdown, a last time. Runs under
-    /// the supervisor.
-    pub async fn flush_loop(self, mut shutdown: Shutdown) {
-        let mut tick = tokio::time::interval(FLUSH_EVERY);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    /// Deletes raw events, audit entries and idempotency keys past their
+    /// retention, every [`RETENTION_EVERY`] (first a minute after start).
+    pub async fn retention_loop(self, mut shutdown: Shutdown) {
+        let mut wait = Duration::from_secs(60);
         loop {
-            let last = tokio::select! {
-                _ = tick.tick() => false,
-                _ = shutdown.requested() => true,
-            };
-            if let Err(e) = self.flush().await {
-                if last {
-                    tracing::warn!(error = %e, "could not write the last usage counters");
-                } else {
-                    tracing::warn!(error = %e, "could not write usage counters; will retry");
-                }
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.requested() => return,
             }
-            if last {
-                return;
+            wait = RETENTION_EVERY;
+            match self.prune().await {
+                Ok(p) if p.events + p.audit_entries + p.idempotency_keys > 0 => {
+                    tracing::info!(
+                        events = p.events,
+                        audit = p.audit_entries,
+                        keys = p.idempotency_keys,
+                        "retention pruned"
+                    )
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "retention could not prune; will retry"),
             }
         }
+    }
+
+    /// One retention pass (also `memhost usage prune`).
+    pub async fn prune(&self) -> sqlx::Result<Pruned> {
+        let r = self.policy().retention;
+        let now = Utc::now();
+        let events_before = now - chrono::Duration::days(r.events_days as i64);
+        let mut events = 0;
+        loop {
+            // In slices, so no one statement holds the table for long.
+            let n = sql(
+                "DELETE FROM usage_events WHERE id IN (SELECT id FROM usage_events WHERE occurred_at < $1 LIMIT 5000)",
+            )
+            .bind(events_before)
+            .execute(self.inner.db.write())
+            .await?;
+            events += n;
+            if n < 5000 {
+                break;
+            }
+        }
+        let distinct_before = period_of(events_before);
+        sql("DELETE FROM usage_distinct WHERE bucket < $1")
+            .bind(distinct_before)
+            .execute(self.inner.db.write())
+            .await?;
+        let audit_entries =
+            crate::audit::prune(&self.inner.db, now - chrono::Duration::days(r.audit_days as i64)).await?;
+        let idempotency_keys = self.inner.idempotency.prune().await?;
+        Ok(Pruned { events, audit_entries, idempotency_keys })
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// What a retention pass deleted.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Pruned {
+    pub events: u64,
+    pub audit_entries: u64,
+    pub idempotency_keys: u64,
+}
 
-    #[test]
-    fn periods_are_utc_months() {
-        let t: DateTime<Utc> = "2026-12-31T23:59:59Z".parse().unwrap();
-        assert_eq!(period_of(t), "2026-12");
-        assert_eq!(period_end(t).to_rfc3339(), "2027-01-01T00:00:00+00:00");
-        let t: DateTime<Utc> = "2026-02-01T00:00:00Z".parse().unwrap();
-        assert_eq!(period_of(t), "2026-02");
-        assert_eq!(period_end(t).to_rfc3339(), "2026-03-01T00:00:00+00:00");
-    }
+fn to_u64(m: &HashMap<String, i64>) -> HashMap<String, u64> {
+    m.iter().map(|(k, v)| (k.clone(), (*v).max(0) as u64)).collect()
+}
 
-    #[tokio::test]
-    async fn checks_see_every_recorded_unit_before_during_and_after_flushes() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = crate::store::StoreConfig { database_url: None, data_dir: dir.path(), max_connections: 1 };
-        let db = Database::connect(&store).await.unwrap();
-        let auth = crate::auth::AuthService::new(db.clone(), vec![7; 32], Duration::ZERO);
-        let org_a = auth.create_org("A", "free", false).await.unwrap().id;
-        let org_b = auth.create_org("B", "free", false).await.unwrap().id;
-        let meter = UsageMeter::new(db);
-        let used = |m: &UsageMeter| {
-            let (m, org) = (m.clone(), org_a.clone());
-            async move { m.used(&org, Environment::Live).await.unwrap().get("api_calls").copied().unwrap_or(0) }
-        };
-        for n in 1..=50u64 {
-            meter.record(&org_a, Environment::Live, "api_calls", 1);
-            // Flushes race the checks; every check still sees all n.
-            let flush = {
-                let m = meter.clone();
-                tokio::spawn(async move { m.flush().await })
-            };
-            assert_eq!(used(&meter).await, n);
-            flush.await.unwrap().unwrap();
-            assert_eq!(used(&meter).await, n);
-        }
-        assert_eq!(meter.used(&org_b, Environment::Live).await.unwrap().get("api_calls"), None);
-        assert_eq!(meter.used(&org_a, Environment::Test).await.unwrap().get("api_calls"), None);
-        // A fresh meter (another instance) reads the stored total.
-        let other = UsageMeter::new(meter.inner.db.clone());
-        assert_eq!(used(&other).await, 50);
-    }
+fn modified(path: &std::path::Path) -> Option<(SystemTime, u64)> {
+    std::fs::metadata(path).ok().map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()))
 }

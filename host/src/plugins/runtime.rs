@@ -346,6 +346,21 @@ impl Runtime {
         let result = body(&mut store).await;
         let duration_us = started.elapsed().as_micros() as u64;
         let fuel_used = limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
+        let plugin = &digest[..digest.len().min(12)];
+        let labels = [("kind", kind.as_str()), ("plugin", plugin)];
+        crate::telemetry::observe("memhost_plugin_call_duration_seconds", &labels, duration_us as f64 / 1e6);
+        crate::telemetry::observe_with(
+            "memhost_plugin_call_fuel",
+            &labels,
+            fuel_used as f64,
+            crate::telemetry::FUEL_BUCKETS,
+        );
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        crate::telemetry::inc(
+            "memhost_plugin_calls_total",
+            &[("kind", kind.as_str()), ("plugin", plugin), ("outcome", outcome)],
+            1,
+        );
         let value = result.map_err(|e| classify(e, &store, limits))?;
         let output_bytes = json_size(&value);
         if output_bytes > limits.max_output_bytes {

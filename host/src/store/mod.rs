@@ -185,6 +185,19 @@ impl Database {
         })
     }
 
+    /// Each pool's (name, open connections, idle ones), for `/metrics`.
+    pub fn pool_use(&self) -> Vec<(&'static str, u32, usize)> {
+        match self {
+            Database::Sqlite(db) => {
+                vec![
+                    ("sqlite_read", db.read.size(), db.read.num_idle()),
+                    ("sqlite_write", db.write.size(), db.write.num_idle()),
+                ]
+            }
+            Database::Postgres(pool) => vec![("postgres", pool.size(), pool.num_idle())],
+        }
+    }
+
     /// Closes the pools (waits for checked-out connections to return).
     pub async fn close(&self) {
         match self {

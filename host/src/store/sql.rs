@@ -444,7 +444,57 @@ fn parse_uuid(s: &str) -> sqlx::Result<Uuid> {
     Uuid::parse_str(s).map_err(|e| sqlx::Error::Decode(Box::new(e)))
 }
 
-/// `$n` ─▶ `?n`, `::type` casts and `FOR UPDATE` dropped, outside quotes.
+/// The `VALUES` list of a multi-row INSERT: `($1, $2), ($3, $4)` for 2 rows
+/// of 2 columns.
+pub fn value_rows(rows: usize, cols: usize) -> String {
+    let mut out = String::with_capacity(rows * cols * 6);
+    for r in 0..rows {
+        out.push_str(if r == 0 { "(" } else { ", (" });
+        for c in 0..cols {
+            if c > 0 {
+                out.push_str(", ");
+            }
+            out.push('$');
+            out.push_str(&(r * cols + c + 1).to_string());
+        }
+        out.push(')');
+    }
+    out
+}
+
+/// A timestamp column's UTC day as `YYYY-MM-DD` text.
+pub fn utc_day(backend: Backend, column: &str) -> String {
+    match backend {
+        Backend::Postgres => format!("to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD')"),
+        // Stored as RFC 3339 UTC text.
+        Backend::Sqlite => format!("substr({column}, 1, 10)"),
+    }
+}
+
+/// A timestamp column as whole seconds since the epoch, rounded down to a
+/// multiple of `step_secs` (buckets of a time series; UTC days and hours
+/// are such multiples).
+pub fn epoch_bucket(backend: Backend, column: &str, step_secs: u64) -> String {
+    let step = step_secs.max(1);
+    match backend {
+        Backend::Postgres => format!("(floor(extract(epoch from {column}) / {step}) * {step})::bigint"),
+        Backend::Sqlite => format!("((CAST(strftime('%s', {column}) AS INTEGER) / {step}) * {step})"),
+    }
+}
+
+/// A JSON object column's member as text: `tags->>'team'` in PostgreSQL,
+/// `json_extract(tags, '$."team"')` in SQLite. `key` must be a checked name
+/// (letters, digits, `_`, `-`): it is written into the statement.
+pub fn json_text(backend: Backend, column: &str, key: &str) -> String {
+    debug_assert!(key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'));
+    match backend {
+        Backend::Postgres => format!("({column}->>'{key}')"),
+        Backend::Sqlite => format!("json_extract({column}, '$.\"{key}\"')"),
+    }
+}
+
+/// `$n` ─▶ `?n`, `::type` casts and `FOR UPDATE` dropped, `GREATEST(` ─▶
+/// `MAX(` (SQLite's scalar max), outside quotes.
 pub fn to_sqlite(pg: &str) -> String {
     let mut out = String::with_capacity(pg.len());
     let mut chars = pg.char_indices().peekable();
@@ -469,6 +519,12 @@ pub fn to_sqlite(pg: &str) -> String {
             }
             ' ' if pg[i..].starts_with(" FOR UPDATE") => {
                 for _ in 0.." FOR UPDATE".len() - 1 {
+                    chars.next();
+                }
+            }
+            'G' if pg[i..].starts_with("GREATEST(") => {
+                out.push_str("MAX(");
+                for _ in 0.."GREATEST(".len() - 1 {
                     chars.next();
                 }
             }
@@ -520,6 +576,8 @@ mod tests {
             "SELECT a FROM t WHERE (?1 IS NULL OR k = ?1) AND v = ?12"
         );
         assert_eq!(to_sqlite("SELECT '$1::x FOR UPDATE' WHERE a = $2"), "SELECT '$1::x FOR UPDATE' WHERE a = ?2");
+        assert_eq!(to_sqlite("SET q = GREATEST(q, excluded.q)"), "SET q = MAX(q, excluded.q)");
+        assert_eq!(value_rows(2, 2), "($1, $2), ($3, $4)");
     }
 
     #[test]

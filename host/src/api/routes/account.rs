@@ -13,6 +13,7 @@ use crate::api::envelope::{ApiOk, Envelope, ErrorEnvelope};
 use crate::api::error::ApiError;
 use crate::api::extract::{ApiJson, Auth};
 use crate::api::request_path::ClientIp;
+use crate::audit::Actor;
 use crate::auth::{ApiKeyRecord, CreatedKey, Environment, KeyStatus, NewKey, Org, Scope};
 use crate::billing::QuotaStatus;
 use crate::limits::{RequestFacts, RuleStatus};
@@ -153,13 +154,16 @@ pub async fn create_key(
     };
     let created = state
         .auth
-        .create_key(NewKey {
-            org_id: principal.org_id.clone(),
-            name: body.name,
-            environment,
-            scopes: body.scopes.unwrap_or_else(|| vec![Scope::Read, Scope::Write]),
-            expires_at,
-        })
+        .create_key(
+            NewKey {
+                org_id: principal.org_id.clone(),
+                name: body.name,
+                environment,
+                scopes: body.scopes.unwrap_or_else(|| vec![Scope::Read, Scope::Write]),
+                expires_at,
+            },
+            &Actor::key(&principal.key_id),
+        )
         .await?;
     Ok(ApiOk::created(created))
 }
@@ -175,7 +179,7 @@ pub async fn revoke_key(
 ) -> Result<ApiOk<ApiKeyRecord>, ApiError> {
     let principal = auth.require(Scope::Admin)?;
     let key = state.auth.find_org_key(&principal.org_id, &key_id).await?;
-    Ok(ApiOk::ok(state.auth.set_status(&key.id, KeyStatus::Revoked).await?))
+    Ok(ApiOk::ok(state.auth.set_status(&key.id, KeyStatus::Revoked, &Actor::key(&principal.key_id)).await?))
 }
 
 /// Rotate an API key (admin scope): the new key works at once, the old one
@@ -195,5 +199,5 @@ pub async fn rotate_key(
     if grace > MAX_GRACE {
         return Err(ApiError::invalid_field("grace_period_seconds", "the grace period is at most 30 days (2592000 s)"));
     }
-    Ok(ApiOk::created(state.auth.rotate(&key.id, grace).await?))
+    Ok(ApiOk::created(state.auth.rotate(&key.id, grace, &Actor::key(&principal.key_id)).await?))
 }

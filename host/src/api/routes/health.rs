@@ -1,6 +1,7 @@
 //! `/health` (the process answers) and `/ready` (it can serve: database reachable).
 
 use axum::extract::State;
+use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use crate::api::AppState;
@@ -26,6 +27,8 @@ pub struct Ready {
     pub requests: crate::api::request_path::PathStatsSnapshot,
     /// Background loops, and how often each had to be restarted.
     pub background: Vec<crate::supervisor::LoopStatus>,
+    /// The usage-event writer: batches, events, failures, queue depth.
+    pub usage_writer: crate::metering::meter::WriterStatsSnapshot,
 }
 
 /// Liveness.
@@ -46,7 +49,62 @@ pub async fn ready(State(state): State<AppState>) -> Result<ApiOk<Ready>, ApiErr
         plugins: state.plugins.stats(),
         requests: state.path_stats.snapshot(),
         background: state.supervisor.status(),
+        usage_writer: state.meter.stats(),
     }))
+}
+
+/// Prometheus series (text exposition format). With `metrics_token` set,
+/// only `Authorization: Bearer <metrics_token>` may read it.
+pub async fn metrics(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Response {
+    if let Some(token) = state.config.metrics_token.as_deref() {
+        let presented = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !crate::auth::constant_time_eq(presented.trim().as_bytes(), token.as_bytes()) {
+            return ApiError::InvalidApiKey {
+                reason: "metrics_token",
+                message: "/metrics needs `Authorization: Bearer <metrics_token>`".into(),
+            }
+            .into_response();
+        }
+    }
+    use crate::telemetry::GaugeValue;
+    let mut gauges = vec![GaugeValue {
+        name: "memhost_usage_queue_depth",
+        labels: vec![],
+        value: state.meter.stats().queue_depth as f64,
+    }];
+    for (pool, size, idle) in state.db.pool_use() {
+        gauges.push(GaugeValue {
+            name: "memhost_db_pool_connections",
+            labels: vec![("pool", pool.into()), ("state", "idle".into())],
+            value: idle as f64,
+        });
+        gauges.push(GaugeValue {
+            name: "memhost_db_pool_connections",
+            labels: vec![("pool", pool.into()), ("state", "in_use".into())],
+            value: (size as usize).saturating_sub(idle) as f64,
+        });
+    }
+    for l in state.supervisor.status() {
+        gauges.push(GaugeValue {
+            name: "memhost_background_loop_running",
+            labels: vec![("loop", l.name.into())],
+            value: if l.running { 1.0 } else { 0.0 },
+        });
+        gauges.push(GaugeValue {
+            name: "memhost_background_loop_restarts_total",
+            labels: vec![("loop", l.name.into())],
+            value: l.restarts as f64,
+        });
+    }
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        crate::telemetry::render(&gauges),
+    )
+        .into_response()
 }
 
 /// `GET /v1/debug/panic`, mounted only with `fault_injection = true` (tests):

@@ -183,7 +183,7 @@ pub async fn delete_all(
     }
     let scope: MemoryScope = principal.into();
     let deleted = state.memories.delete_all(&scope, &query.filter, &actor(&ctx, &auth)).await?;
-    ctx.0.usage.add_memories(deleted);
+    ctx.0.usage.add_deleted(deleted);
     Ok(ApiOk(StatusCode::OK, Deleted { deleted }))
 }
 

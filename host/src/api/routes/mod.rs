@@ -1,5 +1,7 @@
 pub mod account;
+pub mod admin;
 pub mod health;
 pub mod memories;
 pub mod plugins;
 pub mod retrieval;
+pub mod usage;

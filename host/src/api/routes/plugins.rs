@@ -11,6 +11,7 @@ use crate::api::AppState;
 use crate::api::envelope::{ApiOk, Envelope, ErrorEnvelope};
 use crate::api::error::ApiError;
 use crate::api::extract::{ApiJson, ApiQuery, Auth, RawBody};
+use crate::audit::{self, Actor, NewEntry};
 use crate::auth::Principal;
 use crate::plugins::{
     ActivateRequest, ActivationRecord, CallInput, DeactivateRequest, LimitOverrides, PluginKind, PluginView,
@@ -23,6 +24,15 @@ pub const UPLOAD_BODY_LIMIT: usize = 16 << 20;
 
 fn who(p: &Principal) -> String {
     format!("{}/{}", p.org_id, p.key_id)
+}
+
+/// Records an operator's plugin change in the audit log (after it took
+/// effect: the registry commits the change itself).
+async fn audit_plugin(state: &AppState, p: &Principal, action: &str, target: &str, after: serde_json::Value) {
+    let entry = NewEntry::action(&Actor::key(&p.key_id), Some(&p.org_id), action, target, None, Some(after));
+    if let Err(e) = audit::record(&state.db, vec![entry]).await {
+        tracing::error!(error = %e, action, target, "could not write the audit entry of a plugin change");
+    }
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -79,6 +89,12 @@ pub async fn upload(
         max_output_bytes: params.max_output_bytes,
     };
     let uploaded = state.plugins.upload(&body, kind, limits, &who(principal)).await?;
+    if uploaded.created {
+        let p = &uploaded.plugin;
+        let after =
+            serde_json::json!({ "kind": p.kind, "name": p.name, "version": p.version, "size_bytes": p.size_bytes });
+        audit_plugin(&state, principal, "plugin.uploaded", &p.id, after).await;
+    }
     Ok(if uploaded.created { ApiOk::created(uploaded) } else { ApiOk::ok(uploaded) })
 }
 
@@ -122,6 +138,12 @@ pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Resul
     Ok(ApiOk::ok(PluginDetail { plugin, history }))
 }
 
+fn activation_json(a: &ActivationRecord) -> serde_json::Value {
+    serde_json::json!({
+        "kind": a.kind, "target": a.target, "activation_id": a.id, "config": a.config, "canary_percent": a.canary_percent,
+    })
+}
+
 /// An optional JSON body: none, empty or `null` means the default request.
 fn optional_body<T: serde::de::DeserializeOwned + Default>(body: &Bytes) -> Result<T, ApiError> {
     let trimmed = body.trim_ascii();
@@ -147,7 +169,9 @@ pub async fn activate(
 ) -> Result<ApiOk<ActivationRecord>, ApiError> {
     let principal = &auth.0;
     let request: ActivateRequest = optional_body(&body)?;
-    Ok(ApiOk::ok(state.plugins.activate(&id, request, &who(principal)).await?))
+    let activation = state.plugins.activate(&id, request, &who(principal)).await?;
+    audit_plugin(&state, principal, "plugin.activated", &activation.plugin_id, activation_json(&activation)).await;
+    Ok(ApiOk::ok(activation))
 }
 
 /// Go back from this plugin (active for the target) to the version active
@@ -165,7 +189,9 @@ pub async fn rollback(
 ) -> Result<ApiOk<ActivationRecord>, ApiError> {
     let principal = &auth.0;
     let request: RollbackRequest = optional_body(&body)?;
-    Ok(ApiOk::ok(state.plugins.rollback(&id, request, &who(principal)).await?))
+    let activation = state.plugins.rollback(&id, request, &who(principal)).await?;
+    audit_plugin(&state, principal, "plugin.rolled_back", &activation.plugin_id, activation_json(&activation)).await;
+    Ok(ApiOk::ok(activation))
 }
 
 /// Stop using this plugin for a target; lookups fall through to the next
@@ -177,11 +203,15 @@ pub async fn rollback(
         (status = 409, body = ErrorEnvelope)))]
 pub async fn deactivate(
     State(state): State<AppState>,
+    auth: Auth,
     Path(id): Path<String>,
     RawBody(body): RawBody,
 ) -> Result<ApiOk<PluginView>, ApiError> {
     let request: DeactivateRequest = optional_body(&body)?;
-    Ok(ApiOk::ok(state.plugins.deactivate(&id, request).await?))
+    let target = request.target.clone().unwrap_or_else(|| "global".into());
+    let view = state.plugins.deactivate(&id, request).await?;
+    audit_plugin(&state, &auth.0, "plugin.deactivated", &id, serde_json::json!({ "target": target })).await;
+    Ok(ApiOk::ok(view))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]

@@ -1,0 +1,476 @@
+//! The audit log (seed 000 §2.4, seed 003's audit trail): every API call that
+//! reached its handler and every operator action, append-only.
+//!
+//! - Append-only: there is no update or delete path in the code; in both
+//!   databases a trigger refuses `UPDATE` and `DELETE` (retention pruning
+//!   unlocks deletes of old entries inside its own transaction only).
+//! - Tamper-evident: each entry's `hash` is SHA-256 over the previous
+//!   entry's hash and the entry's canonical content, so editing, removing or
+//!   reordering an entry breaks the chain from there on ([`verify`]).
+//! - One chain: writers lock the chain's head row (`audit_head`) for their
+//!   transaction, so entries from several instances are ordered, and the
+//!   lock is held only for one batch (the metering writer appends a whole
+//!   batch of API calls at once).
+//! - Never a key, a secret or memory text: API calls record the route
+//!   template, not the path; operator actions record ids and settings.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::store::Database;
+use crate::store::sql::{Row, Tx, sql};
+
+/// The hash before the first entry.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// Rows per multi-row INSERT (well under both engines' bind limits).
+const INSERT_CHUNK: usize = 400;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryKind {
+    /// An API call (seed 000 §2.4's fields).
+    ApiCall,
+    /// An operator's or a customer's change: orgs, keys, plans, plugins.
+    Operator,
+    /// The service itself (policy reloads, retention pruning).
+    System,
+}
+
+impl EntryKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntryKind::ApiCall => "api_call",
+            EntryKind::Operator => "operator",
+            EntryKind::System => "system",
+        }
+    }
+    fn parse(s: &str) -> EntryKind {
+        match s {
+            "api_call" => EntryKind::ApiCall,
+            "operator" => EntryKind::Operator,
+            _ => EntryKind::System,
+        }
+    }
+}
+
+/// Who did it: `key:<key id>` for the API, `cli` for the command line,
+/// `system` for the service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor(pub String);
+
+impl Actor {
+    pub fn key(key_id: &str) -> Actor {
+        Actor(format!("key:{key_id}"))
+    }
+    pub fn cli() -> Actor {
+        let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_default();
+        Actor(if user.is_empty() { "cli".into() } else { format!("cli:{user}") })
+    }
+    pub fn system() -> Actor {
+        Actor("system".into())
+    }
+}
+
+/// An entry to append.
+#[derive(Debug, Clone, Default)]
+pub struct NewEntry {
+    pub occurred_at: Option<DateTime<Utc>>,
+    pub kind: Option<EntryKind>,
+    pub org_id: Option<String>,
+    pub actor: String,
+    /// `POST /v1/memories` for an API call; `org.created`, `key.revoked`,
+    /// `plugin.activated`, … for an action.
+    pub action: String,
+    /// What the action was on (an org, key or plugin id).
+    pub target: Option<String>,
+    pub request_id: Option<String>,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+    pub status: Option<u16>,
+    pub processing_us: Option<u64>,
+    pub tokens: Option<u64>,
+    pub before: Option<Value>,
+    pub after: Option<Value>,
+}
+
+impl NewEntry {
+    /// An operator action on `target`, with what it was before and after.
+    pub fn action(
+        actor: &Actor,
+        org_id: Option<&str>,
+        action: &str,
+        target: &str,
+        before: Option<Value>,
+        after: Option<Value>,
+    ) -> NewEntry {
+        NewEntry {
+            kind: Some(EntryKind::Operator),
+            org_id: org_id.map(str::to_string),
+            actor: actor.0.clone(),
+            action: action.to_string(),
+            target: Some(target.to_string()),
+            before,
+            after,
+            request_id: crate::api::envelope::current().map(|c| c.request_id.clone()),
+            ..NewEntry::default()
+        }
+    }
+}
+
+/// An entry as stored.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Entry {
+    pub seq: i64,
+    pub occurred_at: DateTime<Utc>,
+    pub kind: EntryKind,
+    pub org_id: Option<String>,
+    pub actor: String,
+    pub action: String,
+    pub target: Option<String>,
+    pub request_id: Option<String>,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+    pub status: Option<u16>,
+    pub processing_us: Option<u64>,
+    pub tokens: Option<u64>,
+    #[schema(value_type = Option<Object>)]
+    pub before: Option<Value>,
+    #[schema(value_type = Option<Object>)]
+    pub after: Option<Value>,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+/// The parts of an entry the hash covers, in a fixed order. JSON values
+/// are hashed as the text stored, so a stored entry re-hashes identically.
+struct Canonical<'a> {
+    seq: i64,
+    occurred_at: DateTime<Utc>,
+    kind: EntryKind,
+    org_id: Option<&'a str>,
+    actor: &'a str,
+    action: &'a str,
+    target: Option<&'a str>,
+    request_id: Option<&'a str>,
+    ip: Option<&'a str>,
+    user_agent: Option<&'a str>,
+    status: Option<u16>,
+    processing_us: Option<u64>,
+    tokens: Option<u64>,
+    before: Option<&'a str>,
+    after: Option<&'a str>,
+}
+
+impl Canonical<'_> {
+    fn hash(&self, prev_hash: &str) -> String {
+        let line = serde_json::json!([
+            self.seq,
+            crate::store::sqlite_time(self.occurred_at),
+            self.kind.as_str(),
+            self.org_id,
+            self.actor,
+            self.action,
+            self.target,
+            self.request_id,
+            self.ip,
+            self.user_agent,
+            self.status,
+            self.processing_us,
+            self.tokens,
+            self.before,
+            self.after,
+        ]);
+        let mut h = Sha256::new();
+        h.update(prev_hash.as_bytes());
+        h.update(b"\n");
+        h.update(line.to_string().as_bytes());
+        hex::encode(h.finalize())
+    }
+}
+
+/// The chain's head, locked for the transaction it was read in.
+pub struct Head {
+    pub seq: i64,
+    pub hash: String,
+}
+
+/// Locks the chain's head for this transaction (and with it, every other
+/// writer of the audit log and of usage counters: see `metering::writer`).
+pub async fn lock_head(tx: &mut Tx) -> sqlx::Result<Head> {
+    let row = sql("SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE").fetch_one(&mut *tx).await?;
+    Ok(Head { seq: row.get("seq")?, hash: row.get("hash")? })
+}
+
+/// Appends entries after `head` (from [`lock_head`] in the same
+/// transaction) and moves the head. Returns the entries' sequence numbers.
+pub async fn append(tx: &mut Tx, head: &mut Head, entries: Vec<NewEntry>) -> sqlx::Result<()> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let now = crate::metering::micros(Utc::now());
+    let mut rows = Vec::with_capacity(entries.len());
+    for e in entries {
+        let seq = head.seq + 1;
+        let occurred_at = crate::metering::micros(e.occurred_at.unwrap_or(now));
+        let kind = e.kind.unwrap_or(EntryKind::Operator);
+        let before = e.before.as_ref().map(Value::to_string);
+        let after = e.after.as_ref().map(Value::to_string);
+        let hash = Canonical {
+            seq,
+            occurred_at,
+            kind,
+            org_id: e.org_id.as_deref(),
+            actor: &e.actor,
+            action: &e.action,
+            target: e.target.as_deref(),
+            request_id: e.request_id.as_deref(),
+            ip: e.ip.as_deref(),
+            user_agent: e.user_agent.as_deref(),
+            status: e.status,
+            processing_us: e.processing_us,
+            tokens: e.tokens,
+            before: before.as_deref(),
+            after: after.as_deref(),
+        }
+        .hash(&head.hash);
+        rows.push((seq, occurred_at, kind, e, before, after, head.hash.clone(), hash.clone()));
+        head.seq = seq;
+        head.hash = hash;
+    }
+    for chunk in rows.chunks(INSERT_CHUNK) {
+        let mut text = String::from(
+            "INSERT INTO audit_log (seq, occurred_at, kind, org_id, actor, action, target, request_id, ip, \
+             user_agent, status, processing_us, tokens, before, after, prev_hash, hash) VALUES ",
+        );
+        text.push_str(&crate::store::sql::value_rows(chunk.len(), 17));
+        let mut q = sql(text);
+        for (seq, at, kind, e, before, after, prev, hash) in chunk {
+            q = q
+                .bind(*seq)
+                .bind(*at)
+                .bind(kind.as_str())
+                .bind(&e.org_id)
+                .bind(&e.actor)
+                .bind(&e.action)
+                .bind(&e.target)
+                .bind(&e.request_id)
+                .bind(&e.ip)
+                .bind(&e.user_agent)
+                .bind(e.status.map(i64::from))
+                .bind(e.processing_us.map(|v| v as i64))
+                .bind(e.tokens.map(|v| v as i64))
+                .bind(before)
+                .bind(after)
+                .bind(prev)
+                .bind(hash);
+        }
+        q.execute(&mut *tx).await?;
+    }
+    sql("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
+        .bind(head.seq)
+        .bind(&head.hash)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+/// Appends entries in a transaction of their own.
+pub async fn record(db: &Database, entries: Vec<NewEntry>) -> sqlx::Result<()> {
+    let mut tx = db.begin().await?;
+    let mut head = lock_head(&mut tx).await?;
+    append(&mut tx, &mut head, entries).await?;
+    tx.commit().await
+}
+
+/// Appends one operator action inside the caller's transaction (so the
+/// action and its record commit together).
+pub async fn record_in(tx: &mut Tx, entry: NewEntry) -> sqlx::Result<()> {
+    let mut head = lock_head(tx).await?;
+    append(tx, &mut head, vec![entry]).await
+}
+
+const COLUMNS: &str = "seq, occurred_at, kind, org_id, actor, action, target, request_id, ip, user_agent, status, \
+                       processing_us, tokens, before, after, prev_hash, hash";
+
+fn entry_from(r: &Row) -> sqlx::Result<Entry> {
+    let text = |c: &str| r.get::<Option<String>>(c);
+    let json = |c: &str| -> sqlx::Result<Option<Value>> {
+        Ok(text(c)?.map(|s| serde_json::from_str(&s).unwrap_or(Value::String(s))))
+    };
+    Ok(Entry {
+        seq: r.get("seq")?,
+        occurred_at: r.time("occurred_at")?,
+        kind: EntryKind::parse(&r.get::<String>("kind")?),
+        org_id: text("org_id")?,
+        actor: r.get("actor")?,
+        action: r.get("action")?,
+        target: text("target")?,
+        request_id: text("request_id")?,
+        ip: text("ip")?,
+        user_agent: text("user_agent")?,
+        status: r.get::<Option<i64>>("status")?.map(|v| v as u16),
+        processing_us: r.get::<Option<i64>>("processing_us")?.map(|v| v.max(0) as u64),
+        tokens: r.get::<Option<i64>>("tokens")?.map(|v| v.max(0) as u64),
+        before: json("before")?,
+        after: json("after")?,
+        prev_hash: r.get("prev_hash")?,
+        hash: r.get("hash")?,
+    })
+}
+
+/// Filters for [`list`].
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub org_id: Option<String>,
+    pub kind: Option<EntryKind>,
+    pub actor: Option<String>,
+    pub action: Option<String>,
+    pub start: Option<DateTime<Utc>>,
+    pub end: Option<DateTime<Utc>>,
+    /// Entries after this sequence number (the cursor).
+    pub after_seq: Option<i64>,
+    pub limit: u32,
+}
+
+/// Entries oldest first, from the cursor on.
+pub async fn list(db: &Database, f: &AuditFilter) -> sqlx::Result<Vec<Entry>> {
+    let rows = sql(format!(
+        "SELECT {COLUMNS} FROM audit_log WHERE ($1::text IS NULL OR org_id = $1) AND ($2::text IS NULL OR kind = $2) \
+         AND ($3::text IS NULL OR actor = $3) AND ($4::text IS NULL OR action = $4) \
+         AND ($5::timestamptz IS NULL OR occurred_at >= $5) AND ($6::timestamptz IS NULL OR occurred_at < $6) \
+         AND seq > $7 ORDER BY seq LIMIT $8"
+    ))
+    .bind(f.org_id.as_deref())
+    .bind(f.kind.map(EntryKind::as_str))
+    .bind(f.actor.as_deref())
+    .bind(f.action.as_deref())
+    .bind(f.start)
+    .bind(f.end)
+    .bind(f.after_seq.unwrap_or(0))
+    .bind(f.limit as i64)
+    .fetch_all(db.read())
+    .await?;
+    rows.iter().map(entry_from).collect()
+}
+
+/// What [`verify`] found.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Verification {
+    pub ok: bool,
+    /// Entries checked.
+    pub entries: u64,
+    pub first_seq: Option<i64>,
+    pub last_seq: Option<i64>,
+    /// The first entry that does not match, and why.
+    pub broken_at: Option<i64>,
+    pub problem: Option<String>,
+}
+
+/// Recomputes the chain from the oldest entry kept (earlier ones may have
+/// been pruned by retention: the oldest kept entry's `prev_hash` is taken
+/// as given) up to the head.
+pub async fn verify(db: &Database) -> sqlx::Result<Verification> {
+    let head = sql("SELECT seq, hash FROM audit_head WHERE id = 1").fetch_one(db.read()).await?;
+    let (head_seq, head_hash): (i64, String) = (head.get("seq")?, head.get("hash")?);
+    let mut v = Verification { ok: true, entries: 0, first_seq: None, last_seq: None, broken_at: None, problem: None };
+    let mut prev: Option<(i64, String)> = None;
+    let mut after = 0i64;
+    loop {
+        let rows = sql(format!("SELECT {COLUMNS} FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT 5000"))
+            .bind(after)
+            .fetch_all(db.read())
+            .await?;
+        if rows.is_empty() {
+            break;
+        }
+        for r in &rows {
+            let e = entry_from(r)?;
+            let before = r.get::<Option<String>>("before")?;
+            let after_text = r.get::<Option<String>>("after")?;
+            after = e.seq;
+            let fail = |v: &mut Verification, why: String| {
+                v.ok = false;
+                v.broken_at = Some(e.seq);
+                v.problem = Some(why);
+            };
+            if let Some((pseq, phash)) = &prev {
+                if e.seq != pseq + 1 {
+                    fail(&mut v, format!("entries {} to {} are missing", pseq + 1, e.seq - 1));
+                    return Ok(v);
+                }
+                if &e.prev_hash != phash {
+                    fail(&mut v, "prev_hash does not match the previous entry's hash".into());
+                    return Ok(v);
+                }
+            }
+            let expected = Canonical {
+                seq: e.seq,
+                occurred_at: e.occurred_at,
+                kind: e.kind,
+                org_id: e.org_id.as_deref(),
+                actor: &e.actor,
+                action: &e.action,
+                target: e.target.as_deref(),
+                request_id: e.request_id.as_deref(),
+                ip: e.ip.as_deref(),
+                user_agent: e.user_agent.as_deref(),
+                status: e.status,
+                processing_us: e.processing_us,
+                tokens: e.tokens,
+                before: before.as_deref(),
+                after: after_text.as_deref(),
+            }
+            .hash(&e.prev_hash);
+            if expected != e.hash {
+                fail(&mut v, "the entry's content does not match its hash (edited)".into());
+                return Ok(v);
+            }
+            v.entries += 1;
+            v.first_seq.get_or_insert(e.seq);
+            v.last_seq = Some(e.seq);
+            prev = Some((e.seq, e.hash));
+        }
+    }
+    match prev {
+        Some((seq, hash)) if seq != head_seq || hash != head_hash => {
+            v.ok = false;
+            v.broken_at = Some(seq);
+            v.problem = Some(format!("the chain ends at {seq} but its head says {head_seq}: entries were removed"));
+        }
+        None if head_seq != 0 && v.entries == 0 => {
+            v.ok = false;
+            v.problem = Some(format!("the head says {head_seq} entries were written but none is kept"));
+        }
+        _ => {}
+    }
+    Ok(v)
+}
+
+/// Deletes entries older than `before` (retention), keeping at least the
+/// newest entry so the chain still reaches its head. Returns how many.
+pub async fn prune(db: &Database, before: DateTime<Utc>) -> sqlx::Result<u64> {
+    let mut tx = db.begin().await?;
+    let mut head = lock_head(&mut tx).await?;
+    sql("INSERT INTO audit_prune_unlock (id) VALUES (1)").execute(&mut tx).await?;
+    let n = sql("DELETE FROM audit_log WHERE occurred_at < $1 AND seq < $2")
+        .bind(before)
+        .bind(head.seq)
+        .execute(&mut tx)
+        .await?;
+    sql("DELETE FROM audit_prune_unlock").execute(&mut tx).await?;
+    if n > 0 {
+        let entry = NewEntry {
+            kind: Some(EntryKind::System),
+            actor: Actor::system().0,
+            action: "audit.pruned".into(),
+            after: Some(serde_json::json!({ "deleted": n, "older_than": before })),
+            ..NewEntry::default()
+        };
+        append(&mut tx, &mut head, vec![entry]).await?;
+    }
+    tx.commit().await?;
+    Ok(n)
+}

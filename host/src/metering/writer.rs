@@ -1,0 +1,355 @@
+//! The group-commit event writer: requests hand their usage event (with the
+//! audit entry of the call and, for an idempotent request, its response) to
+//! one writer task and wait; the writer takes whatever is waiting, up to
+//! [`MAX_BATCH`], and writes it in one transaction:
+//!
+//! 1. lock the audit chain's head (this orders the chain and serialises
+//!    batches with recomputation, `reconcile.rs`, across instances);
+//! 2. read the gauges of the batch's orgs, and give each event the org's
+//!    stored memories after it;
+//! 3. insert the events and the audit entries;
+//! 4. add the batch to the period counters and daily rollups, as the
+//!    metrics policy aggregates it, and move the gauges;
+//! 5. store the idempotent responses; commit.
+//!
+//! Every request of the batch is answered after the commit: durable before
+//! the response, one disk sync for the whole batch. A batch that fails
+//! answers every one of its requests with an error (they answer 503, and
+//! their work is not billed): nothing is acknowledged that was not written.
+//! No deliberate waiting: while one batch commits the next one gathers, so
+//! the delay a request sees is at most one commit.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::idempotency::{Completion, IdempotencyKeys};
+use super::policy::{Aggregation, MetricsPolicy, Value};
+use super::{UsageEvent, day_of, period_of};
+use crate::audit::{self, EntryKind, NewEntry};
+use crate::auth::Environment;
+use crate::store::Database;
+use crate::store::sql::{Tx, sql, value_rows};
+
+/// Events written in one transaction at most.
+pub const MAX_BATCH: usize = 1000;
+/// Rows per multi-row INSERT.
+const INSERT_CHUNK: usize = 400;
+/// Requests that may wait for the writer before new ones wait to hand over.
+pub const QUEUE_CAPACITY: usize = 65_536;
+
+/// What a request hands the writer.
+pub struct Submission {
+    pub event: UsageEvent,
+    /// The client's address and user agent, for the audit entry.
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+    pub completion: Option<Completion>,
+}
+
+pub(super) struct Job {
+    pub submission: Submission,
+    pub enqueued: Instant,
+    pub done: oneshot::Sender<Result<(), String>>,
+}
+
+pub(super) type Queue = (mpsc::Sender<Job>, Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>);
+
+pub(super) fn queue() -> Queue {
+    let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+    (tx, Arc::new(tokio::sync::Mutex::new(rx)))
+}
+
+/// The bucket a counter or rollup adds to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Bucket {
+    pub org_id: String,
+    pub environment: Environment,
+    /// `YYYY-MM` (a period counter) or `YYYY-MM-DD` (a daily rollup).
+    pub bucket: String,
+    pub metric: String,
+}
+
+/// How a batch changes one counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Update {
+    Add(i64),
+    Max(i64),
+    Set(i64),
+}
+
+impl Update {
+    pub fn apply(self, to: i64) -> i64 {
+        match self {
+            Update::Add(n) => to.saturating_add(n),
+            Update::Max(n) => to.max(n),
+            Update::Set(n) => n,
+        }
+    }
+    fn merge(self, next: Update) -> Update {
+        match (self, next) {
+            (Update::Add(a), Update::Add(b)) => Update::Add(a.saturating_add(b)),
+            (Update::Max(a), Update::Max(b)) => Update::Max(a.max(b)),
+            (_, n) => n,
+        }
+    }
+}
+
+/// What a committed batch changed in the period counters (for the quota
+/// cache) and how big it was.
+#[derive(Debug, Default)]
+pub struct BatchOutcome {
+    pub counters: Vec<(Bucket, Update)>,
+    pub events: usize,
+}
+
+/// Writes one batch in one transaction (see the module docs).
+pub(super) async fn write_batch(
+    db: &Database,
+    policy: &MetricsPolicy,
+    batch: &mut [Job],
+) -> sqlx::Result<BatchOutcome> {
+    let mut tx = db.begin().await?;
+    let mut head = audit::lock_head(&mut tx).await?;
+
+    // Gauges: the org's stored memories, carried through the batch in order.
+    let mut gauges: BTreeMap<(String, Environment), (i64, i64)> = BTreeMap::new(); // (before, now)
+    for job in batch.iter() {
+        let e = &job.submission.event;
+        if let std::collections::btree_map::Entry::Vacant(slot) = gauges.entry((e.org_id.clone(), e.environment)) {
+            let v = read_gauge(&mut tx, &e.org_id, e.environment).await?;
+            slot.insert((v, v));
+        }
+    }
+
+    let mut counters: BTreeMap<Bucket, Update> = BTreeMap::new();
+    let mut rollups: BTreeMap<Bucket, Update> = BTreeMap::new();
+    let mut distinct: BTreeSet<(Bucket, bool, String)> = BTreeSet::new(); // (bucket, is a period, value)
+    for job in batch.iter_mut() {
+        let e = &mut job.submission.event;
+        let gauge = gauges.get_mut(&(e.org_id.clone(), e.environment)).expect("read above");
+        let held_before = gauge.1;
+        gauge.1 = (gauge.1 + e.stored_delta()).max(0);
+        e.memories_stored = gauge.1 as u64;
+        let buckets = [(period_of(e.occurred_at), true), (day_of(e.occurred_at), false)];
+        for m in &policy.metrics {
+            let value = m.value(e);
+            for (bucket, is_period) in &buckets {
+                let key = Bucket {
+                    org_id: e.org_id.clone(),
+                    environment: e.environment,
+                    bucket: bucket.clone(),
+                    metric: m.name.clone(),
+                };
+                let into = if *is_period { &mut counters } else { &mut rollups };
+                let mut put = |u: Update| {
+                    into.entry(key.clone()).and_modify(|x| *x = x.merge(u)).or_insert(u);
+                };
+                // A gauge's value held when the bucket began counts in it.
+                if m.carries_over() && m.aggregation == Aggregation::Max {
+                    put(Update::Max(held_before));
+                }
+                match (m.aggregation, value.clone()) {
+                    (_, None) => {}
+                    (Aggregation::Sum | Aggregation::Count, Some(Value::Num(n))) => put(Update::Add(n)),
+                    (Aggregation::Max, Some(Value::Num(n))) => put(Update::Max(n)),
+                    (Aggregation::Latest, Some(Value::Num(n))) => put(Update::Set(n)),
+                    (Aggregation::UniqueCount, Some(v)) => {
+                        let v = match v {
+                            Value::Text(t) => t,
+                            Value::Num(n) => n.to_string(),
+                        };
+                        distinct.insert((key.clone(), *is_period, v));
+                    }
+                    (_, Some(Value::Text(_))) => {}
+                }
+            }
+        }
+    }
+
+    // Events and their audit entries.
+    let events: Vec<&UsageEvent> = batch.iter().map(|j| &j.submission.event).collect();
+    for chunk in events.chunks(INSERT_CHUNK) {
+        insert_events(&mut tx, chunk).await?;
+    }
+    let entries = batch
+        .iter()
+        .map(|j| {
+            let e = &j.submission.event;
+            NewEntry {
+                occurred_at: Some(e.occurred_at),
+                kind: Some(EntryKind::ApiCall),
+                org_id: Some(e.org_id.clone()),
+                actor: format!("key:{}", e.key_id),
+                action: format!("{} {}", e.method, e.route),
+                target: None,
+                request_id: Some(e.request_id.clone()),
+                ip: j.submission.ip.clone(),
+                user_agent: j.submission.user_agent.clone(),
+                status: Some(e.status),
+                processing_us: Some(e.processing_us),
+                tokens: Some(e.tokens_in + e.tokens_out),
+                before: None,
+                after: None,
+            }
+        })
+        .collect();
+    audit::append(&mut tx, &mut head, entries).await?;
+
+    // Distinct values: only new ones add to their bucket's count.
+    for (key, is_period, value) in distinct {
+        let added =
+            sql("INSERT INTO usage_distinct (org_id, environment, bucket, metric, value) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT DO NOTHING")
+            .bind(&key.org_id)
+            .bind(key.environment.as_str())
+            .bind(&key.bucket)
+            .bind(&key.metric)
+            .bind(value)
+            .execute(&mut tx)
+            .await?;
+        if added == 1 {
+            let into = if is_period { &mut counters } else { &mut rollups };
+            into.entry(key).and_modify(|x| *x = x.merge(Update::Add(1))).or_insert(Update::Add(1));
+        }
+    }
+    upsert(&mut tx, "usage_counters", "period", &counters).await?;
+    upsert(&mut tx, "usage_daily_rollup", "day", &rollups).await?;
+    for ((org_id, env), (before, now)) in &gauges {
+        if before != now {
+            write_gauge(&mut tx, org_id, *env, *now).await?;
+        }
+    }
+    for job in batch.iter() {
+        if let Some(c) = &job.submission.completion {
+            IdempotencyKeys::complete_in(&mut tx, c).await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(BatchOutcome { counters: counters.into_iter().collect(), events: batch.len() })
+}
+
+pub(super) async fn read_gauge(tx: &mut Tx, org_id: &str, env: Environment) -> sqlx::Result<i64> {
+    Ok(sql("SELECT value FROM usage_gauges WHERE org_id = $1 AND environment = $2 AND name = 'memories_stored'")
+        .bind(org_id)
+        .bind(env.as_str())
+        .fetch_optional(&mut *tx)
+        .await?
+        .map(|r| r.get::<i64>("value"))
+        .transpose()?
+        .unwrap_or(0))
+}
+
+pub(super) async fn write_gauge(tx: &mut Tx, org_id: &str, env: Environment, value: i64) -> sqlx::Result<()> {
+    sql("INSERT INTO usage_gauges (org_id, environment, name, value) VALUES ($1, $2, 'memories_stored', $3) \
+         ON CONFLICT (org_id, environment, name) DO UPDATE SET value = excluded.value")
+    .bind(org_id)
+    .bind(env.as_str())
+    .bind(value)
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+const EVENT_COLUMNS: [&str; 24] = [
+    "id",
+    "org_id",
+    "environment",
+    "key_id",
+    "occurred_at",
+    "method",
+    "route",
+    "status",
+    "billable",
+    "tokens_in",
+    "tokens_out",
+    "memories_read",
+    "memories_created",
+    "memories_updated",
+    "memories_deleted",
+    "memories_stored",
+    "embeddings_generated",
+    "model_calls",
+    "cost_micros",
+    "model",
+    "request_id",
+    "processing_us",
+    "tags",
+    "quantities",
+];
+
+async fn insert_events(tx: &mut Tx, events: &[&UsageEvent]) -> sqlx::Result<()> {
+    let mut text = format!("INSERT INTO usage_events ({}) VALUES ", EVENT_COLUMNS.join(", "));
+    text.push_str(&value_rows(events.len(), EVENT_COLUMNS.len()));
+    let mut q = sql(text);
+    for e in events {
+        q = q
+            .bind(e.id)
+            .bind(&e.org_id)
+            .bind(e.environment.as_str())
+            .bind(&e.key_id)
+            .bind(e.occurred_at)
+            .bind(&e.method)
+            .bind(&e.route)
+            .bind(e.status as i64)
+            .bind(e.billable)
+            .bind(e.tokens_in)
+            .bind(e.tokens_out)
+            .bind(e.memories_read)
+            .bind(e.memories_created)
+            .bind(e.memories_updated)
+            .bind(e.memories_deleted)
+            .bind(e.memories_stored)
+            .bind(e.embeddings_generated)
+            .bind(e.model_calls)
+            .bind(e.cost_micros)
+            .bind(&e.model)
+            .bind(&e.request_id)
+            .bind(e.processing_us)
+            .bind(crate::store::sql::Arg::jsonb(&e.tags))
+            .bind(crate::store::sql::Arg::jsonb(&e.quantities));
+    }
+    q.execute(tx).await?;
+    Ok(())
+}
+
+/// Applies counter updates as multi-row upserts, one statement per kind of
+/// update (add, max, set).
+pub(super) async fn upsert(
+    tx: &mut Tx,
+    table: &str,
+    bucket_col: &str,
+    updates: &BTreeMap<Bucket, Update>,
+) -> sqlx::Result<()> {
+    let mut by_kind: HashMap<&str, Vec<(&Bucket, i64)>> = HashMap::new();
+    for (b, u) in updates {
+        let (kind, v) = match u {
+            Update::Add(n) => ("add", *n),
+            Update::Max(n) => ("max", *n),
+            Update::Set(n) => ("set", *n),
+        };
+        by_kind.entry(kind).or_default().push((b, v));
+    }
+    for (kind, rows) in by_kind {
+        let set = match kind {
+            "add" => format!("{table}.quantity + excluded.quantity"),
+            "max" => format!("GREATEST({table}.quantity, excluded.quantity)"),
+            _ => "excluded.quantity".to_string(),
+        };
+        for chunk in rows.chunks(INSERT_CHUNK) {
+            let text = format!(
+                "INSERT INTO {table} (org_id, environment, {bucket_col}, metric, quantity) VALUES {} \
+                 ON CONFLICT (org_id, environment, {bucket_col}, metric) DO UPDATE SET quantity = {set}",
+                value_rows(chunk.len(), 5)
+            );
+            let mut q = sql(text);
+            for (b, v) in chunk {
+                q = q.bind(&b.org_id).bind(b.environment.as_str()).bind(&b.bucket).bind(&b.metric).bind(*v);
+            }
+            q.execute(&mut *tx).await?;
+        }
+    }
+    Ok(())
+}
