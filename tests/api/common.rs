@@ -315,6 +315,69 @@ impl TestServer {
     pub fn terminate(&self) {
         let _ = Command::new("kill").args(["-TERM", &self.pid().to_string()]).status();
     }
+
+    /// SIGKILL: the process gets no chance to finish anything.
+    pub fn kill_hard(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Runs one statement on the server's database (beside the server, as an
+    /// operator with database access would); the error text on failure.
+    pub async fn sql_exec(&self, statement: &str) -> Result<u64, String> {
+        use sqlx::Connection;
+        let q = sqlx::AssertSqlSafe(statement.to_string());
+        match self.database_url() {
+            Some(url) => {
+                let mut c = sqlx::PgConnection::connect(&url).await.map_err(|e| e.to_string())?;
+                let r = sqlx::raw_sql(q).execute(&mut c).await.map(|r| r.rows_affected()).map_err(|e| e.to_string());
+                let _ = c.close().await;
+                r
+            }
+            None => {
+                let mut c = sqlx::SqliteConnection::connect(&self.sqlite_url()).await.map_err(|e| e.to_string())?;
+                let r = sqlx::raw_sql(q).execute(&mut c).await.map(|r| r.rows_affected()).map_err(|e| e.to_string());
+                let _ = c.close().await;
+                r
+            }
+        }
+    }
+
+    /// The rows of a query whose columns all read as text (cast them:
+    /// `CAST(x AS TEXT)`), e.g. for comparing with what the API says.
+    pub async fn sql_rows(&self, query: &str) -> Vec<Vec<Option<String>>> {
+        use sqlx::{Connection, Row};
+        let q = sqlx::AssertSqlSafe(query.to_string());
+        match self.database_url() {
+            Some(url) => {
+                let mut c = sqlx::PgConnection::connect(&url).await.expect("connect");
+                let rows = sqlx::query(q).fetch_all(&mut c).await.unwrap_or_else(|e| panic!("{query}: {e}"));
+                let _ = c.close().await;
+                rows.iter().map(|r| (0..r.len()).map(|i| r.get::<Option<String>, _>(i)).collect()).collect()
+            }
+            None => {
+                let mut c = sqlx::SqliteConnection::connect(&self.sqlite_url()).await.expect("connect");
+                let rows = sqlx::query(q).fetch_all(&mut c).await.unwrap_or_else(|e| panic!("{query}: {e}"));
+                let _ = c.close().await;
+                rows.iter().map(|r| (0..r.len()).map(|i| r.get::<Option<String>, _>(i)).collect()).collect()
+            }
+        }
+    }
+
+    /// A query's single number (cast to text in the query).
+    pub async fn sql_number(&self, query: &str) -> i64 {
+        let rows = self.sql_rows(query).await;
+        rows.first()
+            .and_then(|r| r.first().cloned().flatten())
+            .map(|v| v.parse().unwrap_or_else(|_| panic!("{query}: not a number: {v}")))
+            .unwrap_or(0)
+    }
+
+    fn sqlite_url(&self) -> String {
+        format!("sqlite://{}", self.dir.path().join("data").join("memhost.db").display())
+    }
 }
 
 impl Drop for TestServer {

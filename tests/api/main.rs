@@ -10,6 +10,7 @@ mod cli;
 mod errors;
 mod limits;
 mod memories;
+mod metering;
 mod operations;
 mod plugin_cli;
 mod plugin_fallback;

@@ -311,7 +311,7 @@ fn entry_from(r: &Row) -> sqlx::Result<Entry> {
         request_id: text("request_id")?,
         ip: text("ip")?,
         user_agent: text("user_agent")?,
-        status: r.get::<Option<i64>>("status")?.map(|v| v as u16),
+        status: r.get::<Option<i32>>("status")?.map(|v| v as u16),
         processing_us: r.get::<Option<i64>>("processing_us")?.map(|v| v.max(0) as u64),
         tokens: r.get::<Option<i64>>("tokens")?.map(|v| v.max(0) as u64),
         before: json("before")?,

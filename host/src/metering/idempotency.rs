@@ -185,7 +185,7 @@ impl IdempotencyKeys {
                     serde_json::from_str(&row.get::<Option<String>>("response_headers")?.unwrap_or_default())
                         .unwrap_or_default();
                 return Ok(ClaimOutcome::Replay(StoredResponse {
-                    status: row.get::<Option<i64>>("response_status")?.unwrap_or(200) as u16,
+                    status: row.get::<Option<i32>>("response_status")?.unwrap_or(200) as u16,
                     headers,
                     body: row.get::<Option<Vec<u8>>>("response_body")?.unwrap_or_default(),
                 }));
