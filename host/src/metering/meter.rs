@@ -99,6 +99,9 @@ struct Inner {
     idempotency: IdempotencyKeys,
     cache: Mutex<UsageCache>,
     stats: WriterStats,
+    /// Events per transaction at most ([`writer::MAX_BATCH`]; 1 turns group
+    /// commit off, the baseline of the ingest benchmark).
+    max_batch: std::sync::atomic::AtomicUsize,
 }
 
 impl UsageMeter {
@@ -124,8 +127,14 @@ impl UsageMeter {
                 idempotency,
                 cache: Mutex::default(),
                 stats: WriterStats::default(),
+                max_batch: writer::MAX_BATCH.into(),
             }),
         })
+    }
+
+    /// Caps the events written per transaction (1: one transaction per event).
+    pub fn set_max_batch(&self, n: usize) {
+        self.inner.max_batch.store(n.clamp(1, writer::MAX_BATCH), Ordering::Relaxed);
     }
 
     pub fn policy(&self) -> Arc<MetricsPolicy> {
@@ -195,7 +204,8 @@ impl UsageMeter {
                     rest
                 }
             };
-            while batch.len() < writer::MAX_BATCH {
+            let max_batch = self.inner.max_batch.load(Ordering::Relaxed);
+            while batch.len() < max_batch {
                 match rx.try_recv() {
                     Ok(j) => batch.push(j),
                     Err(_) => break,

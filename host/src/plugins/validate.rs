@@ -287,6 +287,9 @@ pub async fn validate_with_limits(
 /// within its limits and answer well-formed (a deliberate plugin error, such as
 /// `invalid-config` for an empty config, is a fine answer). Alert channels get
 /// a dry-run network that answers 200 without sending anything.
+/// Tries of a self-check that missed its deadline.
+const SELF_CHECK_TRIES: u32 = 3;
+
 pub async fn self_check(
     runtime: &Runtime,
     prepared: &Prepared,
@@ -294,13 +297,21 @@ pub async fn self_check(
     digest: &Arc<str>,
     config: &str,
 ) -> Result<super::runtime::CallStats, UploadError> {
-    let host = HostCalls { http: Some(HttpGate::dry_run()), ..HostCalls::none() };
-    let report = calls::run(runtime, prepared, limits, digest, config, host, CallInput::fixture(prepared.kind()))
-        .await
-        .map_err(|e| match e {
-            RunError::Call(c) => UploadError::SelfCheck(c),
-            other => UploadError::SelfCheckOutput(other.to_string()),
-        })?;
+    // A missed wall-clock deadline can be the machine being busy (a start
+    // under load), not the plugin: the check is tried again, up to
+    // SELF_CHECK_TRIES times. Fuel, traps and memory are deterministic and
+    // refuse at once; a plugin that loops still fails every try.
+    let mut tries = 0;
+    let report = loop {
+        tries += 1;
+        let host = HostCalls { http: Some(HttpGate::dry_run()), ..HostCalls::none() };
+        match calls::run(runtime, prepared, limits, digest, config, host, CallInput::fixture(prepared.kind())).await {
+            Ok(report) => break report,
+            Err(RunError::Call(CallError::Deadline { .. })) if tries < SELF_CHECK_TRIES => continue,
+            Err(RunError::Call(c)) => return Err(UploadError::SelfCheck(c)),
+            Err(other) => return Err(UploadError::SelfCheckOutput(other.to_string())),
+        }
+    };
     calls::check_answer(&report).map_err(UploadError::SelfCheckOutput)?;
     Ok(report.stats)
 }
