@@ -20,11 +20,23 @@ both_backends!(
     the_audit_log_is_append_only_and_tamper_evident,
     retention_prunes_old_events_and_audit_entries,
     acknowledged_requests_survive_kill_9_exactly_once,
+    a_failed_usage_write_answers_503_and_bills_nothing,
 );
 
 async fn post_idem(s: &TestServer, path: &str, key: &str, idem: &str, body: Value) -> Resp {
     let req = s.client.post(format!("{}{path}", s.base)).bearer_auth(key).header("Idempotency-Key", idem).json(&body);
     s.send(req).await
+}
+
+/// What `GET /v1/usage` says of one metric (`None`: not in the policy).
+async fn used(s: &TestServer, key: &str, metric: &str) -> Option<i64> {
+    let r = s.get("/v1/usage", key).await;
+    r.assert_ok(200)["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["metric"] == metric)
+        .map(|m| m["used"].as_i64().unwrap())
 }
 
 fn count_events(route: &str, org: &str) -> String {
@@ -181,16 +193,7 @@ async fn every_usage_figure_equals_the_raw_events(backend: Backend) {
         let name = m["metric"].as_str().unwrap();
         assert_eq!(m["used"].as_i64().unwrap(), events[name], "/v1/usage {name}");
     }
-    let test_usage = s.get("/v1/usage", &test).await;
-    let test_calls = test_usage.assert_ok(200)["metrics"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["metric"] == "api_calls")
-        .unwrap()["used"]
-        .as_i64()
-        .unwrap();
-    assert_eq!(test_calls, test_events["api_calls"]);
+    assert_eq!(used(&s, &test, "api_calls").await, Some(test_events["api_calls"]));
     let quotas = s.get("/v1/account/limits", &live).await.assert_ok(200)["quotas"].clone();
     assert_eq!(quotas.as_array().unwrap().len(), 4, "{quotas}");
     for q in quotas.as_array().unwrap() {
@@ -434,16 +437,7 @@ async fn retention_prunes_old_events_and_audit_entries(backend: Backend) {
     let left = s.sql_number(&format!("SELECT CAST(COUNT(*) AS TEXT) FROM usage_events WHERE org_id = '{org}'")).await;
     assert_eq!(left, 3);
     // Rollups and counters are kept for ever.
-    let usage = s.get("/v1/usage", &key).await;
-    let calls = usage.assert_ok(200)["metrics"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["metric"] == "api_calls")
-        .unwrap()["used"]
-        .as_i64()
-        .unwrap();
-    assert_eq!(calls, 6);
+    assert_eq!(used(&s, &key, "api_calls").await, Some(6));
     // The chain still verifies from the oldest entry kept, and says it was pruned.
     let v = s.cli_json(&["audit", "verify"]);
     assert_eq!(v["ok"], true, "{v}");
@@ -610,31 +604,19 @@ async fn a_new_metric_is_a_policy_edit_picked_up_while_serving() {
     let edited = bundled.replace("\n# How long raw data is kept", &format!("{added}\n# How long raw data is kept"));
     assert_ne!(edited, bundled);
     std::fs::write(&file, &edited).unwrap();
-    let used = |name: &'static str| {
-        let (s, key) = (&s, key.clone());
-        async move {
-            let r = s.get("/v1/usage", &key).await;
-            r.assert_ok(200)["metrics"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|m| m["metric"] == name)
-                .map(|m| m["used"].as_i64().unwrap())
-        }
-    };
     let started = Instant::now();
-    while used("tagged_requests").await.is_none() {
+    while used(&s, &key, "tagged_requests").await.is_none() {
         assert!(started.elapsed() < Duration::from_secs(15), "the new metric never appeared");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // Counted from the period's events, including those before the edit.
-    assert_eq!(used("tagged_requests").await, Some(3));
-    assert_eq!(used("teams").await, Some(2));
+    assert_eq!(used(&s, &key, "tagged_requests").await, Some(3));
+    assert_eq!(used(&s, &key, "teams").await, Some(2));
     s.send(tagged("green")).await.assert_ok(201);
-    assert_eq!(used("tagged_requests").await, Some(4));
-    assert_eq!(used("teams").await, Some(3));
+    assert_eq!(used(&s, &key, "tagged_requests").await, Some(4));
+    assert_eq!(used(&s, &key, "teams").await, Some(3));
     s.send(tagged("green")).await.assert_ok(201);
-    assert_eq!(used("teams").await, Some(3), "a team seen before is not counted again");
+    assert_eq!(used(&s, &key, "teams").await, Some(3), "a team seen before is not counted again");
     let out = s.cli(&["usage", "reconcile", "--json"]);
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["differences"], json!([]), "{report}");
@@ -654,7 +636,7 @@ async fn a_new_metric_is_a_policy_edit_picked_up_while_serving() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     s.send(tagged("red")).await.assert_ok(201);
-    assert_eq!(used("tagged_requests").await, Some(6));
+    assert_eq!(used(&s, &key, "tagged_requests").await, Some(6));
     // The change is in the audit log.
     let audit = s.get("/admin/audit?kind=system&action=policy.metrics.changed", &admin).await;
     assert_eq!(audit.assert_ok(200)["entries"].as_array().unwrap().len(), 1);
@@ -724,4 +706,46 @@ async fn prometheus_metrics_cover_the_grafana_dashboard() {
     ] {
         assert!(text.contains(sample), "missing `{sample}` in:\n{text}");
     }
+}
+
+async fn a_failed_usage_write_answers_503_and_bills_nothing(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let (org, key) = s.tenant();
+    s.add(&key, "before the fault", json!({})).await;
+    // The usage table refuses writes (a full disk, a lost connection: the
+    // writer's transaction fails).
+    let (fail, heal) = match backend {
+        Backend::Sqlite => (
+            vec![
+                "CREATE TRIGGER usage_fault BEFORE INSERT ON usage_events BEGIN SELECT RAISE(ABORT, 'injected fault'); END",
+            ],
+            vec!["DROP TRIGGER usage_fault"],
+        ),
+        Backend::Postgres => (
+            vec![
+                "CREATE FUNCTION usage_fault() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'injected fault'; END $$ LANGUAGE plpgsql",
+                "CREATE TRIGGER usage_fault BEFORE INSERT ON usage_events FOR EACH ROW EXECUTE FUNCTION usage_fault()",
+            ],
+            vec!["DROP TRIGGER usage_fault ON usage_events"],
+        ),
+    };
+    for f in &fail {
+        s.sql_exec(f).await.unwrap();
+    }
+    let r = post_idem(&s, "/v1/memories", &key, "during-fault", json!({ "text": "during the fault" })).await;
+    r.assert_error(503, "USAGE_NOT_RECORDED");
+    assert!(r.body["error"]["message"].as_str().unwrap().contains("not billed"), "{}", r.body);
+    let ready = s.call(reqwest::Method::GET, "/ready", None, None).await;
+    assert!(ready.assert_ok(200)["usage_writer"]["failed_events"].as_u64().unwrap() >= 1);
+    for h in &heal {
+        s.sql_exec(h).await.unwrap();
+    }
+    // Nothing was billed for it; the retry with the same key runs and is billed once.
+    let events = format!("SELECT CAST(COUNT(*) AS TEXT) FROM usage_events WHERE org_id = '{org}' AND billable");
+    assert_eq!(s.sql_number(&events).await, 1);
+    let retry = post_idem(&s, "/v1/memories", &key, "during-fault", json!({ "text": "during the fault" })).await;
+    retry.assert_ok(201);
+    assert!(!retry.headers.contains_key("idempotent-replayed"));
+    assert_eq!(s.sql_number(&events).await, 2);
+    assert_eq!(used(&s, &key, "api_calls").await, Some(2), "the failed request is not counted");
 }

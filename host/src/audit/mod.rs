@@ -25,8 +25,9 @@ use crate::store::sql::{Row, Tx, sql};
 /// The hash before the first entry.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-/// Rows per multi-row INSERT (well under both engines' bind limits).
-const INSERT_CHUNK: usize = 400;
+/// Rows per multi-row INSERT at most (well under both engines' bind limits;
+/// a power of two: `pow2_chunks`).
+const INSERT_CHUNK: usize = 256;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -211,7 +212,7 @@ pub async fn append(tx: &mut Tx, head: &mut Head, entries: Vec<NewEntry>) -> sql
         return Ok(());
     }
     let now = crate::metering::micros(Utc::now());
-    let mut rows = Vec::with_capacity(entries.len());
+    let mut rows: Vec<Prepared> = Vec::with_capacity(entries.len());
     for e in entries {
         let seq = head.seq + 1;
         let occurred_at = crate::metering::micros(e.occurred_at.unwrap_or(now));
@@ -240,40 +241,77 @@ pub async fn append(tx: &mut Tx, head: &mut Head, entries: Vec<NewEntry>) -> sql
         head.seq = seq;
         head.hash = hash;
     }
-    for chunk in rows.chunks(INSERT_CHUNK) {
-        let mut text = String::from(
-            "INSERT INTO audit_log (seq, occurred_at, kind, org_id, actor, action, target, request_id, ip, \
-             user_agent, status, processing_us, tokens, before, after, prev_hash, hash) VALUES ",
-        );
-        text.push_str(&crate::store::sql::value_rows(chunk.len(), 17));
-        let mut q = sql(text);
-        for (seq, at, kind, e, before, after, prev, hash) in chunk {
-            q = q
-                .bind(*seq)
-                .bind(*at)
-                .bind(kind.as_str())
-                .bind(&e.org_id)
-                .bind(&e.actor)
-                .bind(&e.action)
-                .bind(&e.target)
-                .bind(&e.request_id)
-                .bind(&e.ip)
-                .bind(&e.user_agent)
-                .bind(e.status.map(i64::from))
-                .bind(e.processing_us.map(|v| v as i64))
-                .bind(e.tokens.map(|v| v as i64))
-                .bind(before)
-                .bind(after)
-                .bind(prev)
-                .bind(hash);
+    if let Some(conn) = tx.pg() {
+        insert_pg(conn, &rows).await?;
+    } else {
+        for chunk in crate::store::sql::pow2_chunks(&rows, INSERT_CHUNK) {
+            let mut text = format!("INSERT INTO audit_log ({COLUMNS}) VALUES ");
+            text.push_str(&crate::store::sql::value_rows(chunk.len(), 17));
+            let mut q = sql(text);
+            for (seq, at, kind, e, before, after, prev, hash) in chunk {
+                q = q
+                    .bind(*seq)
+                    .bind(*at)
+                    .bind(kind.as_str())
+                    .bind(&e.org_id)
+                    .bind(&e.actor)
+                    .bind(&e.action)
+                    .bind(&e.target)
+                    .bind(&e.request_id)
+                    .bind(&e.ip)
+                    .bind(&e.user_agent)
+                    .bind(e.status.map(i64::from))
+                    .bind(e.processing_us.map(|v| v as i64))
+                    .bind(e.tokens.map(|v| v as i64))
+                    .bind(before)
+                    .bind(after)
+                    .bind(prev)
+                    .bind(hash);
+            }
+            q.execute(&mut *tx).await?;
         }
-        q.execute(&mut *tx).await?;
     }
     sql("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
         .bind(head.seq)
         .bind(&head.hash)
         .execute(&mut *tx)
         .await?;
+    Ok(())
+}
+
+/// An entry ready to insert: seq, time, kind, entry, before, after, prev hash, hash.
+type Prepared = (i64, DateTime<Utc>, EntryKind, NewEntry, Option<String>, Option<String>, String, String);
+
+/// PostgreSQL: the whole batch as arrays in one statement (one round trip,
+/// one prepared statement whatever the number of entries).
+async fn insert_pg(conn: &mut sqlx::PgConnection, rows: &[Prepared]) -> sqlx::Result<()> {
+    let opt = |f: fn(&NewEntry) -> Option<String>| rows.iter().map(|r| f(&r.3)).collect::<Vec<Option<String>>>();
+    sqlx::query(
+        "INSERT INTO audit_log (seq, occurred_at, kind, org_id, actor, action, target, request_id, ip, user_agent, \
+         status, processing_us, tokens, before, after, prev_hash, hash) \
+         SELECT * FROM UNNEST($1::int8[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[], \
+         $7::text[], $8::text[], $9::text[], $10::text[], $11::int4[], $12::int8[], $13::int8[], $14::text[], \
+         $15::text[], $16::text[], $17::text[])",
+    )
+    .bind(rows.iter().map(|r| r.0).collect::<Vec<i64>>())
+    .bind(rows.iter().map(|r| r.1).collect::<Vec<DateTime<Utc>>>())
+    .bind(rows.iter().map(|r| r.2.as_str().to_string()).collect::<Vec<String>>())
+    .bind(opt(|e| e.org_id.clone()))
+    .bind(rows.iter().map(|r| r.3.actor.clone()).collect::<Vec<String>>())
+    .bind(rows.iter().map(|r| r.3.action.clone()).collect::<Vec<String>>())
+    .bind(opt(|e| e.target.clone()))
+    .bind(opt(|e| e.request_id.clone()))
+    .bind(opt(|e| e.ip.clone()))
+    .bind(opt(|e| e.user_agent.clone()))
+    .bind(rows.iter().map(|r| r.3.status.map(i32::from)).collect::<Vec<Option<i32>>>())
+    .bind(rows.iter().map(|r| r.3.processing_us.map(|v| v as i64)).collect::<Vec<Option<i64>>>())
+    .bind(rows.iter().map(|r| r.3.tokens.map(|v| v as i64)).collect::<Vec<Option<i64>>>())
+    .bind(rows.iter().map(|r| r.4.clone()).collect::<Vec<Option<String>>>())
+    .bind(rows.iter().map(|r| r.5.clone()).collect::<Vec<Option<String>>>())
+    .bind(rows.iter().map(|r| r.6.clone()).collect::<Vec<String>>())
+    .bind(rows.iter().map(|r| r.7.clone()).collect::<Vec<String>>())
+    .execute(conn)
+    .await?;
     Ok(())
 }
 

@@ -31,12 +31,12 @@ use super::{UsageEvent, day_of, period_of};
 use crate::audit::{self, EntryKind, NewEntry};
 use crate::auth::Environment;
 use crate::store::Database;
-use crate::store::sql::{Tx, sql, value_rows};
+use crate::store::sql::{Tx, pow2_chunks, sql, value_rows};
 
 /// Events written in one transaction at most.
 pub const MAX_BATCH: usize = 1000;
-/// Rows per multi-row INSERT.
-const INSERT_CHUNK: usize = 400;
+/// Rows per multi-row INSERT at most (a power of two: `pow2_chunks`).
+const INSERT_CHUNK: usize = 256;
 /// Requests that may wait for the writer before new ones wait to hand over.
 pub const QUEUE_CAPACITY: usize = 65_536;
 
@@ -171,9 +171,7 @@ pub(super) async fn write_batch(
 
     // Events and their audit entries.
     let events: Vec<&UsageEvent> = batch.iter().map(|j| &j.submission.event).collect();
-    for chunk in events.chunks(INSERT_CHUNK) {
-        insert_events(&mut tx, chunk).await?;
-    }
+    insert_events(&mut tx, &events).await?;
     let entries = batch
         .iter()
         .map(|j| {
@@ -253,6 +251,7 @@ pub(super) async fn write_gauge(tx: &mut Tx, org_id: &str, env: Environment, val
     Ok(())
 }
 
+/// The columns of `usage_events`, in the order `insert_events` binds them.
 const EVENT_COLUMNS: [&str; 24] = [
     "id",
     "org_id",
@@ -280,38 +279,93 @@ const EVENT_COLUMNS: [&str; 24] = [
     "quantities",
 ];
 
+/// Inserts events: on PostgreSQL one statement of arrays for the whole batch
+/// (one round trip, one prepared statement whatever the batch size); on
+/// SQLite multi-row inserts in power-of-two chunks.
 async fn insert_events(tx: &mut Tx, events: &[&UsageEvent]) -> sqlx::Result<()> {
-    let mut text = format!("INSERT INTO usage_events ({}) VALUES ", EVENT_COLUMNS.join(", "));
-    text.push_str(&value_rows(events.len(), EVENT_COLUMNS.len()));
-    let mut q = sql(text);
-    for e in events {
-        q = q
-            .bind(e.id)
-            .bind(&e.org_id)
-            .bind(e.environment.as_str())
-            .bind(&e.key_id)
-            .bind(e.occurred_at)
-            .bind(&e.method)
-            .bind(&e.route)
-            .bind(e.status as i64)
-            .bind(e.billable)
-            .bind(e.tokens_in)
-            .bind(e.tokens_out)
-            .bind(e.memories_read)
-            .bind(e.memories_created)
-            .bind(e.memories_updated)
-            .bind(e.memories_deleted)
-            .bind(e.memories_stored)
-            .bind(e.embeddings_generated)
-            .bind(e.model_calls)
-            .bind(e.cost_micros)
-            .bind(&e.model)
-            .bind(&e.request_id)
-            .bind(e.processing_us)
-            .bind(crate::store::sql::Arg::jsonb(&e.tags))
-            .bind(crate::store::sql::Arg::jsonb(&e.quantities));
+    if let Some(conn) = tx.pg() {
+        return insert_events_pg(conn, events).await;
     }
-    q.execute(tx).await?;
+    for chunk in pow2_chunks(events, INSERT_CHUNK) {
+        let mut text = format!("INSERT INTO usage_events ({}) VALUES ", EVENT_COLUMNS.join(", "));
+        text.push_str(&value_rows(chunk.len(), EVENT_COLUMNS.len()));
+        let mut q = sql(text);
+        for e in chunk {
+            q = q
+                .bind(e.id)
+                .bind(&e.org_id)
+                .bind(e.environment.as_str())
+                .bind(&e.key_id)
+                .bind(e.occurred_at)
+                .bind(&e.method)
+                .bind(&e.route)
+                .bind(e.status as i64)
+                .bind(e.billable)
+                .bind(e.tokens_in)
+                .bind(e.tokens_out)
+                .bind(e.memories_read)
+                .bind(e.memories_created)
+                .bind(e.memories_updated)
+                .bind(e.memories_deleted)
+                .bind(e.memories_stored)
+                .bind(e.embeddings_generated)
+                .bind(e.model_calls)
+                .bind(e.cost_micros)
+                .bind(&e.model)
+                .bind(&e.request_id)
+                .bind(e.processing_us)
+                .bind(crate::store::sql::Arg::jsonb(&e.tags))
+                .bind(crate::store::sql::Arg::jsonb(&e.quantities));
+        }
+        q.execute(&mut *tx).await?;
+    }
+    Ok(())
+}
+
+async fn insert_events_pg(conn: &mut sqlx::PgConnection, events: &[&UsageEvent]) -> sqlx::Result<()> {
+    let col = |f: fn(&UsageEvent) -> i64| events.iter().map(|e| f(e)).collect::<Vec<i64>>();
+    let text = |f: fn(&UsageEvent) -> String| events.iter().map(|e| f(e)).collect::<Vec<String>>();
+    let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    sqlx::query(
+        "INSERT INTO usage_events (id, org_id, environment, key_id, occurred_at, method, route, status, billable, \
+         tokens_in, tokens_out, memories_read, memories_created, memories_updated, memories_deleted, memories_stored, \
+         embeddings_generated, model_calls, cost_micros, model, request_id, processing_us, tags, quantities) \
+         SELECT id, org_id, environment, key_id, occurred_at, method, route, status, billable, tokens_in, tokens_out, \
+         memories_read, memories_created, memories_updated, memories_deleted, memories_stored, embeddings_generated, \
+         model_calls, cost_micros, model, request_id, processing_us, tags::jsonb, quantities::jsonb \
+         FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::text[], $7::text[], \
+         $8::int4[], $9::bool[], $10::int8[], $11::int8[], $12::int8[], $13::int8[], $14::int8[], $15::int8[], \
+         $16::int8[], $17::int8[], $18::int8[], $19::int8[], $20::text[], $21::text[], $22::int8[], $23::text[], \
+         $24::text[]) AS u(id, org_id, environment, key_id, occurred_at, method, route, status, billable, tokens_in, \
+         tokens_out, memories_read, memories_created, memories_updated, memories_deleted, memories_stored, \
+         embeddings_generated, model_calls, cost_micros, model, request_id, processing_us, tags, quantities)",
+    )
+    .bind(events.iter().map(|e| e.id).collect::<Vec<_>>())
+    .bind(text(|e| e.org_id.clone()))
+    .bind(text(|e| e.environment.as_str().to_string()))
+    .bind(text(|e| e.key_id.clone()))
+    .bind(events.iter().map(|e| e.occurred_at).collect::<Vec<_>>())
+    .bind(text(|e| e.method.clone()))
+    .bind(text(|e| e.route.clone()))
+    .bind(events.iter().map(|e| e.status as i32).collect::<Vec<i32>>())
+    .bind(events.iter().map(|e| e.billable).collect::<Vec<bool>>())
+    .bind(events.iter().map(|e| n(e.tokens_in)).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| n(e.tokens_out)).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| n(e.memories_read)).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| n(e.memories_created)).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| n(e.memories_updated)).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| n(e.memories_deleted)).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| n(e.memories_stored)).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| n(e.embeddings_generated)).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| n(e.model_calls)).collect::<Vec<_>>())
+    .bind(col(|e| e.cost_micros))
+    .bind(events.iter().map(|e| e.model.clone()).collect::<Vec<Option<String>>>())
+    .bind(text(|e| e.request_id.clone()))
+    .bind(events.iter().map(|e| n(e.processing_us)).collect::<Vec<_>>())
+    .bind(text(|e| serde_json::to_string(&e.tags).unwrap_or_else(|_| "{}".into())))
+    .bind(text(|e| serde_json::to_string(&e.quantities).unwrap_or_else(|_| "{}".into())))
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
@@ -338,7 +392,7 @@ pub(super) async fn upsert(
             "max" => format!("GREATEST({table}.quantity, excluded.quantity)"),
             _ => "excluded.quantity".to_string(),
         };
-        for chunk in rows.chunks(INSERT_CHUNK) {
+        for chunk in pow2_chunks(&rows, INSERT_CHUNK) {
             let text = format!(
                 "INSERT INTO {table} (org_id, environment, {bucket_col}, metric, quantity) VALUES {} \
                  ON CONFLICT (org_id, environment, {bucket_col}, metric) DO UPDATE SET quantity = {set}",
