@@ -7,6 +7,7 @@
 #
 #   BEFORE=/tmp/memhost-before AFTER=target/release/memhost host/benches/http/request_path.sh
 #   DUR=10s ROUNDS=1 BACKENDS=sqlite …      # quicker
+#   SKIP_FLOOD=1 …                           # only the GET/POST rounds
 #
 # Needs wrk and jq (apt-get install wrk jq) and, for postgres, the local
 # PostgreSQL with pgvector (.ci/setup.sh).
@@ -79,6 +80,14 @@ for backend in $BACKENDS; do
     done
   done
 done
+
+if [ -n "${SKIP_FLOOD:-}" ]; then
+  for which in before after; do
+    f="$WORK/postgres-$which.db"
+    [ -f "$f" ] && psql -q "$PG/postgres" -c "DROP DATABASE IF EXISTS $(basename "$(cat "$f")") WITH (FORCE)" >/dev/null
+  done
+  exit 0
+fi
 
 # The flood: 62 connections send wrong keys from one address while one
 # connection with a valid key reads a memory from another; first the keyed

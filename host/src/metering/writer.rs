@@ -19,7 +19,7 @@
 //! No deliberate waiting: while one batch commits the next one gathers, so
 //! the delay a request sees is at most one commit.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -369,41 +369,46 @@ async fn insert_events_pg(conn: &mut sqlx::PgConnection, events: &[&UsageEvent])
     Ok(())
 }
 
-/// Applies counter updates as multi-row upserts, one statement per kind of
-/// update (add, max, set).
+/// Applies counter updates as multi-row upserts: one statement for the
+/// whole batch (per 256 rows), each row adding, raising to a maximum or
+/// setting by its metric's aggregation. Metric names are checked names
+/// (`policy::check_name`), so they can stand in the statement; its text
+/// changes only with the set of metrics, and stays prepared.
 pub(super) async fn upsert(
     tx: &mut Tx,
     table: &str,
     bucket_col: &str,
     updates: &BTreeMap<Bucket, Update>,
 ) -> sqlx::Result<()> {
-    let mut by_kind: HashMap<&str, Vec<(&Bucket, i64)>> = HashMap::new();
-    for (b, u) in updates {
-        let (kind, v) = match u {
-            Update::Add(n) => ("add", *n),
-            Update::Max(n) => ("max", *n),
-            Update::Set(n) => ("set", *n),
-        };
-        by_kind.entry(kind).or_default().push((b, v));
+    let rows: Vec<(&Bucket, &Update)> = updates.iter().collect();
+    let names = |pick: fn(&Update) -> bool| -> Vec<String> {
+        let set: BTreeSet<&str> = rows.iter().filter(|(_, u)| pick(u)).map(|(b, _)| b.metric.as_str()).collect();
+        set.into_iter().map(|m| format!("'{m}'")).collect()
+    };
+    let (max, set) = (names(|u| matches!(u, Update::Max(_))), names(|u| matches!(u, Update::Set(_))));
+    let mut expr = String::from("CASE");
+    if !max.is_empty() {
+        expr.push_str(&format!(
+            " WHEN excluded.metric IN ({}) THEN GREATEST({table}.quantity, excluded.quantity)",
+            max.join(", ")
+        ));
     }
-    for (kind, rows) in by_kind {
-        let set = match kind {
-            "add" => format!("{table}.quantity + excluded.quantity"),
-            "max" => format!("GREATEST({table}.quantity, excluded.quantity)"),
-            _ => "excluded.quantity".to_string(),
-        };
-        for chunk in pow2_chunks(&rows, INSERT_CHUNK) {
-            let text = format!(
-                "INSERT INTO {table} (org_id, environment, {bucket_col}, metric, quantity) VALUES {} \
-                 ON CONFLICT (org_id, environment, {bucket_col}, metric) DO UPDATE SET quantity = {set}",
-                value_rows(chunk.len(), 5)
-            );
-            let mut q = sql(text);
-            for (b, v) in chunk {
-                q = q.bind(&b.org_id).bind(b.environment.as_str()).bind(&b.bucket).bind(&b.metric).bind(*v);
-            }
-            q.execute(&mut *tx).await?;
+    if !set.is_empty() {
+        expr.push_str(&format!(" WHEN excluded.metric IN ({}) THEN excluded.quantity", set.join(", ")));
+    }
+    expr.push_str(&format!(" ELSE {table}.quantity + excluded.quantity END"));
+    for chunk in rows.chunks(INSERT_CHUNK) {
+        let text = format!(
+            "INSERT INTO {table} (org_id, environment, {bucket_col}, metric, quantity) VALUES {} \
+             ON CONFLICT (org_id, environment, {bucket_col}, metric) DO UPDATE SET quantity = {expr}",
+            value_rows(chunk.len(), 5)
+        );
+        let mut q = sql(text);
+        for (b, u) in chunk {
+            let (Update::Add(v) | Update::Max(v) | Update::Set(v)) = u;
+            q = q.bind(&b.org_id).bind(b.environment.as_str()).bind(&b.bucket).bind(&b.metric).bind(*v);
         }
+        q.execute(&mut *tx).await?;
     }
     Ok(())
 }
