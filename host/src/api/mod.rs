@@ -173,8 +173,17 @@ fn cors_layer(origins: &[String]) -> anyhow::Result<Option<CorsLayer>> {
                 axum::http::header::AUTHORIZATION,
                 axum::http::header::CONTENT_TYPE,
                 HeaderName::from_static(envelope::REQUEST_ID_HEADER),
+                HeaderName::from_static(request_path::IDEMPOTENCY_KEY_HEADER),
+                HeaderName::from_static(request_path::USAGE_TAGS_HEADER),
             ])
-            .expose_headers([HeaderName::from_static(envelope::REQUEST_ID_HEADER)])
+            .expose_headers([
+                HeaderName::from_static(envelope::REQUEST_ID_HEADER),
+                HeaderName::from_static(request_path::IDEMPOTENT_REPLAYED_HEADER),
+                HeaderName::from_static("ratelimit-limit"),
+                HeaderName::from_static("ratelimit-remaining"),
+                HeaderName::from_static("ratelimit-reset"),
+                HeaderName::from_static("retry-after"),
+            ])
             .max_age(std::time::Duration::from_secs(600)),
     ))
 }
