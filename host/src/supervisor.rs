@@ -1,4 +1,5 @@
-//! One supervisor for the server's background loops (usage meter flush,
+//! One supervisor for the server's background loops (usage-event writer,
+//! metrics policy reload, retention, instance heartbeat,
 //! plugin change feed, Redis heartbeat, and the workers to come): started
 //! together, stopped together on shutdown, and a loop that dies (returns or
 //! panics) while the server runs is restarted after a backoff and counted.
@@ -17,7 +18,7 @@ const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// What a loop watches to know when to stop: it should finish its current
-/// step (a last flush, say) and return.
+/// step (the usage writer writes what is queued, say) and return.
 #[derive(Clone)]
 pub struct Shutdown(watch::Receiver<bool>);
 
@@ -149,7 +150,7 @@ impl Supervisor {
     }
 
     /// Asks every loop to stop and waits until they have (each gets a
-    /// moment to finish its last step, e.g. the meter's final flush).
+    /// moment to finish its last step, e.g. the usage writer's last batch).
     pub async fn shutdown(&self) {
         self.inner.stop.send_replace(true);
         let handles: Vec<JoinHandle<()>> = {

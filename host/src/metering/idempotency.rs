@@ -274,9 +274,14 @@ impl IdempotencyKeys {
             .await
     }
 
-    /// Announces this instance every [`HEARTBEAT_EVERY`] (PostgreSQL: other
-    /// instances check it before taking over a claim); removed at shutdown.
+    /// Announces this instance every [`HEARTBEAT_EVERY`] so other instances
+    /// can tell it is alive before taking over its claims; removed at
+    /// shutdown. PostgreSQL only.
     pub async fn heartbeat_loop(self, mut shutdown: Shutdown) {
+        if self.db.backend() == Backend::Sqlite {
+            // One instance: nobody reads the heartbeat (see `is_alive`).
+            return shutdown.requested().await;
+        }
         let started = Utc::now();
         let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
