@@ -6,6 +6,7 @@ mod fake_llm;
 
 mod account;
 mod auth;
+mod billing;
 mod cli;
 mod errors;
 mod limits;

@@ -32,7 +32,7 @@ fn check_and_run_locally() {
     let out = memhost(&["plugin", "check", &wasm_path("pricing-tiered")], dir.path());
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stdout}{stderr}");
-    assert!(stdout.contains("ok: pricing-tiered") && stdout.contains("memhost:plugin@0.1.0"), "{stdout}");
+    assert!(stdout.contains("ok: pricing-tiered") && stdout.contains("memhost:plugin@0.2.0"), "{stdout}");
     let out = memhost(&["plugin", "check", &wasm_path("pricing-flat"), "--json"], dir.path());
     let report: Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(report["kind"], "pricing");
@@ -126,7 +126,7 @@ fn scaffold_builds_and_checks() {
         let (stdout, stderr) = text(&out);
         assert!(out.status.success(), "{stdout}{stderr}");
         let crate_dir = dir.path().join(name);
-        assert!(crate_dir.join("fixture.json").is_file() && crate_dir.join("wit/0.1.0/types.wit").is_file());
+        assert!(crate_dir.join("fixture.json").is_file() && crate_dir.join("wit/0.2.0/types.wit").is_file());
 
         let out = Command::new(BIN)
             .args(["plugin", "build"])

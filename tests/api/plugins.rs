@@ -51,9 +51,9 @@ async fn builtins_are_active_on_a_fresh_start(backend: Backend) {
         let p = by_name(name);
         assert_eq!(p["kind"], kind, "{p}");
         assert_eq!(p["status"], status, "{p}");
-        assert_eq!(p["wit_version"], "0.1.0", "{p}");
+        assert_eq!(p["wit_version"], "0.2.0", "{p}");
         assert_eq!(p["id"].as_str().unwrap().len(), 64, "sha-256 id: {p}");
-        assert!(p["sdk"].as_str().unwrap().contains("\"wit\":\"0.1.0\""), "SDK stamp: {p}");
+        assert!(p["sdk"].as_str().unwrap().contains("\"wit\":\"0.2.0\""), "SDK stamp: {p}");
         assert!(p["config_schema"].is_object(), "{p}");
     }
 

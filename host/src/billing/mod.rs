@@ -93,7 +93,7 @@ impl BillingService {
         if let Some(hit) = self.inner.plan_limits.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
             return Some(hit.clone());
         }
-        match pricing.plan_limits(&active, &p.plan, &p.overrides).await {
+        match pricing.plan_limits(&active, &p.plan, None, &p.overrides).await {
             Ok(answer) => {
                 let limits = Arc::new(answer.value);
                 // A fallback's answer stands in only while the active version fails.

@@ -60,6 +60,17 @@ pub enum PluginCommand {
         #[command(flatten)]
         limits: LimitArgs,
     },
+    /// Run a .wasm on every golden fixture in a directory and compare
+    /// (`{"input": call, "expect": {"ok": …} or {"error": {"code": …}}, "config"?: …}`).
+    Test {
+        file: PathBuf,
+        fixtures: PathBuf,
+        /// The config for fixtures without their own (JSON or YAML file).
+        #[arg(long)]
+        plugin_config: Option<PathBuf>,
+        #[command(flatten)]
+        limits: LimitArgs,
+    },
     /// Upload a .wasm to a running server.
     Upload {
         file: PathBuf,
@@ -187,6 +198,9 @@ pub async fn run(config: Config, cmd: PluginCommand) -> anyhow::Result<()> {
         PluginCommand::Check { file, kind, limits, out } => check(&config, &file, kind, limits, out).await,
         PluginCommand::Run { file, input, plugin_config, limits } => {
             run_local(&config, &file, &input, plugin_config.as_deref(), limits).await
+        }
+        PluginCommand::Test { file, fixtures, plugin_config, limits } => {
+            test_local(&config, &file, &fixtures, plugin_config.as_deref(), limits).await
         }
         PluginCommand::Upload { file, kind, limits, server, out } => {
             let wasm = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
@@ -449,6 +463,44 @@ async fn check(
     Ok(())
 }
 
+/// A plugin loaded locally the way the server loads it: same engine, same
+/// validation, same limits, outbound HTTP only to allow-listed hosts.
+struct LocalPlugin {
+    runtime: Runtime,
+    prepared: crate::plugins::wit::Prepared,
+    limits: crate::plugins::kind::Limits,
+    digest: Arc<str>,
+    http: HttpGate,
+}
+
+impl LocalPlugin {
+    fn load(config: &Config, file: &Path, kind: Option<PluginKind>, limits: LimitArgs) -> anyhow::Result<LocalPlugin> {
+        let wasm = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+        let runtime = Runtime::new(config.plugins.clone())?;
+        let overrides = limits.overrides();
+        runtime.config().check_overrides(&overrides).map_err(anyhow::Error::msg)?;
+        validate::check_header(&wasm).map_err(|e| anyhow::anyhow!("{}: {e}", e.code()))?;
+        let component = wasmtime::component::Component::new(runtime.engine(), &wasm)
+            .map_err(|e| anyhow::anyhow!("INVALID_COMPONENT: {e:#}"))?;
+        let inspection = validate::inspect(runtime.engine(), &component, &wasm, kind)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", e.code()))?;
+        let version = inspection.wit.unwrap_or(crate::plugins::wit::WitVersion::NEWEST);
+        let prepared =
+            runtime.prepare(version, inspection.kind, &component).map_err(|e| anyhow::anyhow!("linking: {e:#}"))?;
+        let limits = runtime.config().limits(inspection.kind).with(&overrides);
+        let digest: Arc<str> = hex::encode(Sha256::digest(&wasm)).into();
+        let http = HttpGate::new(config.plugins.http_allow_hosts.clone())?;
+        Ok(LocalPlugin { runtime, prepared, limits, digest, http })
+    }
+
+    async fn call(&self, plugin_config: &Value, call: CallInput) -> Result<calls::CallReport, calls::RunError> {
+        // As on the server: no LLM here.
+        let host = HostCalls { http: Some(self.http.clone()), ..HostCalls::none() };
+        let config = plugin_config.to_string();
+        calls::run(&self.runtime, &self.prepared, &self.limits, &self.digest, &config, host, call).await
+    }
+}
+
 async fn run_local(
     config: &Config,
     file: &Path,
@@ -456,7 +508,6 @@ async fn run_local(
     plugin_config: Option<&Path>,
     limits: LimitArgs,
 ) -> anyhow::Result<()> {
-    let wasm = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
     let input_text = std::fs::read_to_string(input).with_context(|| format!("reading {}", input.display()))?;
     let call: CallInput = crate::api::extract::parse_json(input_text.as_bytes())
         .map_err(|e| anyhow::anyhow!("{}: {e}", input.display()))?;
@@ -464,30 +515,11 @@ async fn run_local(
         Some(p) => read_config(p)?,
         None => json!({}),
     };
-    let runtime = Runtime::new(config.plugins.clone())?;
-    let overrides = limits.overrides();
-    runtime.config().check_overrides(&overrides).map_err(anyhow::Error::msg)?;
-    validate::check_header(&wasm).map_err(|e| anyhow::anyhow!("{}: {e}", e.code()))?;
-    let component = wasmtime::component::Component::new(runtime.engine(), &wasm)
-        .map_err(|e| anyhow::anyhow!("INVALID_COMPONENT: {e:#}"))?;
-    let inspection = validate::inspect(runtime.engine(), &component, &wasm, call.kind())
-        .map_err(|e| anyhow::anyhow!("{}: {e}", e.code()))?;
-    let version = inspection.wit.unwrap_or(crate::plugins::wit::WitVersion::NEWEST);
-    let prepared =
-        runtime.prepare(version, inspection.kind, &component).map_err(|e| anyhow::anyhow!("linking: {e:#}"))?;
-    let limits = runtime.config().limits(inspection.kind).with(&overrides);
-    let digest: Arc<str> = hex::encode(Sha256::digest(&wasm)).into();
-    // As on the server: outbound HTTP only to allow-listed hosts; no LLM here.
-    let host = HostCalls { http: Some(HttpGate::new(config.plugins.http_allow_hosts.clone())?), ..HostCalls::none() };
-    let report = calls::run(&runtime, &prepared, &limits, &digest, &plugin_config.to_string(), host, call).await;
+    let plugin = LocalPlugin::load(config, file, call.kind(), limits)?;
+    let report = plugin.call(&plugin_config, call).await;
     match report {
         Ok(report) => {
-            let answer = match (&report.ok, &report.error) {
-                (Some(ok), _) => json!({ "ok": ok }),
-                (_, Some(err)) => json!({ "error": err }),
-                _ => Value::Null,
-            };
-            println!("{}", serde_json::to_string_pretty(&answer)?);
+            println!("{}", serde_json::to_string_pretty(&report.answer())?);
             let s = &report.stats;
             eprintln!(
                 "function {}: fuel {} of {}, peak memory {} of {} bytes, {} µs, input {} B, output {} B",
@@ -511,4 +543,52 @@ async fn run_local(
         Err(calls::RunError::Call(e)) => bail!("stopped: {} ({e})", e.code()),
         Err(e) => bail!("{e}"),
     }
+}
+
+/// `plugin test`: every golden fixture in a directory (`*.json`: `input`,
+/// `expect` and, optionally, its own `config`), run as `plugin run` would,
+/// and compared with what it expects. Prints one line per fixture.
+async fn test_local(
+    config: &Config,
+    file: &Path,
+    dir: &Path,
+    plugin_config: Option<&Path>,
+    limits: LimitArgs,
+) -> anyhow::Result<()> {
+    let default_config = match plugin_config {
+        Some(p) => read_config(p)?,
+        None => json!({}),
+    };
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    paths.sort();
+    if paths.is_empty() {
+        bail!("no fixtures (*.json) in {}", dir.display());
+    }
+    let plugin = LocalPlugin::load(config, file, None, limits)?;
+    let mut failed = 0;
+    for path in &paths {
+        let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let fixture = calls::Fixture::read(path)?;
+        let outcome = match plugin.call(fixture.config.as_ref().unwrap_or(&default_config), fixture.input.clone()).await
+        {
+            Ok(report) => fixture.mismatch(&report.answer()),
+            Err(e) => Some(format!("call failed: {e}")),
+        };
+        match outcome {
+            None => println!("ok    {name}"),
+            Some(why) => {
+                failed += 1;
+                println!("FAIL  {name}: {why}");
+            }
+        }
+    }
+    println!("{} fixtures: {} passed, {failed} failed", paths.len(), paths.len() - failed);
+    if failed > 0 {
+        bail!("{failed} fixture(s) failed");
+    }
+    Ok(())
 }

@@ -15,13 +15,13 @@ use crate::plugins::calls::fixture_json;
 const SDK_LIB: &str = include_str!("../../../plugins/sdk/src/lib.rs");
 /// The WIT version the scaffold vendors: the newest the host speaks (a
 /// test below keeps them equal).
-const WIT_VERSION: &str = "0.1.0";
+const WIT_VERSION: &str = "0.2.0";
 const WIT_FILES: [(&str, &str); 5] = [
-    ("types.wit", include_str!("../../../wit/0.1.0/types.wit")),
-    ("pricing.wit", include_str!("../../../wit/0.1.0/pricing.wit")),
-    ("rate-limit.wit", include_str!("../../../wit/0.1.0/rate-limit.wit")),
-    ("alert-channel.wit", include_str!("../../../wit/0.1.0/alert-channel.wit")),
-    ("extractor.wit", include_str!("../../../wit/0.1.0/extractor.wit")),
+    ("types.wit", include_str!("../../../wit/0.2.0/types.wit")),
+    ("pricing.wit", include_str!("../../../wit/0.2.0/pricing.wit")),
+    ("rate-limit.wit", include_str!("../../../wit/0.2.0/rate-limit.wit")),
+    ("alert-channel.wit", include_str!("../../../wit/0.2.0/alert-channel.wit")),
+    ("extractor.wit", include_str!("../../../wit/0.2.0/extractor.wit")),
 ];
 
 /// Plugin names follow `describe`'s rule: lowercase letters, digits, `-`.
@@ -77,7 +77,7 @@ profile = "minimal"
 /// plugins workspace).
 const SDK_MANIFEST: &str = r#"[package]
 name = "memhost-sdk"
-version = "0.1.0"
+version = "0.2.0"
 description = "Write memhost plugins: implement one trait, call one export macro."
 edition = "2024"
 license = "Apache-2.0"
@@ -196,7 +196,9 @@ impl Pricing for Plugin {
                 .checked_mul(usage.quantity as i64)
                 .ok_or_else(|| PluginError::new("overflow", format!("{} × {price} overflows", usage.quantity)))?;
             lines.push(InvoiceLine {
+                kind: LineKind::Usage,
                 metric: Some(usage.metric.clone()),
+                reference: None,
                 description: format!("{} {}", usage.quantity, usage.metric),
                 quantity: usage.quantity,
                 amount,
@@ -206,7 +208,7 @@ impl Pricing for Plugin {
         Ok(Invoice { currency: config.currency, lines, total })
     }
 
-    fn limits(_config: &str, _plan: &str, _overrides: &str) -> Result<Vec<MetricLimit>, PluginError> {
+    fn limits(_config: &str, _plan: &str, _plan_snapshot: Option<&str>, _overrides: &str) -> Result<Vec<MetricLimit>, PluginError> {
         // No included amounts: everything is billed per unit.
         Ok(Vec::new())
     }

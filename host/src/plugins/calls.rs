@@ -14,7 +14,9 @@ use super::alert_channel::{Alert, Severity};
 use super::extractor::{ExistingMemory, ExtractInput, MemoryOp, Turn};
 use super::host_calls::HostCalls;
 use super::kind::{Limits, PluginKind};
-use super::pricing::{Invoice, RatingInput as PricingInput, UsageQuantity};
+use super::pricing::{
+    AddonSubscription, AppliedPromotion, CreditBalance, Invoice, PlanSpan, RatingInput as PricingInput, UsageQuantity,
+};
 use super::rate_limit::{LimiterAlgorithm, LimiterRule, LimiterScope, RequestClass};
 use super::runtime::{CallError, CallStats, Runtime};
 use super::types::GuestError;
@@ -34,6 +36,22 @@ pub struct RateInput {
     /// Quantity per metric for the period.
     #[serde(default)]
     pub usage: BTreeMap<String, u64>,
+    /// The plan definition the org is held to (grandfathering, A/B test).
+    #[serde(default)]
+    pub plan_snapshot: Option<Value>,
+    /// The org's pricing region (geographic pricing).
+    #[serde(default)]
+    pub region: Option<String>,
+    /// The plans that held the period, when it changed within it.
+    #[serde(default)]
+    pub plan_spans: Vec<PlanSpan>,
+    #[serde(default)]
+    pub addons: Vec<AddonSubscription>,
+    /// Soonest expiry first.
+    #[serde(default)]
+    pub credits: Vec<CreditBalance>,
+    #[serde(default)]
+    pub promotions: Vec<AppliedPromotion>,
 }
 
 /// Input of a pricing `limits` call.
@@ -41,6 +59,8 @@ pub struct RateInput {
 #[serde(deny_unknown_fields)]
 pub struct LimitsInput {
     pub plan: String,
+    #[serde(default)]
+    pub plan_snapshot: Option<Value>,
     #[serde(default = "empty_object")]
     pub overrides: Value,
 }
@@ -193,6 +213,66 @@ pub struct CallReport {
     pub stats: CallStats,
 }
 
+impl CallReport {
+    /// The answer alone: `{"ok": …}` or `{"error": …}`.
+    pub fn answer(&self) -> Value {
+        match (&self.ok, &self.error) {
+            (Some(ok), _) => json!({ "ok": ok }),
+            (_, Some(err)) => json!({ "error": err }),
+            _ => Value::Null,
+        }
+    }
+}
+
+/// A golden fixture: a call, what it must answer, and optionally the
+/// config to run it with (`memhost plugin test`, and the same files through
+/// the server in the tests).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fixture {
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub config: Option<Value>,
+    pub input: CallInput,
+    /// `{"ok": …}` or `{"error": {"code": …}}`; only the fields it names are
+    /// compared (arrays must match in length and order).
+    pub expect: Value,
+}
+
+impl Fixture {
+    pub fn read(path: &std::path::Path) -> anyhow::Result<Fixture> {
+        let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+        serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    }
+
+    /// Where `answer` differs from what the fixture expects, if anywhere.
+    pub fn mismatch(&self, answer: &Value) -> Option<String> {
+        subset_mismatch(&self.expect, answer, "")
+    }
+}
+
+/// The first place `actual` lacks or differs from what `expected` names.
+pub fn subset_mismatch(expected: &Value, actual: &Value, path: &str) -> Option<String> {
+    match (expected, actual) {
+        (Value::Object(e), Value::Object(a)) => e.iter().find_map(|(k, v)| {
+            let at = format!("{path}.{k}");
+            match a.get(k) {
+                Some(x) => subset_mismatch(v, x, &at),
+                None => Some(format!("{at}: missing (expected {v})")),
+            }
+        }),
+        (Value::Array(e), Value::Array(a)) if e.len() == a.len() => {
+            e.iter().zip(a).enumerate().find_map(|(i, (v, x))| subset_mismatch(v, x, &format!("{path}[{i}]")))
+        }
+        (Value::Array(e), Value::Array(a)) => {
+            Some(format!("{path}: {} items, expected {} (got {})", a.len(), e.len(), actual))
+        }
+        (e, a) if e == a => None,
+        (e, a) => Some(format!("{path}: got {a}, expected {e}")),
+    }
+}
+
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct PluginErrorJson {
     pub code: String,
@@ -241,16 +321,25 @@ pub async fn run(
         CallInput::Rate(i) => {
             let input = PricingInput {
                 plan: i.plan,
+                plan_snapshot: i.plan_snapshot.map(|v| v.to_string()),
                 overrides: i.overrides.to_string(),
+                region: i.region,
                 period_start: i.period_start,
                 period_end: i.period_end,
                 usage: i.usage.into_iter().map(|(metric, quantity)| UsageQuantity { metric, quantity }).collect(),
+                plan_spans: i.plan_spans,
+                addons: i.addons,
+                credits: i.credits,
+                promotions: i.promotions,
             };
             let out = runtime.rate(prepared, limits, digest, config, &input).await?;
             (out.value.map(|inv| invoice_json(&inv)), out.stats)
         }
         CallInput::Limits(i) => {
-            let out = runtime.plan_limits(prepared, limits, digest, config, &i.plan, &i.overrides.to_string()).await?;
+            let snapshot = i.plan_snapshot.map(|v| v.to_string());
+            let overrides = i.overrides.to_string();
+            let out =
+                runtime.plan_limits(prepared, limits, digest, config, &i.plan, snapshot.as_deref(), &overrides).await?;
             (out.value.map(|l| serde_json::to_value(l).unwrap_or(Value::Null)), out.stats)
         }
         CallInput::Rules(i) => {
@@ -308,7 +397,8 @@ pub fn invoice_json(inv: &Invoice) -> Value {
     json!({
         "currency": inv.currency,
         "lines": inv.lines.iter().map(|l| json!({
-            "metric": l.metric, "description": l.description, "quantity": l.quantity, "amount_micros": l.amount
+            "kind": l.kind, "metric": l.metric, "reference": l.reference, "description": l.description,
+            "quantity": l.quantity, "amount_micros": l.amount
         })).collect::<Vec<_>>(),
         "total_micros": inv.total,
     })

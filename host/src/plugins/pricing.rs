@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::kind::PluginKind;
@@ -17,21 +17,101 @@ pub struct UsageQuantity {
     pub quantity: u64,
 }
 
+/// One stretch of the period on one plan (proration).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlanSpan {
+    pub plan: String,
+    /// RFC 3339 instants; the span is [start, end).
+    pub start: String,
+    pub end: String,
+}
+
+/// An add-on the customer subscribes to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddonSubscription {
+    pub id: String,
+    #[serde(default = "one")]
+    pub quantity: u32,
+    /// A negotiated price per unit (micro-units), replacing the config's.
+    #[serde(default)]
+    pub price_override: Option<i64>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// A balance the customer holds before the invoice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreditBalance {
+    pub id: String,
+    /// `promotion`, `refund`, `manual` or `prepaid`.
+    pub source: String,
+    /// Micro-units.
+    pub remaining: i64,
+    /// RFC 3339 (UTC); none: never expires.
+    #[serde(default)]
+    pub expires_at: Option<String>,
+}
+
+/// A promotion the customer was given, and whether its condition holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AppliedPromotion {
+    pub id: String,
+    #[serde(default = "yes")]
+    pub condition_met: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Everything a pricing plugin is given to price one org's period (WIT
+/// 0.2.0; a 0.1.0 plugin sees only plan, overrides, period and usage).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub struct RatingInput {
     pub plan: String,
+    /// The plan definition the org is held to (grandfathering, A/B), JSON.
+    pub plan_snapshot: Option<String>,
     /// The org's `pricing` overrides as a JSON object (`{}` when none).
     pub overrides: String,
+    pub region: Option<String>,
     /// RFC 3339 instants; the period is [start, end).
     pub period_start: String,
     pub period_end: String,
     pub usage: Vec<UsageQuantity>,
+    /// Empty when one plan held the whole period.
+    pub plan_spans: Vec<PlanSpan>,
+    pub addons: Vec<AddonSubscription>,
+    /// Soonest expiry first.
+    pub credits: Vec<CreditBalance>,
+    pub promotions: Vec<AppliedPromotion>,
+}
+
+/// What an invoice line is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LineKind {
+    Base,
+    Usage,
+    Addon,
+    /// A reduction: amount ≤ 0.
+    Discount,
+    /// A balance drawn: amount ≤ 0, `reference` is the credit.
+    Credit,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub struct InvoiceLine {
+    pub kind: LineKind,
     /// None for fixed fees such as the base price.
     pub metric: Option<String>,
+    /// The add-on, credit or promotion the line comes from.
+    pub reference: Option<String>,
     pub description: String,
     pub quantity: u64,
     /// Micro-units of the currency.
@@ -76,11 +156,12 @@ impl Pricing<'_> {
         &self,
         active: &Active,
         plan: &str,
+        plan_snapshot: Option<&str>,
         overrides: &str,
     ) -> Result<Answer<Vec<MetricLimit>>, PluginFailure> {
         let runtime = self.service.runtime();
         with_fallback!(self.service, active, |p, config| runtime
-            .plan_limits(&p.prepared, &p.limits, &p.digest, config, plan, overrides)
+            .plan_limits(&p.prepared, &p.limits, &p.digest, config, plan, plan_snapshot, overrides)
             .await)
     }
 

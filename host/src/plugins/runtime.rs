@@ -418,11 +418,12 @@ impl Runtime {
         digest: &Arc<str>,
         config: &str,
         plan: &str,
+        plan_snapshot: Option<&str>,
         overrides: &str,
     ) -> Result<Outcome<Result<Vec<MetricLimit>, GuestError>>, CallError> {
-        let size = config.len() + plan.len() + overrides.len();
+        let size = config.len() + plan.len() + plan_snapshot.map_or(0, str::len) + overrides.len();
         self.call(p.kind(), limits, digest, HostCalls::none(), size, async |s| {
-            p.plan_limits(s, config, plan, overrides).await
+            p.plan_limits(s, config, plan, plan_snapshot, overrides).await
         })
         .await
     }

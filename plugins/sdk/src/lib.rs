@@ -1,7 +1,7 @@
 //! The memhost plugin SDK.
 //!
 //! A plugin is a WebAssembly component implementing one world of the WIT
-//! package `memhost:plugin@0.1.0` (see `wit/0.1.0/` in the memhost
+//! package `memhost:plugin@0.2.0` (see `wit/0.2.0/` in the memhost
 //! repository). This crate wraps the generated bindings so an author
 //! implements one trait and calls one export macro:
 //!
@@ -15,7 +15,8 @@
 //!     const VERSION: &'static str = env!("CARGO_PKG_VERSION");
 //!
 //!     fn rate(config: &str, input: RatingInput) -> Result<Invoice, PluginError> { … }
-//!     fn limits(config: &str, plan: &str, overrides: &str) -> Result<Vec<MetricLimit>, PluginError> { … }
+//!     fn limits(config: &str, plan: &str, plan_snapshot: Option<&str>, overrides: &str)
+//!         -> Result<Vec<MetricLimit>, PluginError> { … }
 //! }
 //!
 //! memhost_sdk::export_pricing!(Flat);
@@ -28,7 +29,7 @@
 /// The WIT package version this SDK implements. The export macros stamp it
 /// into the component (custom section `memhost-sdk`), beside the versioned
 /// export names the host reads anyway.
-pub const WIT_VERSION: &str = "0.1.0";
+pub const WIT_VERSION: &str = "0.2.0";
 /// This SDK's own version.
 pub const SDK_VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -57,7 +58,7 @@ macro_rules! __stamp {
     () => {
         #[unsafe(link_section = "memhost-sdk")]
         #[used]
-        static __MEMHOST_SDK_STAMP: [u8; 29] = *b"{\"wit\":\"0.1.0\",\"sdk\":\"0.1.0\"}";
+        static __MEMHOST_SDK_STAMP: [u8; 29] = *b"{\"wit\":\"0.2.0\",\"sdk\":\"0.2.0\"}";
     };
 }
 
@@ -100,14 +101,16 @@ macro_rules! common_helpers {
 pub mod pricing {
     //! World `pricing`: rate a billing period; report a plan's limits.
     wit_bindgen::generate!({
-        path: "../../wit/0.1.0",
+        path: "../../wit/0.2.0",
         world: "pricing",
         pub_export_macro: true,
         export_macro_name: "__export_pricing_world",
         default_bindings_module: "memhost_sdk::pricing",
     });
     common_helpers!();
-    pub use self::exports::memhost::plugin::pricer::{Invoice, InvoiceLine, MetricLimit, RatingInput, Usage};
+    pub use self::exports::memhost::plugin::pricer::{
+        Addon, Credit, Invoice, InvoiceLine, LineKind, MetricLimit, PlanSpan, Promotion, RatingInput, Usage,
+    };
 
     /// A pricing plugin. Deterministic: no clock, no randomness, no I/O.
     pub trait Pricing {
@@ -118,7 +121,14 @@ pub mod pricing {
             "{}"
         }
         fn rate(config: &str, input: RatingInput) -> Result<Invoice, PluginError>;
-        fn limits(config: &str, plan: &str, overrides: &str) -> Result<Vec<MetricLimit>, PluginError>;
+        /// `plan_snapshot`: the plan definition the customer is held to
+        /// (JSON), if any; `overrides`: the customer's overrides (JSON).
+        fn limits(
+            config: &str,
+            plan: &str,
+            plan_snapshot: Option<&str>,
+            overrides: &str,
+        ) -> Result<Vec<MetricLimit>, PluginError>;
     }
 
     #[doc(hidden)]
@@ -155,9 +165,10 @@ macro_rules! export_pricing {
             fn limits(
                 config: ::std::string::String,
                 plan: ::std::string::String,
+                plan_snapshot: ::std::option::Option<::std::string::String>,
                 overrides: ::std::string::String,
             ) -> ::std::result::Result<::std::vec::Vec<$crate::pricing::MetricLimit>, $crate::pricing::PluginError> {
-                <$plugin as $crate::pricing::Pricing>::limits(&config, &plan, &overrides)
+                <$plugin as $crate::pricing::Pricing>::limits(&config, &plan, plan_snapshot.as_deref(), &overrides)
             }
         }
         $crate::pricing::__export_pricing_world!(__MemhostExport with_types_in $crate::pricing);
@@ -168,7 +179,7 @@ macro_rules! export_pricing {
 pub mod rate_limit {
     //! World `rate-limit`: choose the rules for a request class.
     wit_bindgen::generate!({
-        path: "../../wit/0.1.0",
+        path: "../../wit/0.2.0",
         world: "rate-limit",
         pub_export_macro: true,
         export_macro_name: "__export_rate_limit_world",
@@ -227,7 +238,7 @@ macro_rules! export_rate_limit {
 pub mod alert_channel {
     //! World `alert-channel`: deliver one alert; outbound HTTP through the host.
     wit_bindgen::generate!({
-        path: "../../wit/0.1.0",
+        path: "../../wit/0.2.0",
         world: "alert-channel",
         pub_export_macro: true,
         export_macro_name: "__export_alert_channel_world",
@@ -292,7 +303,7 @@ macro_rules! export_alert_channel {
 pub mod extractor {
     //! World `extractor`: dialogue to memory operations; LLM and embeddings through the host.
     wit_bindgen::generate!({
-        path: "../../wit/0.1.0",
+        path: "../../wit/0.2.0",
         world: "extractor",
         pub_export_macro: true,
         export_macro_name: "__export_extractor_world",

@@ -7,12 +7,17 @@
 //! working after a newer one ships: it is dispatched by the version it was
 //! built against.
 //!
-//! Adding a version (say 0.2.0): `wit/0.2.0/` beside the others, a module
-//! `v0_2_0.rs` shaped like `v0_1_0.rs`, a variant in [`WitVersion`] and in
+//! Adding a version (say 0.3.0): `wit/0.3.0/` beside the others, a module
+//! `v0_3_0.rs` shaped like `v0_2_0.rs` (what did not change comes from
+//! `unchanged_kinds!`, `shared.rs`), a variant in [`WitVersion`] and in
 //! [`Prepared`], and one line in `dispatch!` and in each `match` below.
-//! Nothing outside this directory changes.
+//! Nothing outside this directory changes, unless the host's own types
+//! grow to carry what the new version adds (0.2.0: the pricing context).
 
+#[macro_use]
+mod shared;
 pub mod v0_1_0;
+pub mod v0_2_0;
 
 use std::fmt;
 
@@ -31,6 +36,7 @@ use super::types::{GuestError, PluginInfo};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum WitVersion {
     V0_1_0,
+    V0_2_0,
 }
 
 /// Why a plugin's WIT version has no adapter here.
@@ -44,13 +50,14 @@ pub enum Unsupported {
 
 impl WitVersion {
     /// Every version with an adapter, oldest first.
-    pub const ALL: [WitVersion; 1] = [WitVersion::V0_1_0];
+    pub const ALL: [WitVersion; 2] = [WitVersion::V0_1_0, WitVersion::V0_2_0];
     /// What `memhost plugin new` scaffolds and the SDK targets.
-    pub const NEWEST: WitVersion = WitVersion::V0_1_0;
+    pub const NEWEST: WitVersion = WitVersion::V0_2_0;
 
     pub fn version(self) -> Version {
         match self {
             WitVersion::V0_1_0 => v0_1_0::VERSION,
+            WitVersion::V0_2_0 => v0_2_0::VERSION,
         }
     }
 
@@ -77,6 +84,7 @@ impl WitVersion {
     pub fn add_to_linker(self, linker: &mut Linker<CallState>, kind: PluginKind) -> wasmtime::Result<()> {
         match self {
             WitVersion::V0_1_0 => v0_1_0::add_to_linker(linker, kind),
+            WitVersion::V0_2_0 => v0_2_0::add_to_linker(linker, kind),
         }
     }
 }
@@ -90,6 +98,7 @@ impl fmt::Display for WitVersion {
 /// A compiled plugin linked for its kind's world at its WIT version.
 pub enum Prepared {
     V0_1_0(v0_1_0::Prepared),
+    V0_2_0(v0_2_0::Prepared),
 }
 
 /// Runs the same call on whichever version's adapter a plugin has.
@@ -97,6 +106,7 @@ macro_rules! dispatch {
     ($self:ident, $p:ident => $call:expr) => {
         match $self {
             Prepared::V0_1_0($p) => $call,
+            Prepared::V0_2_0($p) => $call,
         }
     };
 }
@@ -113,6 +123,7 @@ impl Prepared {
     pub fn new(version: WitVersion, kind: PluginKind, pre: InstancePre<CallState>) -> wasmtime::Result<Prepared> {
         Ok(match version {
             WitVersion::V0_1_0 => Prepared::V0_1_0(v0_1_0::Prepared::new(kind, pre)?),
+            WitVersion::V0_2_0 => Prepared::V0_2_0(v0_2_0::Prepared::new(kind, pre)?),
         })
     }
 
@@ -123,6 +134,7 @@ impl Prepared {
     pub fn wit_version(&self) -> WitVersion {
         match self {
             Prepared::V0_1_0(_) => WitVersion::V0_1_0,
+            Prepared::V0_2_0(_) => WitVersion::V0_2_0,
         }
     }
 
@@ -144,9 +156,10 @@ impl Prepared {
         store: &mut Store<CallState>,
         config: &str,
         plan: &str,
+        plan_snapshot: Option<&str>,
         overrides: &str,
     ) -> wasmtime::Result<Result<Vec<MetricLimit>, GuestError>> {
-        dispatch!(self, p => p.plan_limits(store, config, plan, overrides).await)
+        dispatch!(self, p => p.plan_limits(store, config, plan, plan_snapshot, overrides).await)
     }
 
     pub async fn rules(
@@ -218,8 +231,9 @@ mod tests {
     fn guests_are_dispatched_by_the_version_they_were_built_against() {
         let v = |s: &str| Version::parse(s).unwrap();
         assert_eq!(WitVersion::for_guest(&v("0.1.0")), Ok(WitVersion::V0_1_0));
-        assert_eq!(WitVersion::for_guest(&v("0.1.1")), Err(Unsupported::TooNew), "a newer patch may use more");
-        assert_eq!(WitVersion::for_guest(&v("0.2.0")), Err(Unsupported::TooNew));
+        assert_eq!(WitVersion::for_guest(&v("0.2.0")), Ok(WitVersion::V0_2_0));
+        assert_eq!(WitVersion::for_guest(&v("0.2.1")), Err(Unsupported::TooNew), "a newer patch may use more");
+        assert_eq!(WitVersion::for_guest(&v("0.3.0")), Err(Unsupported::TooNew));
         assert_eq!(WitVersion::for_guest(&v("1.0.0")), Err(Unsupported::TooNew));
         assert_eq!(WitVersion::for_guest(&v("0.0.9")), Err(Unsupported::TooOld));
         assert!(Version::parse("0.1").is_none());
