@@ -113,17 +113,15 @@ fn effective(
         charges: p.overage.clone(),
         discount_percent: None,
     };
-    if let Some(r) = region {
-        let prices = p.regions.get(r);
-        if let Some(prices) = prices {
-            if let Some(c) = &prices.currency {
-                e.currency = c.clone();
-            }
-            if let Some(b) = price_micros(prices.base_price, prices.base_price_micros) {
-                e.base = b;
-            }
-            e.charges.extend(prices.overage.clone());
+    // A region the plan does not name keeps the plan's own prices.
+    if let Some(prices) = region.and_then(|r| p.regions.get(r)) {
+        if let Some(c) = &prices.currency {
+            e.currency = c.clone();
         }
+        if let Some(b) = price_micros(prices.base_price, prices.base_price_micros) {
+            e.base = b;
+        }
+        e.charges.extend(prices.overage.clone());
     }
     let o = parse_overrides(overrides)?;
     if within_contract(&o, period_start) {

@@ -6,8 +6,8 @@
 
 use std::fmt;
 
+use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
-use serde::{Deserialize, Serialize, Serializer};
 
 /// Micro-units in one cent: every line is a whole number of cents.
 pub const CENT: i128 = 10_000;
@@ -73,13 +73,7 @@ impl<'de> Deserialize<'de> for Fixed {
     }
 }
 
-impl Serialize for Fixed {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_i64(self.0)
-    }
-}
-
-/// An exact non-negative or negative fraction `n / d` (d > 0).
+/// An exact fraction `n / d` (d > 0).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ratio {
     pub n: i128,

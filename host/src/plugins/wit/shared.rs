@@ -1,11 +1,82 @@
-//! The part of an adapter that every WIT version so far shares unchanged:
-//! the rate-limit, alert-channel and extractor worlds, `describe`, the
-//! imports' host side and the `Prepared` enum. Each version's module
-//! expands it with [`unchanged_kinds!`] beside its own generated bindings
-//! (the names it uses, `pricing`, `wit_limit`, `wit_log`…, resolve there),
-//! and writes by hand only what its version changed (0.2.0: pricing). When
-//! a version changes one of these, move that piece out of the macro into
-//! each version's file.
+//! The part of an adapter that every WIT version so far shares: its
+//! bindings ([`world_bindings!`]: the worlds are the same, only the path
+//! differs) and the code for what did not change ([`unchanged_kinds!`]:
+//! the rate-limit, alert-channel and extractor worlds, `describe`, pricing's
+//! metric limits, the imports' host side and the `Prepared` enum). Each
+//! version's module expands both (the names they use, `pricing`,
+//! `wit_limit`, `wit_log`…, resolve there) and writes by hand only what its
+//! version changed (0.2.0: pricing's rating). When a version changes one of
+//! these, move that piece out of the macro into each version's file.
+
+/// The generated bindings of one WIT version (`$path`, e.g.
+/// `"../wit/0.2.0"`), one module per world, and the short names the
+/// adapters use for their interfaces. Every version so far has the same
+/// worlds; a version that adds or renames one writes its own block instead.
+macro_rules! world_bindings {
+    ($path:literal) => {
+        /// One module per world. The shared interfaces (`types`, `log`) are
+        /// generated once, in `pricing`, and reused by the other worlds.
+        mod bindings {
+            pub mod pricing {
+                wasmtime::component::bindgen!({
+                    path: $path,
+                    world: "pricing",
+                    imports: { default: async },
+                    exports: { default: async },
+                });
+            }
+
+            pub mod rate_limit {
+                wasmtime::component::bindgen!({
+                    path: $path,
+                    world: "rate-limit",
+                    imports: { default: async },
+                    exports: { default: async },
+                    with: {
+                        "memhost:plugin/types": super::pricing::memhost::plugin::types,
+                        "memhost:plugin/log": super::pricing::memhost::plugin::log,
+                    },
+                });
+            }
+
+            pub mod alert_channel {
+                wasmtime::component::bindgen!({
+                    path: $path,
+                    world: "alert-channel",
+                    imports: { default: async },
+                    exports: { default: async },
+                    with: {
+                        "memhost:plugin/types": super::pricing::memhost::plugin::types,
+                        "memhost:plugin/log": super::pricing::memhost::plugin::log,
+                    },
+                });
+            }
+
+            pub mod extractor {
+                wasmtime::component::bindgen!({
+                    path: $path,
+                    world: "extractor",
+                    imports: { default: async },
+                    exports: { default: async },
+                    with: {
+                        "memhost:plugin/types": super::pricing::memhost::plugin::types,
+                        "memhost:plugin/log": super::pricing::memhost::plugin::log,
+                    },
+                });
+            }
+        }
+
+        use bindings::{alert_channel, extractor, pricing, rate_limit};
+        use pricing::memhost::plugin::{log as wit_log, types as wit_types};
+
+        use alert_channel::exports::memhost::plugin::notifier as wit_alert;
+        use alert_channel::memhost::plugin::http_outbound as wit_http;
+        use extractor::exports::memhost::plugin::extraction as wit_extract;
+        use extractor::memhost::plugin::{embeddings as wit_embeddings, llm as wit_llm};
+        use pricing::exports::memhost::plugin::pricer as wit_price;
+        use rate_limit::exports::memhost::plugin::limiter as wit_limit;
+    };
+}
 
 macro_rules! unchanged_kinds {
     () => {
@@ -193,6 +264,15 @@ macro_rules! unchanged_kinds {
                         })
                         .collect()
                 }))
+            }
+        }
+
+        fn metric_limit(l: wit_price::MetricLimit) -> MetricLimit {
+            MetricLimit {
+                metric: l.metric,
+                included: l.included,
+                hard_limit: l.hard_limit,
+                overage_allowed: l.overage_allowed,
             }
         }
 

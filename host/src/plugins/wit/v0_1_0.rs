@@ -18,67 +18,7 @@ use crate::providers::{CompletionMessage, CompletionRequest};
 
 pub const VERSION: Version = Version { major: 0, minor: 1, patch: 0 };
 
-/// One module per world. The shared interfaces (`types`, `log`) are
-/// generated once, in `pricing`, and reused by the other worlds.
-mod bindings {
-    pub mod pricing {
-        wasmtime::component::bindgen!({
-            path: "../wit/0.1.0",
-            world: "pricing",
-            imports: { default: async },
-            exports: { default: async },
-        });
-    }
-
-    pub mod rate_limit {
-        wasmtime::component::bindgen!({
-            path: "../wit/0.1.0",
-            world: "rate-limit",
-            imports: { default: async },
-            exports: { default: async },
-            with: {
-                "memhost:plugin/types": super::pricing::memhost::plugin::types,
-                "memhost:plugin/log": super::pricing::memhost::plugin::log,
-            },
-        });
-    }
-
-    pub mod alert_channel {
-        wasmtime::component::bindgen!({
-            path: "../wit/0.1.0",
-            world: "alert-channel",
-            imports: { default: async },
-            exports: { default: async },
-            with: {
-                "memhost:plugin/types": super::pricing::memhost::plugin::types,
-                "memhost:plugin/log": super::pricing::memhost::plugin::log,
-            },
-        });
-    }
-
-    pub mod extractor {
-        wasmtime::component::bindgen!({
-            path: "../wit/0.1.0",
-            world: "extractor",
-            imports: { default: async },
-            exports: { default: async },
-            with: {
-                "memhost:plugin/types": super::pricing::memhost::plugin::types,
-                "memhost:plugin/log": super::pricing::memhost::plugin::log,
-            },
-        });
-    }
-}
-
-use bindings::{alert_channel, extractor, pricing, rate_limit};
-use pricing::memhost::plugin::{log as wit_log, types as wit_types};
-
-use alert_channel::exports::memhost::plugin::notifier as wit_alert;
-use alert_channel::memhost::plugin::http_outbound as wit_http;
-use extractor::exports::memhost::plugin::extraction as wit_extract;
-use extractor::memhost::plugin::{embeddings as wit_embeddings, llm as wit_llm};
-use pricing::exports::memhost::plugin::pricer as wit_price;
-use rate_limit::exports::memhost::plugin::limiter as wit_limit;
+world_bindings!("../wit/0.1.0");
 
 unchanged_kinds!();
 
@@ -144,8 +84,4 @@ impl Prepared {
             .await?;
         Ok(out.map_err(guest_error).map(|limits| limits.into_iter().map(metric_limit).collect()))
     }
-}
-
-fn metric_limit(l: wit_price::MetricLimit) -> MetricLimit {
-    MetricLimit { metric: l.metric, included: l.included, hard_limit: l.hard_limit, overage_allowed: l.overage_allowed }
 }
