@@ -120,7 +120,13 @@ impl PricingBench {
         let (full, one) = configs();
         let input = RatingInput {
             plan: "starter".into(),
+            plan_snapshot: None,
             overrides: String::new(),
+            region: None,
+            plan_spans: Vec::new(),
+            addons: Vec::new(),
+            credits: Vec::new(),
+            promotions: Vec::new(),
             period_start: "2026-11-01T00:00:00Z".into(),
             period_end: "2026-12-01T00:00:00Z".into(),
             usage: usage().into_iter().map(|(metric, quantity)| UsageQuantity { metric, quantity }).collect(),

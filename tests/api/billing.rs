@@ -121,3 +121,239 @@ async fn a_pricing_plugin_built_against_wit_0_1_still_runs() {
         .await;
     assert_eq!(r.assert_ok(200)["ok"][0]["included"], 7);
 }
+
+/// `(previous, current)` billing periods, `YYYY-MM`.
+fn periods() -> (String, String) {
+    use chrono::Datelike;
+    let now = chrono::Utc::now();
+    let (y, m) = if now.month() == 1 { (now.year() - 1, 12) } else { (now.year(), now.month() - 1) };
+    (format!("{y:04}-{m:02}"), format!("{:04}-{:02}", now.year(), now.month()))
+}
+
+/// Waits until the meter has counted `n` of `metric` for the org this period.
+async fn counted(s: &TestServer, org: &str, env: &str, metric: &str, n: i64) {
+    let q = format!(
+        "SELECT CAST(COALESCE(SUM(quantity), 0) AS TEXT) FROM usage_counters \
+         WHERE org_id = '{org}' AND environment = '{env}' AND metric = '{metric}'"
+    );
+    for _ in 0..100 {
+        if s.sql_number(&q).await >= n {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("{org} never counted {n} {metric}");
+}
+
+/// Moves everything the orgs did this period into the previous one, as if
+/// a month had passed (the only way to close a period inside a test).
+async fn a_month_passes(s: &TestServer, orgs: &[&str], previous: &str, current: &str) {
+    let list = orgs.iter().map(|o| format!("'{o}'")).collect::<Vec<_>>().join(", ");
+    let start = format!("{previous}-01T00:00:00.000000Z");
+    for statement in [
+        format!("UPDATE usage_counters SET period = '{previous}' WHERE period = '{current}' AND org_id IN ({list})"),
+        format!("UPDATE orgs SET created_at = '{start}' WHERE id IN ({list})"),
+        format!("UPDATE plan_changes SET effective_at = '{start}' WHERE org_id IN ({list})"),
+    ] {
+        s.sql_exec(&statement).await.unwrap_or_else(|e| panic!("{statement}: {e}"));
+    }
+}
+
+fn total(v: &Value) -> i64 {
+    v["total_micros"].as_i64().unwrap_or_else(|| panic!("no total: {v}"))
+}
+
+/// Usage through the API for orgs on different plans ─▶ preview ─▶ close
+/// the period ─▶ close it again (nothing changes, credits drawn once) ─▶
+/// replay matches; a pricing swap changes previews at once and finalized
+/// invoices never; a late event goes on the next invoice; test usage is
+/// never invoiced.
+async fn invoices_end_to_end(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let (_, admin) = server.operator();
+    let (previous, current) = periods();
+
+    // Starter with a per-call overage above 2 calls, so amounts show.
+    let starter = server.create_org_with(
+        "starter",
+        r#"{"pricing": {"limits": {"api_calls": 2}, "overage": {"api_calls": {"price": 1.00, "per": 1}}}}"#,
+        false,
+    );
+    let pro = server.create_org("professional");
+    let free = server.create_org("free");
+    // Enterprise without a negotiated price: it cannot be priced.
+    let unpriced = server.create_org("enterprise");
+    let (starter_key, pro_key, free_test_key) = (
+        server.create_key(&starter, "read,write", false),
+        server.create_key(&pro, "read,write", false),
+        server.create_key(&free, "read,write", true),
+    );
+    // Customers since the period began (a customer who joined mid-period
+    // pays part of the base price: that is the proration test's business).
+    let since = format!("{current}-01T00:00:00.000000Z");
+    for statement in [
+        format!("UPDATE orgs SET created_at = '{since}' WHERE id IN ('{starter}', '{pro}', '{free}', '{unpriced}')"),
+        format!(
+            "UPDATE plan_changes SET effective_at = '{since}' WHERE org_id IN ('{starter}', '{pro}', '{free}', '{unpriced}')"
+        ),
+    ] {
+        server.sql_exec(&statement).await.unwrap();
+    }
+    for i in 0..5 {
+        server.add(&starter_key, &format!("starter fact {i}"), json!({})).await;
+    }
+    server.add(&pro_key, "pro fact", json!({})).await;
+    for i in 0..3 {
+        server.add(&free_test_key, &format!("sandbox fact {i}"), json!({})).await;
+    }
+    counted(&server, &starter, "live", "api_calls", 5).await;
+    counted(&server, &pro, "live", "api_calls", 1).await;
+    counted(&server, &free, "test", "api_calls", 3).await;
+
+    // The live preview: base 49 + 3 calls over the 2 included at 1.00.
+    let preview = server.get("/v1/invoices/upcoming", &starter_key).await;
+    let p = preview.assert_ok(200).clone();
+    assert_eq!((p["status"].as_str(), p["livemode"].as_bool()), (Some("draft"), Some(true)), "{p}");
+    assert_eq!(p["usage"]["api_calls"], 5, "{p}");
+    assert_eq!(total(&p), 52_000_000, "{p}");
+    assert_eq!(p["total"], "52.00");
+    let csv = server.get("/v1/invoices/upcoming?format=csv", &starter_key).await;
+    assert_eq!(csv.status, 200);
+    let text = csv.body.as_str().unwrap().to_string();
+    assert!(text.starts_with("invoice_id,org_id,period,kind"), "{text}");
+    assert!(text.contains("Total due,,52.00,USD"), "{text}");
+    let html = server.get("/v1/invoices/upcoming?format=html", &starter_key).await;
+    assert!(html.headers["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert!(html.body.as_str().unwrap().contains("52.00 USD"));
+    server.get("/v1/invoices/upcoming?format=pdf", &starter_key).await.assert_error(400, "INVALID_REQUEST");
+    // A test key previews its sandbox, marked as not live.
+    let sandbox = server.get("/v1/invoices/upcoming", &free_test_key).await;
+    assert_eq!(sandbox.assert_ok(200)["livemode"], false);
+    assert_eq!(sandbox.data()["usage"]["api_calls"], 3);
+
+    // The current period cannot be closed.
+    let open = server.post("/admin/invoices/finalize", &admin, json!({"period": current})).await;
+    open.assert_error(409, "PERIOD_NOT_CLOSED");
+    server
+        .post("/admin/invoices/finalize", &admin, json!({"period": "2025-13"}))
+        .await
+        .assert_error(400, "INVALID_REQUEST");
+
+    // A month passes; the starter org holds a 10.00 credit.
+    a_month_passes(&server, &[&starter, &pro, &free, &unpriced], &previous, &current).await;
+    server
+        .sql_exec(&format!(
+            "INSERT INTO customer_credits (id, org_id, source, amount, remaining, created_at) \
+             VALUES ('cr_e2e', '{starter}', 'manual', 10000000, 10000000, '{previous}-02T00:00:00.000000Z')"
+        ))
+        .await
+        .unwrap();
+
+    let orgs = json!([starter, pro, free]);
+    let first = server.post("/admin/invoices/finalize", &admin, json!({"period": previous, "orgs": orgs})).await;
+    let report = first.assert_ok(200).clone();
+    assert_eq!((report["created"].as_u64(), report["unchanged"].as_u64()), (Some(3), Some(0)), "{report}");
+    assert_eq!(report["failed"], json!([]), "{report}");
+    // 42.00 (52 less the credit) + 299.00 + 0.00 (test usage is not invoiced).
+    assert_eq!(report["totals_micros"]["USD"], 341_000_000, "{report}");
+
+    let again = server.post("/admin/invoices/finalize", &admin, json!({"period": previous, "orgs": orgs})).await;
+    let report = again.assert_ok(200).clone();
+    assert_eq!((report["created"].as_u64(), report["unchanged"].as_u64()), (Some(0), Some(3)), "{report}");
+    let left = "SELECT CAST(remaining AS TEXT) FROM customer_credits WHERE id = 'cr_e2e'";
+    assert_eq!(server.sql_number(left).await, 0, "the credit is drawn once");
+    let events = "SELECT CAST(COUNT(*) AS TEXT) FROM billing_events WHERE type = 'invoice.created'";
+    assert_eq!(server.sql_number(events).await, 3);
+
+    // Every org that existed in the period (not the operator's, made this
+    // month): the unpriced one fails with the plugin's reason, the rest are
+    // unchanged.
+    let all = server.post("/admin/invoices/finalize", &admin, json!({"period": previous})).await;
+    let report = all.assert_ok(200).clone();
+    assert_eq!((report["created"].as_u64(), report["unchanged"].as_u64()), (Some(0), Some(3)), "{report}");
+    let failed = report["failed"].as_array().unwrap();
+    assert_eq!((failed.len(), failed[0]["org_id"].as_str()), (1, Some(unpriced.as_str())), "{report}");
+    assert!(failed[0]["error"].as_str().unwrap().contains("custom-price-missing"), "{report}");
+
+    // The customer's invoices.
+    let list = server.get("/v1/invoices", &starter_key).await;
+    let list = list.assert_ok(200).as_array().unwrap().clone();
+    assert_eq!(list.len(), 1);
+    let invoice = list[0].clone();
+    let id = invoice["id"].as_str().unwrap().to_string();
+    assert_eq!((invoice["status"].as_str(), invoice["period"].as_str()), (Some("finalized"), Some(previous.as_str())));
+    assert_eq!(total(&invoice), 42_000_000, "{invoice}");
+    assert_eq!(invoice["credits_applied_micros"], -10_000_000, "{invoice}");
+    assert_eq!(invoice["subtotal_micros"], 52_000_000, "{invoice}");
+    assert_eq!(invoice["pricing"]["pricing_version"], "2026-12", "{invoice}");
+    let one = server.get(&format!("/v1/invoices/{id}"), &starter_key).await;
+    assert_eq!(one.assert_ok(200)["lines"], invoice["lines"]);
+    server.get(&format!("/v1/invoices/{id}"), &pro_key).await.assert_error(404, "INVOICE_NOT_FOUND");
+    let free_invoice = server.get(&format!("/admin/invoices?org={free}"), &admin).await;
+    let free_invoice = free_invoice.assert_ok(200)[0].clone();
+    assert_eq!((total(&free_invoice), free_invoice["usage"].clone()), (0, json!({})), "{free_invoice}");
+    let csv = server.get(&format!("/v1/invoices/{id}?format=csv"), &starter_key).await;
+    assert!(
+        csv.body.as_str().unwrap().contains(&format!("{id},{starter},{previous},credit,,cr_e2e")),
+        "{:?}",
+        csv.body
+    );
+
+    // Replay matches, through the API and the CLI.
+    let v = server.post(&format!("/admin/invoices/{id}/verify"), &admin, json!({})).await;
+    assert_eq!(v.assert_ok(200)["matches"], true, "{}", v.body);
+    let out = server.cli(&["invoices", "verify", &id]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // Swap the pricing config while serving: starter's base is now 99.
+    let plugins = server.get("/admin/plugins?kind=pricing", &admin).await;
+    let tiered = plugins.assert_ok(200)["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "pricing-tiered")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut config = bundled_pricing();
+    config["plans"]["starter"]["base_price"] = json!(99);
+    config["pricing_version"] = json!("2026-12-b");
+    let swap = server.post(&format!("/admin/plugins/{tiered}/activate"), &admin, json!({"config": config})).await;
+    swap.assert_ok(200);
+    // A late event for the closed period: two more calls counted after it closed.
+    server
+        .sql_exec(&format!(
+            "UPDATE usage_counters SET quantity = quantity + 2 \
+             WHERE org_id = '{starter}' AND environment = 'live' AND period = '{previous}' AND metric = 'api_calls'"
+        ))
+        .await
+        .unwrap();
+    let preview = server.get("/v1/invoices/upcoming", &starter_key).await;
+    let p = preview.assert_ok(200).clone();
+    assert_eq!(p["late_usage"], json!([{"period": previous, "metric": "api_calls", "quantity": 2}]), "{p}");
+    // 99 + the 2 late calls (within the 2 included this period).
+    assert_eq!(total(&p), 99_000_000, "{p}");
+    assert_eq!(p["pricing"]["pricing_version"], "2026-12-b");
+    let after = server.get(&format!("/v1/invoices/{id}"), &starter_key).await;
+    assert_eq!(after.assert_ok(200)["total_micros"], 42_000_000, "a finalized invoice never changes");
+    let v = server.post(&format!("/admin/invoices/{id}/verify"), &admin, json!({})).await;
+    assert_eq!(v.assert_ok(200)["matches"], true, "replayed with the config it recorded: {}", v.body);
+
+    // Tampering is caught by the replay.
+    server.sql_exec(&format!("UPDATE invoices SET total = total + 1 WHERE id = '{id}'")).await.unwrap();
+    let v = server.post(&format!("/admin/invoices/{id}/verify"), &admin, json!({})).await;
+    assert_eq!(v.assert_ok(200)["matches"], false, "{}", v.body);
+    let out = server.cli(&["invoices", "verify", &id]);
+    assert!(!out.status.success());
+}
+
+#[tokio::test]
+async fn invoices_end_to_end_sqlite() {
+    invoices_end_to_end(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn invoices_end_to_end_postgres() {
+    invoices_end_to_end(Backend::Postgres).await;
+}

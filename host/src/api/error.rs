@@ -168,6 +168,30 @@ impl From<MemoryError> for ApiError {
     }
 }
 
+impl From<crate::billing::BillingError> for ApiError {
+    fn from(e: crate::billing::BillingError) -> Self {
+        use crate::billing::BillingError as B;
+        let message = e.to_string();
+        let rejected = |status: StatusCode, code: &'static str, details: Option<Value>| ApiError::Rejected {
+            status,
+            code,
+            message: message.clone(),
+            details,
+        };
+        match e {
+            B::Invalid(m) => ApiError::invalid(m),
+            B::PeriodOpen { period, ends } => {
+                rejected(StatusCode::CONFLICT, "PERIOD_NOT_CLOSED", Some(json!({ "period": period, "ends_at": ends })))
+            }
+            B::NotFound(id) => ApiError::NotFound { kind: "invoice", code: "INVOICE_NOT_FOUND", id },
+            B::OrgNotFound(id) => ApiError::NotFound { kind: "org", code: "ORG_NOT_FOUND", id },
+            B::NoPricing(_) => rejected(StatusCode::SERVICE_UNAVAILABLE, "PRICING_UNAVAILABLE", None),
+            B::Pricing(_) => rejected(StatusCode::UNPROCESSABLE_ENTITY, "PRICING_FAILED", None),
+            B::Db(err) => ApiError::Internal(err.into()),
+        }
+    }
+}
+
 impl From<crate::plugins::PluginError> for ApiError {
     fn from(e: crate::plugins::PluginError) -> Self {
         use crate::plugins::{PluginError as P, RunError};

@@ -68,7 +68,7 @@ pub struct Services {
 /// The HTTP API: the request path of `request_path.rs`, in its order, around
 /// the `/v1` (customers) and `/admin` (operators) routers.
 pub fn router(state: AppState) -> anyhow::Result<Router> {
-    use routes::{account, admin, health, memories, plugins, retrieval, usage};
+    use routes::{account, admin, health, invoices, memories, plugins, retrieval, usage};
 
     let st = &state;
     let mut v1 = Router::new()
@@ -84,7 +84,10 @@ pub fn router(state: AppState) -> anyhow::Result<Router> {
         .route("/v1/account/api-keys/{key_id}", delete(account::revoke_key))
         .route("/v1/account/api-keys/{key_id}/rotate", post(account::rotate_key))
         .route("/v1/usage", get(usage::usage))
-        .route("/v1/usage/history", get(usage::history));
+        .route("/v1/usage/history", get(usage::history))
+        .route("/v1/invoices", get(invoices::list))
+        .route("/v1/invoices/upcoming", get(invoices::upcoming))
+        .route("/v1/invoices/{id}", get(invoices::get));
     if state.config.fault_injection {
         // Test-only: proves a panicking handler answers 500 and the server serves on.
         v1 = v1.route("/v1/debug/panic", get(health::panic_on_purpose));
@@ -119,6 +122,11 @@ pub fn router(state: AppState) -> anyhow::Result<Router> {
         .route("/admin/usage/export", get(admin::export))
         .route("/admin/audit", get(admin::audit_log))
         .route("/admin/audit/verify", get(admin::audit_verify))
+        .route("/admin/invoices", get(invoices::admin_list))
+        .route("/admin/invoices/upcoming", get(invoices::admin_upcoming))
+        .route("/admin/invoices/finalize", post(invoices::finalize))
+        .route("/admin/invoices/{id}", get(invoices::admin_get))
+        .route("/admin/invoices/{id}/verify", post(invoices::verify))
         // Steps 4–7 for operators: the same, the operator check, then
         // idempotency keys and metering (operator calls are audited too).
         .route_layer(step::chain(

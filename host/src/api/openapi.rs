@@ -6,7 +6,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
-use super::routes::{account, admin, health, memories, plugins, retrieval, usage};
+use super::routes::{account, admin, health, invoices, memories, plugins, retrieval, usage};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -26,6 +26,8 @@ use super::routes::{account, admin, health, memories, plugins, retrieval, usage}
         plugins::run, plugins::run_active,
         usage::usage, usage::history,
         admin::metrics, admin::metric, admin::export, admin::audit_log, admin::audit_verify,
+        invoices::upcoming, invoices::list, invoices::get, invoices::admin_upcoming, invoices::admin_list,
+        invoices::admin_get, invoices::finalize, invoices::verify,
     ),
     modifiers(&BearerAuth, &CommonErrors),
     tags(
@@ -35,6 +37,8 @@ use super::routes::{account, admin, health, memories, plugins, retrieval, usage}
         (name = "plugins", description = "Operators: upload, activate, roll back and try sandboxed plugins \
             (admin key of an operator org)"),
         (name = "usage", description = "The caller's usage this period and over time"),
+        (name = "billing", description = "Invoices: the upcoming one, finalized ones (JSON, CSV, HTML); \
+            operators close periods and verify invoices by replay"),
         (name = "operations", description = "Health, readiness, usage metrics, exports and the audit log"),
     )
 )]

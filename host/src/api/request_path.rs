@@ -76,7 +76,10 @@ pub struct ClientIp(pub Option<IpAddr>);
 /// customer can see why; they are rate limited but neither quota-checked
 /// nor billed (their usage events are not billable).
 pub(crate) fn metered(path: &str) -> bool {
-    path.starts_with("/v1/") && !path.starts_with("/v1/account") && !path.starts_with("/v1/usage")
+    path.starts_with("/v1/")
+        && !path.starts_with("/v1/account")
+        && !path.starts_with("/v1/usage")
+        && !path.starts_with("/v1/invoices")
 }
 
 /// The header a caller tags a request's usage with (`team=search, feature=chat`).

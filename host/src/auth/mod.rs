@@ -308,6 +308,7 @@ impl AuthService {
         };
         let mut tx = self.db.begin().await?;
         repo::insert_org(&mut tx, &org).await?;
+        repo::insert_plan_change(&mut tx, &org.id, org.created_at, &org.plan).await?;
         audit::record_in(&mut tx, NewEntry::action(actor, Some(&org.id), "org.created", &org.id, None, org_json(&org)))
             .await?;
         tx.commit().await?;
@@ -336,6 +337,9 @@ impl AuthService {
         }
         let mut tx = self.db.begin().await?;
         repo::set_org(&mut tx, id, &plan, &overrides).await?;
+        if plan != org.plan {
+            repo::insert_plan_change(&mut tx, id, now(), &plan).await?;
+        }
         let after = serde_json::json!({ "plan": plan, "overrides": overrides });
         audit::record_in(&mut tx, NewEntry::action(actor, Some(id), "org.updated", id, before, Some(after))).await?;
         tx.commit().await?;

@@ -22,6 +22,18 @@ pub async fn insert_org(tx: &mut Tx, org: &Org) -> sqlx::Result<()> {
     Ok(())
 }
 
+/// The plan an org is on from `at` (the spans of a period come from these).
+pub async fn insert_plan_change(tx: &mut Tx, org_id: &str, at: DateTime<Utc>, plan: &str) -> sqlx::Result<()> {
+    sql("INSERT INTO plan_changes (org_id, effective_at, plan) VALUES ($1, $2, $3) \
+         ON CONFLICT (org_id, effective_at) DO UPDATE SET plan = excluded.plan")
+    .bind(org_id)
+    .bind(at)
+    .bind(plan)
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
 pub async fn list_orgs(db: &Database) -> sqlx::Result<Vec<Org>> {
     let rows = sql(format!("SELECT {ORG_COLUMNS} FROM orgs ORDER BY created_at, id")).fetch_all(db.read()).await?;
     rows.iter().map(org_from).collect()

@@ -1,9 +1,18 @@
-//! Billing: plans and their quotas (today), invoices and simulation (next).
+//! Billing: plans and their quotas, and invoices (`invoices.rs`: preview,
+//! period close, replay) priced by the active pricing plugin from the facts
+//! the host gathers (`context.rs`), shown as JSON, CSV or HTML (`render.rs`).
 //!
 //! A plan's limits per metric come from the active pricing plugin; the
 //! quota check compares them with the period's metered usage before any
 //! work starts, so a plan without overage is refused (402) rather than
 //! billed for what it does not include.
+
+pub mod context;
+pub mod invoices;
+pub mod render;
+
+pub use context::{BilledOrg, BillingPeriod, LateUsage};
+pub use invoices::{BillingError, FinalizeReport, InvoiceFilter, InvoiceVerification, InvoiceView};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -2,6 +2,7 @@
 //! work on the same database as the server (embedded or PostgreSQL).
 
 mod admin;
+mod invoices;
 mod plugin;
 mod ratelimit;
 mod scaffold;
@@ -50,6 +51,9 @@ enum Command {
     /// Usage: stats per key or org, the period export, reconciliation with the raw events.
     #[command(subcommand)]
     Usage(usage::UsageCommand),
+    /// Invoices: close a period, list, show, preview, verify by replay.
+    #[command(subcommand)]
+    Invoices(invoices::InvoicesCommand),
     /// The audit log: verify its hash chain, list entries.
     #[command(subcommand)]
     Audit(usage::AuditCommand),
@@ -88,6 +92,7 @@ pub fn main() -> ExitCode {
             Command::Ratelimit(cmd) => ratelimit::run(cmd).await,
             Command::Usage(cmd) => usage::usage(config, cmd).await,
             Command::Audit(cmd) => usage::audit(config, cmd).await,
+            Command::Invoices(cmd) => invoices::run(config, cmd).await,
         }
     });
     match result {

@@ -8,10 +8,20 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::kind::PluginKind;
-use super::{Active, Answer, PluginFailure, PluginService, with_fallback};
+use super::{Active, Answer, Loaded, PluginError, PluginFailure, PluginService, with_fallback};
+
+/// Why a stored plugin could not rate.
+#[derive(Debug, thiserror::Error)]
+pub enum RateError {
+    /// It could not be found or loaded.
+    #[error(transparent)]
+    Plugin(PluginError),
+    #[error(transparent)]
+    Failed(PluginFailure),
+}
 
 /// Aggregated usage of one metric over the period.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct UsageQuantity {
     pub metric: String,
     pub quantity: u64,
@@ -72,7 +82,7 @@ fn yes() -> bool {
 
 /// Everything a pricing plugin is given to price one org's period (WIT
 /// 0.2.0; a 0.1.0 plugin sees only plan, overrides, period and usage).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct RatingInput {
     pub plan: String,
     /// The plan definition the org is held to (grandfathering, A/B), JSON.
@@ -105,7 +115,7 @@ pub enum LineKind {
     Credit,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct InvoiceLine {
     pub kind: LineKind,
     /// None for fixed fees such as the base price.
@@ -118,7 +128,7 @@ pub struct InvoiceLine {
     pub amount: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Invoice {
     pub currency: String,
     pub lines: Vec<InvoiceLine>,
@@ -168,11 +178,21 @@ impl Pricing<'_> {
     /// Rates a period with exactly this activation: an invoice is never
     /// priced by another version behind the operator's back.
     pub async fn rate(&self, active: &Active, input: &RatingInput) -> Result<Invoice, PluginFailure> {
-        let p = &active.plugin;
+        self.rate_with(&active.plugin, &active.config, input).await
+    }
+
+    /// Rates with a stored plugin (by id) and a given config, active or not:
+    /// replaying a finalized invoice, or simulating a candidate.
+    pub async fn rate_stored(&self, plugin_id: &str, config: &str, input: &RatingInput) -> Result<Invoice, RateError> {
+        let loaded = self.service.load(plugin_id).await.map_err(RateError::Plugin)?;
+        self.rate_with(&loaded, config, input).await.map_err(RateError::Failed)
+    }
+
+    async fn rate_with(&self, p: &Loaded, config: &str, input: &RatingInput) -> Result<Invoice, PluginFailure> {
         let outcome = self
             .service
             .runtime()
-            .rate(&p.prepared, &p.limits, &p.digest, &active.config, input)
+            .rate(&p.prepared, &p.limits, &p.digest, config, input)
             .await
             .map_err(PluginFailure::Call)?;
         let invoice = outcome.value.map_err(PluginFailure::Guest)?;

@@ -411,6 +411,8 @@ impl Runtime {
         self.call(p.kind(), limits, digest, HostCalls::none(), size, async |s| p.rate(s, config, input).await).await
     }
 
+    // The WIT function's own parameters, one to one.
+    #[allow(clippy::too_many_arguments)]
     pub async fn plan_limits(
         &self,
         p: &Prepared,
