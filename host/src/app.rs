@@ -57,8 +57,15 @@ pub async fn build(config: Config) -> anyhow::Result<AppState> {
         supervisor.spawn("redis-heartbeat", move |shutdown| l.clone().heartbeat_loop(shutdown));
     }
 
+    let billing = BillingService::new(plugins.clone(), meter.clone());
+    if let Some(path) = config.pricing_policy() {
+        let b = billing.clone();
+        supervisor
+            .spawn("pricing-policy-reload", move |shutdown| b.clone().pricing_policy_loop(path.clone(), shutdown));
+    }
+
     Ok(AppState::new(Services {
-        billing: BillingService::new(plugins.clone(), meter.clone()),
+        billing,
         limits,
         auth: AuthService::new(db.clone(), secret, std::time::Duration::from_millis(config.auth_cache_ttl_ms)),
         memories: MemoryService::new(db.clone(), providers.embedder.clone(), providers.answerer.clone()),

@@ -165,6 +165,17 @@ impl Config {
         }
     }
 
+    /// The pricing policy file the server applies and follows:
+    /// `<policies_dir>/pricing.yaml`, else `policies/pricing.yaml` if present.
+    /// None: the config the pricing plugin was activated with stays.
+    pub fn pricing_policy(&self) -> Option<PathBuf> {
+        let file = match &self.policies_dir {
+            Some(dir) => dir.join("pricing.yaml"),
+            None => Path::new("policies").join("pricing.yaml"),
+        };
+        file.exists().then_some(file)
+    }
+
     /// What the database connection needs.
     pub fn store(&self) -> StoreConfig<'_> {
         StoreConfig {

@@ -145,6 +145,20 @@ async fn counted(s: &TestServer, org: &str, env: &str, metric: &str, n: i64) {
     panic!("{org} never counted {n} {metric}");
 }
 
+/// Customers since the current period began (a customer who joined
+/// mid-period pays part of the base price: that is proration's business).
+async fn since_the_period_began(s: &TestServer, orgs: &[&str]) {
+    let (_, current) = periods();
+    let list = orgs.iter().map(|o| format!("'{o}'")).collect::<Vec<_>>().join(", ");
+    let since = format!("{current}-01T00:00:00.000000Z");
+    for statement in [
+        format!("UPDATE orgs SET created_at = '{since}' WHERE id IN ({list})"),
+        format!("UPDATE plan_changes SET effective_at = '{since}' WHERE org_id IN ({list})"),
+    ] {
+        s.sql_exec(&statement).await.unwrap_or_else(|e| panic!("{statement}: {e}"));
+    }
+}
+
 /// Moves everything the orgs did this period into the previous one, as if
 /// a month had passed (the only way to close a period inside a test).
 async fn a_month_passes(s: &TestServer, orgs: &[&str], previous: &str, current: &str) {
@@ -188,17 +202,7 @@ async fn invoices_end_to_end(backend: Backend) {
         server.create_key(&pro, "read,write", false),
         server.create_key(&free, "read,write", true),
     );
-    // Customers since the period began (a customer who joined mid-period
-    // pays part of the base price: that is the proration test's business).
-    let since = format!("{current}-01T00:00:00.000000Z");
-    for statement in [
-        format!("UPDATE orgs SET created_at = '{since}' WHERE id IN ('{starter}', '{pro}', '{free}', '{unpriced}')"),
-        format!(
-            "UPDATE plan_changes SET effective_at = '{since}' WHERE org_id IN ('{starter}', '{pro}', '{free}', '{unpriced}')"
-        ),
-    ] {
-        server.sql_exec(&statement).await.unwrap();
-    }
+    since_the_period_began(&server, &[&starter, &pro, &free, &unpriced]).await;
     for i in 0..5 {
         server.add(&starter_key, &format!("starter fact {i}"), json!({})).await;
     }
@@ -356,4 +360,171 @@ async fn invoices_end_to_end_sqlite() {
 #[tokio::test]
 async fn invoices_end_to_end_postgres() {
     invoices_end_to_end(Backend::Postgres).await;
+}
+
+/// The admin preview of an org's current period.
+async fn preview(s: &TestServer, admin: &str, org: &str) -> Value {
+    let r = s.get(&format!("/admin/invoices/upcoming?org={org}"), admin).await;
+    r.assert_ok(200).clone()
+}
+
+/// The amounts of the preview's lines of one kind.
+fn line(p: &Value, kind: &str) -> Vec<i64> {
+    p["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["kind"] == kind)
+        .map(|l| l["amount_micros"].as_i64().unwrap())
+        .collect()
+}
+
+/// Customer pricing and plan versions through the admin API: each change
+/// is tried on the pricing plugin (refusals named), audited, and shows in
+/// the preview at once; a plan change is a new version that the plan's
+/// existing customers do not get until they are moved.
+#[tokio::test]
+async fn pricing_admin_validates_versions_and_grandfathers() {
+    let server = TestServer::start(Backend::Sqlite).await;
+    let (_, admin) = server.operator();
+    let a = server.create_org("starter");
+    let b = server.create_org("starter");
+    since_the_period_began(&server, &[&a, &b]).await;
+    let path = |org: &str, rest: &str| format!("/admin/customers/{org}/{rest}");
+
+    let c = server.get(&path(&a, "pricing"), &admin).await;
+    assert_eq!(c.assert_ok(200)["plan"], "starter");
+    assert_eq!(line(&preview(&server, &admin, &a).await, "base"), vec![49_000_000]);
+
+    // Regions must be priced by the config first.
+    let r = server.put(&path(&a, "pricing"), &admin, json!({"region": "eu"})).await;
+    r.assert_error(400, "INVALID_REQUEST");
+    assert!(r.body["error"]["message"].as_str().unwrap().contains("unknown region `eu`"), "{}", r.body);
+    let mut starter = bundled_pricing()["plans"]["starter"].clone();
+    starter["regions"] = json!({"eu": {"currency": "EUR", "base_price": 45}});
+    let v =
+        server.put("/admin/pricing/plans/starter", &admin, json!({"definition": starter, "grandfather": false})).await;
+    let v = v.assert_ok(200).clone();
+    assert_eq!((v["pricing_version"].as_str(), v["grandfathered"].as_u64()), (Some("2026-12.1"), Some(0)), "{v}");
+    server.put(&path(&a, "pricing"), &admin, json!({"region": "eu"})).await.assert_ok(200);
+    let p = preview(&server, &admin, &a).await;
+    assert_eq!((p["currency"].as_str(), line(&p, "base")), (Some("EUR"), vec![45_000_000]), "{p}");
+    server.put(&path(&a, "pricing"), &admin, json!({"region": null})).await.assert_ok(200);
+
+    // A malformed plan names its field; nothing changes.
+    let bad = server.put("/admin/pricing/plans/starter", &admin, json!({"definition": {"base_price": "lots"}})).await;
+    bad.assert_error(422, "INVALID_CONFIG");
+    assert!(bad.body["error"]["details"]["errors"].to_string().contains("base_price"), "{}", bad.body);
+
+    // Add-ons: an unknown one is refused by the plugin.
+    let r = server.put(&path(&a, "addons/nope"), &admin, json!({})).await;
+    r.assert_error(422, "PRICING_REJECTED");
+    assert!(r.body["error"]["message"].as_str().unwrap().contains("unknown-addon"), "{}", r.body);
+    server.put(&path(&a, "addons/priority_queue"), &admin, json!({"quantity": 2})).await.assert_ok(200);
+    assert_eq!(line(&preview(&server, &admin, &a).await, "addon"), vec![100_000_000]);
+
+    // Credits, and promotions by code.
+    server.post(&path(&a, "credits"), &admin, json!({"amount": "abc"})).await.assert_error(400, "INVALID_REQUEST");
+    let credit = server.post(&path(&a, "credits"), &admin, json!({"amount": "25.50", "note": "goodwill"})).await;
+    assert_eq!(credit.assert_ok(201)["remaining_micros"], 25_500_000);
+    assert_eq!(line(&preview(&server, &admin, &a).await, "credit"), vec![-25_500_000]);
+    let promo = server.post(&path(&a, "promotions"), &admin, json!({"code": "startup_program"})).await;
+    let credits = promo.assert_ok(200)["credits"].as_array().unwrap().clone();
+    let startup = credits.iter().find(|c| c["source"] == "promotion").expect("a promotion credit");
+    assert_eq!(
+        (startup["amount_micros"].as_i64(), startup["reference"].as_str()),
+        (Some(500_000_000), Some("startup_program"))
+    );
+    assert!(startup["expires_at"].as_str().unwrap() > "2027-11", "12 months: {startup}");
+    server
+        .post(&path(&a, "promotions"), &admin, json!({"code": "startup_program"}))
+        .await
+        .assert_error(409, "CONFLICT");
+    server.post(&path(&a, "promotions"), &admin, json!({"code": "nope"})).await.assert_error(400, "INVALID_REQUEST");
+    let annual = server.post(&path(&a, "promotions"), &admin, json!({"code": "annual_discount"})).await;
+    assert_eq!(annual.assert_ok(200)["promotions"][0]["promotion_id"], "annual_discount");
+    // 49 + 100, less 20 %, is 119.20; the credits cover all of it.
+    let p = preview(&server, &admin, &a).await;
+    assert_eq!((line(&p, "discount"), p["total_micros"].as_i64()), (vec![-29_800_000], Some(0)), "{p}");
+
+    // A price change: b keeps the definition it had; a customer who joins
+    // now gets the new one; b moved gets it too; any may be held to a
+    // stored version.
+    let mut dearer = bundled_pricing()["plans"]["starter"].clone();
+    dearer["base_price"] = json!(59);
+    let v = server.put("/admin/pricing/plans/starter", &admin, json!({"definition": dearer})).await;
+    let v = v.assert_ok(200).clone();
+    assert_eq!((v["pricing_version"].as_str(), v["grandfathered"].as_u64()), (Some("2026-12.2"), Some(2)), "{v}");
+    assert_eq!(line(&preview(&server, &admin, &b).await, "base"), vec![49_000_000]);
+    let held = server.get(&path(&b, "pricing"), &admin).await;
+    assert_eq!(held.assert_ok(200)["plan_version"]["pricing_version"], "2026-12.1");
+    let newcomer = server.create_org("starter");
+    since_the_period_began(&server, &[&newcomer]).await;
+    assert_eq!(line(&preview(&server, &admin, &newcomer).await, "base"), vec![59_000_000]);
+    server.delete(&path(&b, "plan-version"), &admin).await.assert_ok(200);
+    assert_eq!(line(&preview(&server, &admin, &b).await, "base"), vec![59_000_000]);
+    let hold = server.put(&path(&newcomer, "plan-version"), &admin, json!({"pricing_version": "2026-12"})).await;
+    hold.assert_ok(200);
+    assert_eq!(line(&preview(&server, &admin, &newcomer).await, "base"), vec![49_000_000]);
+    server
+        .put(&path(&newcomer, "plan-version"), &admin, json!({"pricing_version": "1999-01"}))
+        .await
+        .assert_error(400, "INVALID_REQUEST");
+
+    let view = server.get("/admin/pricing", &admin).await;
+    let view = view.assert_ok(200).clone();
+    assert_eq!(view["pricing_version"], "2026-12.2");
+    assert!(view["history"].as_array().unwrap().len() >= 3, "{view}");
+    let audited = "SELECT CAST(COUNT(*) AS TEXT) FROM audit_log WHERE action LIKE 'pricing.%'";
+    assert!(server.sql_number(audited).await >= 9);
+
+    // The same through the CLI.
+    let shown = server.cli_json(&["pricing", "customer", &a]);
+    assert_eq!(shown["addons"][0]["addon_id"], "priority_queue");
+    let made = server.cli_json(&["pricing", "credit", &b, "--amount", "10"]);
+    assert_eq!(made["amount_micros"], 10_000_000);
+}
+
+async fn pricing_view_when(server: &TestServer, admin: &str, check: impl Fn(&Value) -> bool) -> Value {
+    for _ in 0..100 {
+        let v = server.get("/admin/pricing", admin).await.assert_ok(200).clone();
+        if check(&v) {
+            return v;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("the pricing policy was not picked up");
+}
+
+/// The pricing policy file is applied when it changes: a new version; an
+/// invalid edit is refused with the field named and the running config stays.
+#[tokio::test]
+async fn an_edit_of_the_pricing_policy_file_is_a_new_version() {
+    let policies = tempfile::tempdir().unwrap();
+    let repo = repo();
+    std::fs::copy(repo.join("policies/metrics.yaml"), policies.path().join("metrics.yaml")).unwrap();
+    let file = policies.path().join("pricing.yaml");
+    let bundled = std::fs::read_to_string(repo.join("policies/pricing.yaml")).unwrap();
+    std::fs::write(&file, &bundled).unwrap();
+    let dir = policies.path().display().to_string();
+    let server = TestServer::start_with(Backend::Sqlite, &[("MEMHOST_POLICIES_DIR", &dir)]).await;
+    let (_, admin) = server.operator();
+    let org = server.create_org("starter");
+    since_the_period_began(&server, &[&org]).await;
+    let v = server.get("/admin/pricing", &admin).await;
+    assert_eq!(v.assert_ok(200)["pricing_version"], "2026-12");
+
+    let edited = bundled
+        .replace("pricing_version: \"2026-12\"", "pricing_version: \"2027-01\"")
+        .replace("base_price: 49", "base_price: 39");
+    std::fs::write(&file, &edited).unwrap();
+    let v = pricing_view_when(&server, &admin, |v| v["pricing_version"] == "2027-01").await;
+    assert_eq!(v["config"]["plans"]["starter"]["base_price"], 39);
+    // The org was a starter customer before: it keeps 49 until moved.
+    assert_eq!(line(&preview(&server, &admin, &org).await, "base"), vec![49_000_000]);
+
+    std::fs::write(&file, edited.replace("base_price: 39", "base_price: lots")).unwrap();
+    let v = pricing_view_when(&server, &admin, |v| !v["policy_error"].is_null()).await;
+    assert!(v["policy_error"].as_str().unwrap().contains("base_price"), "{v}");
+    assert_eq!(v["pricing_version"], "2027-01", "the running config stays");
 }

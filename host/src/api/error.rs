@@ -187,6 +187,9 @@ impl From<crate::billing::BillingError> for ApiError {
             B::OrgNotFound(id) => ApiError::NotFound { kind: "org", code: "ORG_NOT_FOUND", id },
             B::NoPricing(_) => rejected(StatusCode::SERVICE_UNAVAILABLE, "PRICING_UNAVAILABLE", None),
             B::Pricing(_) => rejected(StatusCode::UNPROCESSABLE_ENTITY, "PRICING_FAILED", None),
+            B::Rejected(_) => rejected(StatusCode::UNPROCESSABLE_ENTITY, "PRICING_REJECTED", None),
+            B::Conflict(m) => ApiError::Conflict(m),
+            B::Plugin(p) => ApiError::from(p),
             B::Db(err) => ApiError::Internal(err.into()),
         }
     }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, HeaderValue, Method};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use tower::ServiceBuilder;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
@@ -68,7 +68,7 @@ pub struct Services {
 /// The HTTP API: the request path of `request_path.rs`, in its order, around
 /// the `/v1` (customers) and `/admin` (operators) routers.
 pub fn router(state: AppState) -> anyhow::Result<Router> {
-    use routes::{account, admin, health, invoices, memories, plugins, retrieval, usage};
+    use routes::{account, admin, health, invoices, memories, plugins, pricing, retrieval, usage};
 
     let st = &state;
     let mut v1 = Router::new()
@@ -127,6 +127,16 @@ pub fn router(state: AppState) -> anyhow::Result<Router> {
         .route("/admin/invoices/finalize", post(invoices::finalize))
         .route("/admin/invoices/{id}", get(invoices::admin_get))
         .route("/admin/invoices/{id}/verify", post(invoices::verify))
+        .route("/admin/pricing", get(pricing::view))
+        .route("/admin/pricing/plans/{plan}", put(pricing::update_plan))
+        .route("/admin/customers/{org}/pricing", get(pricing::get).put(pricing::update))
+        .route("/admin/customers/{org}/credits", post(pricing::add_credit))
+        .route("/admin/customers/{org}/addons/{addon}", put(pricing::set_addon).delete(pricing::remove_addon))
+        .route("/admin/customers/{org}/promotions", post(pricing::apply_promotion))
+        .route(
+            "/admin/customers/{org}/plan-version",
+            put(pricing::hold_plan_version).delete(pricing::release_plan_version),
+        )
         // Steps 4–7 for operators: the same, the operator check, then
         // idempotency keys and metering (operator calls are audited too).
         .route_layer(step::chain(

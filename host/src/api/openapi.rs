@@ -6,7 +6,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
-use super::routes::{account, admin, health, invoices, memories, plugins, retrieval, usage};
+use super::routes::{account, admin, health, invoices, memories, plugins, pricing, retrieval, usage};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -28,6 +28,9 @@ use super::routes::{account, admin, health, invoices, memories, plugins, retriev
         admin::metrics, admin::metric, admin::export, admin::audit_log, admin::audit_verify,
         invoices::upcoming, invoices::list, invoices::get, invoices::admin_upcoming, invoices::admin_list,
         invoices::admin_get, invoices::finalize, invoices::verify,
+        pricing::get, pricing::update, pricing::add_credit, pricing::set_addon, pricing::remove_addon,
+        pricing::apply_promotion, pricing::hold_plan_version, pricing::release_plan_version,
+        pricing::view, pricing::update_plan,
     ),
     modifiers(&BearerAuth, &CommonErrors),
     tags(

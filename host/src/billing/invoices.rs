@@ -44,6 +44,14 @@ pub enum BillingError {
     NoPricing(String),
     #[error("pricing failed: {0}")]
     Pricing(String),
+    /// A pricing change the active plugin refuses.
+    #[error("{0}")]
+    Rejected(String),
+    #[error("{0}")]
+    Conflict(String),
+    /// Activating a pricing version failed (an invalid config names its fields).
+    #[error(transparent)]
+    Plugin(crate::plugins::PluginError),
     #[error("database: {0}")]
     Db(#[from] sqlx::Error),
 }

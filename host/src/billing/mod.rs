@@ -8,7 +8,9 @@
 //! billed for what it does not include.
 
 pub mod context;
+pub mod customers;
 pub mod invoices;
+pub mod plans;
 pub mod render;
 
 pub use context::{BilledOrg, BillingPeriod, LateUsage};
@@ -86,11 +88,20 @@ struct Inner {
     /// Plan limits per (activation, digest, plan, overrides): pricing
     /// plugins are deterministic, and any activation change is a new id.
     plan_limits: Mutex<HashMap<String, Arc<Vec<MetricLimit>>>>,
+    /// Why the pricing policy file was last refused (cleared once applied).
+    pricing_policy_error: Mutex<Option<String>>,
 }
 
 impl BillingService {
     pub fn new(plugins: PluginService, meter: UsageMeter) -> BillingService {
-        BillingService { inner: Arc::new(Inner { plugins, meter, plan_limits: Mutex::default() }) }
+        BillingService {
+            inner: Arc::new(Inner {
+                plugins,
+                meter,
+                plan_limits: Mutex::default(),
+                pricing_policy_error: Mutex::default(),
+            }),
+        }
     }
 
     /// The plan's metric limits from the active pricing plugin; `None` if

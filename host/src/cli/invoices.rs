@@ -65,7 +65,7 @@ pub enum InvoicesCommand {
     },
 }
 
-async fn billing(config: &Config) -> anyhow::Result<BillingService> {
+pub(super) async fn billing(config: &Config) -> anyhow::Result<BillingService> {
     let db = Database::connect(&config.store()).await?;
     let providers = Providers::from_config(&config.embeddings, &config.answers, &config.completions)?;
     let cache_dir = config.plugin_cache_dir.clone().unwrap_or_else(|| config.data_dir.join("plugin-cache"));

@@ -4,6 +4,7 @@
 mod admin;
 mod invoices;
 mod plugin;
+mod pricing;
 mod ratelimit;
 mod scaffold;
 mod usage;
@@ -54,6 +55,10 @@ enum Command {
     /// Invoices: close a period, list, show, preview, verify by replay.
     #[command(subcommand)]
     Invoices(invoices::InvoicesCommand),
+    /// Pricing: the config's versions and plans; a customer's region, plan
+    /// version, add-ons, credits and promotions.
+    #[command(subcommand)]
+    Pricing(pricing::PricingCommand),
     /// The audit log: verify its hash chain, list entries.
     #[command(subcommand)]
     Audit(usage::AuditCommand),
@@ -93,6 +98,7 @@ pub fn main() -> ExitCode {
             Command::Usage(cmd) => usage::usage(config, cmd).await,
             Command::Audit(cmd) => usage::audit(config, cmd).await,
             Command::Invoices(cmd) => invoices::run(config, cmd).await,
+            Command::Pricing(cmd) => pricing::run(config, cmd).await,
         }
     });
     match result {

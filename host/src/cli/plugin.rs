@@ -364,7 +364,7 @@ async fn post(server: &ServerArgs, path: &str, body: Value) -> anyhow::Result<Va
 }
 
 /// A config file: JSON, or YAML (like the files in `policies/`).
-fn read_config(path: &Path) -> anyhow::Result<Value> {
+pub(super) fn read_config(path: &Path) -> anyhow::Result<Value> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     serde_json::from_str(&text)
         .or_else(|_| serde_yaml_ng::from_str(&text))

@@ -160,6 +160,11 @@ impl Pricing<'_> {
         self.service.active(PluginKind::Pricing, Some(org_id), Some(plan))
     }
 
+    /// The global activation (the pricing config most customers are on).
+    pub fn global(&self) -> Option<Arc<Active>> {
+        self.service.active(PluginKind::Pricing, None, None)
+    }
+
     /// The plan's metric limits. On a sandbox failure the previous version
     /// answers, where fallback is on.
     pub async fn plan_limits(

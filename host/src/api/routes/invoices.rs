@@ -16,7 +16,7 @@ use crate::api::error::ApiError;
 use crate::api::extract::{ApiJson, ApiQuery, Auth};
 use crate::audit::Actor;
 use crate::auth::{Environment, Scope};
-use crate::billing::{BilledOrg, FinalizeReport, InvoiceFilter, InvoiceVerification, InvoiceView, render};
+use crate::billing::{FinalizeReport, InvoiceFilter, InvoiceVerification, InvoiceView, render};
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -67,7 +67,8 @@ pub async fn upcoming(
 ) -> Result<Response, ApiError> {
     let f = format(q.format.as_deref())?;
     let p = auth.require(Scope::Read)?;
-    let org = BilledOrg { id: p.org_id.clone(), plan: p.plan.clone(), overrides: p.overrides.to_string() };
+    // From the database, not the key cache: a plan or price change shows at once.
+    let org = state.billing.billed_org(&p.org_id).await?;
     Ok(respond(state.billing.preview(org, p.environment).await?, f))
 }
 

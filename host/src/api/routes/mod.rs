@@ -4,5 +4,6 @@ pub mod health;
 pub mod invoices;
 pub mod memories;
 pub mod plugins;
+pub mod pricing;
 pub mod retrieval;
 pub mod usage;

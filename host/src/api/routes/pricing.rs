@@ -1,0 +1,141 @@
+//! `/admin/customers/{org}/…`: a customer's pricing (region, overrides, the
+//! plan version it is held to, add-ons, credits, promotions). Each change
+//! is tried on the active pricing plugin first and audited.
+
+use axum::extract::{Path, State};
+
+use crate::api::AppState;
+use crate::api::envelope::{ApiOk, Envelope, ErrorEnvelope};
+use crate::api::error::ApiError;
+use crate::api::extract::{ApiJson, Auth};
+use crate::audit::Actor;
+use crate::billing::customers::{
+    AddonUpdate, Credit, CustomerPricing, HoldRequest, NewCredit, PricingUpdate, PromotionRequest,
+};
+use crate::billing::plans::{PlanUpdate, PricingChanged, PricingView};
+
+fn actor(auth: &Auth) -> Actor {
+    Actor::key(&auth.0.key_id)
+}
+
+/// Everything that prices this customer beyond its plan.
+#[utoipa::path(get, path = "/admin/customers/{org}/pricing", tag = "billing", security(("bearer" = [])),
+    params(("org" = String, Path, description = "org_…")),
+    responses((status = 200, body = Envelope<CustomerPricing>), (status = 404, body = ErrorEnvelope)))]
+pub async fn get(State(state): State<AppState>, Path(org): Path<String>) -> Result<ApiOk<CustomerPricing>, ApiError> {
+    Ok(ApiOk::ok(state.billing.customer_pricing(&org).await?))
+}
+
+/// Sets the customer's region and/or pricing overrides.
+#[utoipa::path(put, path = "/admin/customers/{org}/pricing", tag = "billing", security(("bearer" = [])),
+    params(("org" = String, Path, description = "org_…")), request_body = PricingUpdate,
+    responses((status = 200, body = Envelope<CustomerPricing>),
+        (status = 422, description = "PRICING_REJECTED: the pricing plugin refuses the change", body = ErrorEnvelope)))]
+pub async fn update(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(org): Path<String>,
+    ApiJson(body): ApiJson<PricingUpdate>,
+) -> Result<ApiOk<CustomerPricing>, ApiError> {
+    Ok(ApiOk::ok(state.billing.update_customer_pricing(&org, body, &actor(&auth)).await?))
+}
+
+/// Grants a credit (drawn by invoices, soonest expiry first).
+#[utoipa::path(post, path = "/admin/customers/{org}/credits", tag = "billing", security(("bearer" = [])),
+    params(("org" = String, Path, description = "org_…")), request_body = NewCredit,
+    responses((status = 201, body = Envelope<Credit>), (status = 404, body = ErrorEnvelope)))]
+pub async fn add_credit(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(org): Path<String>,
+    ApiJson(body): ApiJson<NewCredit>,
+) -> Result<ApiOk<Credit>, ApiError> {
+    Ok(ApiOk::created(state.billing.add_credit(&org, body, &actor(&auth)).await?))
+}
+
+/// Subscribes the customer to an add-on, or changes its quantity or price.
+#[utoipa::path(put, path = "/admin/customers/{org}/addons/{addon}", tag = "billing", security(("bearer" = [])),
+    params(("org" = String, Path, description = "org_…"), ("addon" = String, Path, description = "add-on id")),
+    request_body = AddonUpdate,
+    responses((status = 200, body = Envelope<CustomerPricing>), (status = 422, body = ErrorEnvelope)))]
+pub async fn set_addon(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path((org, addon)): Path<(String, String)>,
+    ApiJson(body): ApiJson<AddonUpdate>,
+) -> Result<ApiOk<CustomerPricing>, ApiError> {
+    Ok(ApiOk::ok(state.billing.set_addon(&org, &addon, body, &actor(&auth)).await?))
+}
+
+#[utoipa::path(delete, path = "/admin/customers/{org}/addons/{addon}", tag = "billing", security(("bearer" = [])),
+    params(("org" = String, Path, description = "org_…"), ("addon" = String, Path, description = "add-on id")),
+    responses((status = 200, body = Envelope<CustomerPricing>)))]
+pub async fn remove_addon(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path((org, addon)): Path<(String, String)>,
+) -> Result<ApiOk<CustomerPricing>, ApiError> {
+    Ok(ApiOk::ok(state.billing.remove_addon(&org, &addon, &actor(&auth)).await?))
+}
+
+/// Applies a promotion of the pricing config by its code.
+#[utoipa::path(post, path = "/admin/customers/{org}/promotions", tag = "billing", security(("bearer" = [])),
+    params(("org" = String, Path, description = "org_…")), request_body = PromotionRequest,
+    responses((status = 200, body = Envelope<CustomerPricing>), (status = 409, body = ErrorEnvelope)))]
+pub async fn apply_promotion(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(org): Path<String>,
+    ApiJson(body): ApiJson<PromotionRequest>,
+) -> Result<ApiOk<CustomerPricing>, ApiError> {
+    Ok(ApiOk::ok(state.billing.apply_promotion(&org, body, &actor(&auth)).await?))
+}
+
+/// Holds the customer to a version of its plan (grandfathering, A/B tests).
+#[utoipa::path(put, path = "/admin/customers/{org}/plan-version", tag = "billing", security(("bearer" = [])),
+    params(("org" = String, Path, description = "org_…")), request_body = HoldRequest,
+    responses((status = 200, body = Envelope<CustomerPricing>), (status = 422, body = ErrorEnvelope)))]
+pub async fn hold_plan_version(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(org): Path<String>,
+    ApiJson(body): ApiJson<HoldRequest>,
+) -> Result<ApiOk<CustomerPricing>, ApiError> {
+    Ok(ApiOk::ok(state.billing.hold_plan_version(&org, body, &actor(&auth)).await?))
+}
+
+/// Moves the customer to the current version of its plan.
+#[utoipa::path(delete, path = "/admin/customers/{org}/plan-version", tag = "billing", security(("bearer" = [])),
+    params(("org" = String, Path, description = "org_…")),
+    responses((status = 200, body = Envelope<CustomerPricing>)))]
+pub async fn release_plan_version(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(org): Path<String>,
+) -> Result<ApiOk<CustomerPricing>, ApiError> {
+    Ok(ApiOk::ok(state.billing.release_plan_version(&org, &actor(&auth)).await?))
+}
+
+/// The pricing config in force (the global pricing activation's), its
+/// version history, and why the policy file was refused, if it was.
+#[utoipa::path(get, path = "/admin/pricing", tag = "billing", security(("bearer" = [])),
+    responses((status = 200, body = Envelope<PricingView>)))]
+pub async fn view(State(state): State<AppState>) -> Result<ApiOk<PricingView>, ApiError> {
+    Ok(ApiOk::ok(state.billing.pricing_view().await?))
+}
+
+/// Creates or changes a plan: a new pricing version, validated by the
+/// pricing plugin's config schema. Existing customers of a changed plan
+/// keep its previous definition (grandfathering) unless told otherwise.
+#[utoipa::path(put, path = "/admin/pricing/plans/{plan}", tag = "billing", security(("bearer" = [])),
+    params(("plan" = String, Path, description = "plan id")), request_body = PlanUpdate,
+    responses((status = 200, body = Envelope<PricingChanged>),
+        (status = 422, description = "INVALID_CONFIG: `details.errors` name each field", body = ErrorEnvelope)))]
+pub async fn update_plan(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(plan): Path<String>,
+    ApiJson(body): ApiJson<PlanUpdate>,
+) -> Result<ApiOk<PricingChanged>, ApiError> {
+    Ok(ApiOk::ok(state.billing.update_plan(&plan, body, &actor(&auth)).await?))
+}

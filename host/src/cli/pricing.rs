@@ -1,0 +1,206 @@
+//! `memhost pricing …`: the pricing config's versions and plans, and a
+//! customer's pricing (region, plan version, add-ons, credits,
+//! promotions), on the same database as the server. Each change is
+//! validated by the active pricing plugin and audited, as through the API.
+
+use std::path::PathBuf;
+
+use chrono::{DateTime, Utc};
+use clap::Subcommand;
+use serde_json::json;
+
+use super::admin::{Output, emit};
+use super::invoices::billing;
+use crate::audit::Actor;
+use crate::billing::customers::{
+    AddonUpdate, CustomerPricing, HoldRequest, NewCredit, PricingUpdate, PromotionRequest,
+};
+use crate::billing::plans::PlanUpdate;
+use crate::config::Config;
+
+#[derive(Subcommand)]
+pub enum PricingCommand {
+    /// The pricing config in force and its version history.
+    Show,
+    /// Create or change a plan from a file (YAML or JSON): a new pricing
+    /// version; the plan's customers keep its previous definition unless
+    /// --no-grandfather.
+    Plan {
+        plan: String,
+        #[arg(long)]
+        file: PathBuf,
+        /// The new version's name (default: the current one with `.N`).
+        #[arg(long)]
+        version: Option<String>,
+        #[arg(long)]
+        no_grandfather: bool,
+        /// Grandfathering ends then (RFC 3339).
+        #[arg(long)]
+        until: Option<DateTime<Utc>>,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// A customer's pricing.
+    Customer {
+        org: String,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Set (or with --clear, remove) a customer's region.
+    Region {
+        org: String,
+        region: Option<String>,
+        #[arg(long)]
+        clear: bool,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Grant a credit.
+    Credit {
+        org: String,
+        /// In currency units, e.g. 100 or 25.50.
+        #[arg(long)]
+        amount: String,
+        /// manual, refund, promotion or prepaid.
+        #[arg(long, default_value = "manual")]
+        source: String,
+        #[arg(long)]
+        expires: Option<DateTime<Utc>>,
+        #[arg(long)]
+        note: Option<String>,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Apply a promotion of the pricing config by its code.
+    Promote {
+        org: String,
+        code: String,
+        /// The promotion's condition is not met (yet).
+        #[arg(long)]
+        condition_not_met: bool,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Subscribe a customer to an add-on (or --remove it).
+    Addon {
+        org: String,
+        addon: String,
+        #[arg(long)]
+        quantity: Option<u32>,
+        /// A negotiated price per unit, in currency units.
+        #[arg(long)]
+        price: Option<String>,
+        #[arg(long)]
+        remove: bool,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Hold a customer to its plan as a stored pricing version defines it
+    /// (grandfathering; A/B tests), or with --release move it to the current one.
+    Hold {
+        org: String,
+        #[arg(long)]
+        version: Option<String>,
+        #[arg(long)]
+        until: Option<DateTime<Utc>>,
+        #[arg(long)]
+        release: bool,
+        #[command(flatten)]
+        out: Output,
+    },
+}
+
+fn summary(c: &CustomerPricing) -> String {
+    let mut s = format!("{} on {}", c.org_id, c.plan);
+    if let Some(r) = &c.region {
+        s.push_str(&format!(", region {r}"));
+    }
+    if let Some(h) = &c.plan_version {
+        s.push_str(&format!(
+            "\nheld to {} as of version {} until {}",
+            h.plan,
+            h.pricing_version.as_deref().unwrap_or("(inline)"),
+            h.until.map_or("moved".to_string(), |u| u.to_rfc3339())
+        ));
+    }
+    for a in &c.addons {
+        s.push_str(&format!("\nadd-on {} × {}", a.addon_id, a.quantity));
+    }
+    for cr in &c.credits {
+        s.push_str(&format!("\ncredit {} ({}): {} left", cr.id, cr.source, cr.remaining));
+    }
+    for p in &c.promotions {
+        s.push_str(&format!(
+            "\npromotion {}{}",
+            p.promotion_id,
+            if p.condition_met { "" } else { " (condition not met)" }
+        ));
+    }
+    s
+}
+
+pub async fn run(config: Config, cmd: PricingCommand) -> anyhow::Result<()> {
+    let billing = billing(&config).await?;
+    let actor = Actor::cli();
+    match cmd {
+        PricingCommand::Show => println!("{}", serde_json::to_string_pretty(&billing.pricing_view().await?)?),
+        PricingCommand::Plan { plan, file, version, no_grandfather, until, out } => {
+            let definition = super::plugin::read_config(&file)?;
+            let req = PlanUpdate {
+                definition,
+                pricing_version: version,
+                grandfather: Some(!no_grandfather),
+                grandfathered_until: until,
+            };
+            let changed = billing.update_plan(&plan, req, &actor).await?;
+            emit(out, &changed, || {
+                format!(
+                    "pricing version {} active ({} customer(s) keep the previous definition)",
+                    changed.pricing_version.as_deref().unwrap_or("?"),
+                    changed.grandfathered
+                )
+            })?;
+        }
+        PricingCommand::Customer { org, out } => {
+            let c = billing.customer_pricing(&org).await?;
+            emit(out, &c, || summary(&c))?;
+        }
+        PricingCommand::Region { org, region, clear, out } => {
+            if region.is_none() && !clear {
+                anyhow::bail!("give a region, or --clear");
+            }
+            let update = PricingUpdate { region: Some(if clear { None } else { region }), overrides: None };
+            let c = billing.update_customer_pricing(&org, update, &actor).await?;
+            emit(out, &c, || summary(&c))?;
+        }
+        PricingCommand::Credit { org, amount, source, expires, note, out } => {
+            let credit = NewCredit { amount: json!(amount), source: Some(source), expires_at: expires, note };
+            let made = billing.add_credit(&org, credit, &actor).await?;
+            emit(out, &made, || format!("credit {} of {} granted", made.id, made.remaining))?;
+        }
+        PricingCommand::Promote { org, code, condition_not_met, out } => {
+            let req = PromotionRequest { code, condition_met: Some(!condition_not_met) };
+            let c = billing.apply_promotion(&org, req, &actor).await?;
+            emit(out, &c, || summary(&c))?;
+        }
+        PricingCommand::Addon { org, addon, quantity, price, remove, out } => {
+            let c = if remove {
+                billing.remove_addon(&org, &addon, &actor).await?
+            } else {
+                let update = AddonUpdate { quantity, price: price.map(|p| json!(p)) };
+                billing.set_addon(&org, &addon, update, &actor).await?
+            };
+            emit(out, &c, || summary(&c))?;
+        }
+        PricingCommand::Hold { org, version, until, release, out } => {
+            let c = if release {
+                billing.release_plan_version(&org, &actor).await?
+            } else {
+                let req = HoldRequest { pricing_version: version, definition: None, label: None, until };
+                billing.hold_plan_version(&org, req, &actor).await?
+            };
+            emit(out, &c, || summary(&c))?;
+        }
+    }
+    Ok(())
+}
