@@ -33,6 +33,11 @@ pub const SERIES: &[(&str, &str, &str)] = &[
         "counter",
         "Rate-limit decisions, by outcome (allowed, limited, unavailable).",
     ),
+    (
+        "memhost_pricing_shadow_comparisons_total",
+        "counter",
+        "Live previews priced by a shadow pricing candidate too, by outcome (same, different, failed).",
+    ),
     ("memhost_quota_refusals_total", "counter", "Requests refused for a used-up quota, by metric."),
     ("memhost_usage_events_total", "counter", "Usage events written."),
     ("memhost_usage_write_failures_total", "counter", "Usage events that could not be written (answered 503)."),

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use memhost::plugins::calls::Fixture;
+use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::common::{BIN, Backend, PLUGINS_DIR, TestServer};
@@ -527,4 +528,109 @@ async fn an_edit_of_the_pricing_policy_file_is_a_new_version() {
     let v = pricing_view_when(&server, &admin, |v| !v["policy_error"].is_null()).await;
     assert!(v["policy_error"].as_str().unwrap().contains("base_price"), "{v}");
     assert_eq!(v["pricing_version"], "2027-01", "the running config stays");
+}
+
+/// A candidate pricing config is simulated over a closed (invoiced) period
+/// and an open one before anyone activates it, through the API and the
+/// CLI; in shadow mode it prices live previews beside the active plugin.
+#[tokio::test]
+async fn a_candidate_is_simulated_and_shadowed_before_activation() {
+    let server = TestServer::start(Backend::Sqlite).await;
+    let (_, admin) = server.operator();
+    let (previous, current) = periods();
+    let a = server.create_org("starter");
+    let b = server.create_org("professional");
+    let a_key = server.create_key(&a, "read,write", false);
+    server.add(&a_key, "a fact", json!({})).await;
+    counted(&server, &a, "live", "api_calls", 1).await;
+    a_month_passes(&server, &[&a, &b], &previous, &current).await;
+    let orgs = json!([a, b]);
+    let r = server.post("/admin/invoices/finalize", &admin, json!({"period": previous, "orgs": orgs})).await;
+    assert_eq!(r.assert_ok(200)["created"], 2);
+
+    let plugins = server.get("/admin/plugins?kind=pricing", &admin).await;
+    let tiered = plugins.assert_ok(200)["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "pricing-tiered")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut candidate = bundled_pricing();
+    candidate["plans"]["starter"]["base_price"] = json!(59);
+    let sim = server
+        .post(
+            &format!("/admin/plugins/{tiered}/simulate"),
+            &admin,
+            json!({"periods": [previous, current], "orgs": orgs, "config": candidate}),
+        )
+        .await;
+    let report = sim.assert_ok(200).clone();
+    let s = &report["summary"];
+    assert_eq!(
+        (s["priced"].as_u64(), s["up"].as_u64(), s["unchanged"].as_u64()),
+        (Some(4), Some(2), Some(2)),
+        "{report}"
+    );
+    assert_eq!(s["revenue_delta_micros"]["USD"], 20_000_000, "{report}");
+    let results = report["results"].as_array().unwrap();
+    let closed = results.iter().find(|r| r["period"] == previous.as_str()).expect("the closed period");
+    assert_eq!((closed["org_id"].as_str(), closed["basis"].as_str()), (Some(a.as_str()), Some("invoice")), "{report}");
+    assert_eq!(
+        (closed["before_micros"].as_i64(), closed["after_micros"].as_i64()),
+        (Some(49_000_000), Some(59_000_000))
+    );
+    assert_eq!(closed["changed_lines"].as_array().unwrap().len(), 1, "{closed}");
+    let open = results.iter().find(|r| r["period"] == current.as_str()).expect("the open period");
+    assert_eq!(open["basis"], "usage");
+    // Nothing was activated or stored.
+    let v = server.get("/admin/pricing", &admin).await;
+    assert_eq!(v.assert_ok(200)["config"]["plans"]["starter"]["base_price"], 49);
+    server
+        .post(&format!("/admin/plugins/{tiered}/simulate"), &admin, json!({"periods": ["soon"]}))
+        .await
+        .assert_error(400, "INVALID_REQUEST");
+    server
+        .post("/admin/plugins/0000000000000000/simulate", &admin, json!({"periods": [previous]}))
+        .await
+        .assert_error(404, "PLUGIN_NOT_FOUND");
+
+    // The CLI: the candidate as a file, its config as YAML.
+    let dir = tempfile::tempdir().unwrap();
+    let config_file = dir.path().join("candidate.yaml");
+    std::fs::write(&config_file, serde_yaml_ng::to_string(&candidate).unwrap()).unwrap();
+    let out = server.cli_json(&[
+        "plugin",
+        "simulate",
+        &format!("{PLUGINS_DIR}/pricing_tiered.wasm"),
+        "--periods",
+        &previous,
+        "--orgs",
+        &format!("{a},{b}"),
+        "--plugin-config",
+        config_file.to_str().unwrap(),
+    ]);
+    assert_eq!((out["summary"]["up"].as_u64(), out["summary"]["unchanged"].as_u64()), (Some(1), Some(1)), "{out}");
+
+    // Shadow mode: live previews are priced by both.
+    let start = server.post(&format!("/admin/plugins/{tiered}/shadow"), &admin, json!({"config": candidate})).await;
+    start.assert_ok(200);
+    server.get("/v1/invoices/upcoming", &a_key).await.assert_ok(200);
+    let mut seen = Value::Null;
+    for _ in 0..50 {
+        seen = server.get(&format!("/admin/plugins/{tiered}/shadow"), &admin).await.assert_ok(200).clone();
+        if seen["compared"].as_u64() >= Some(1) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!((seen["compared"].as_u64(), seen["differed"].as_u64()), (Some(1), Some(1)), "{seen}");
+    assert_eq!(seen["recent"][0]["org_id"], a.as_str());
+    let metrics = server.call(Method::GET, "/metrics", None, None).await;
+    let text = metrics.body.as_str().unwrap_or_default().to_string();
+    assert!(text.contains("memhost_pricing_shadow_comparisons_total{outcome=\"different\"} 1"), "{text}");
+    server.delete(&format!("/admin/plugins/{tiered}/shadow"), &admin).await.assert_ok(200);
+    server.get(&format!("/admin/plugins/{tiered}/shadow"), &admin).await.assert_error(400, "INVALID_REQUEST");
 }

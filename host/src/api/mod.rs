@@ -117,6 +117,11 @@ pub fn router(state: AppState) -> anyhow::Result<Router> {
         .route("/admin/plugins/{id}/deactivate", post(plugins::deactivate))
         .route("/admin/plugins/{id}/run", post(plugins::run))
         .route("/admin/plugins/active/{kind}/run", post(plugins::run_active))
+        .route("/admin/plugins/{id}/simulate", post(pricing::simulate))
+        .route(
+            "/admin/plugins/{id}/shadow",
+            post(pricing::start_shadow).get(pricing::shadow).delete(pricing::stop_shadow),
+        )
         .route("/admin/metrics", get(admin::metrics))
         .route("/admin/metrics/{name}", get(admin::metric))
         .route("/admin/usage/export", get(admin::export))

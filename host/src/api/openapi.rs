@@ -30,7 +30,8 @@ use super::routes::{account, admin, health, invoices, memories, plugins, pricing
         invoices::admin_get, invoices::finalize, invoices::verify,
         pricing::get, pricing::update, pricing::add_credit, pricing::set_addon, pricing::remove_addon,
         pricing::apply_promotion, pricing::hold_plan_version, pricing::release_plan_version,
-        pricing::view, pricing::update_plan,
+        pricing::view, pricing::update_plan, pricing::simulate, pricing::start_shadow, pricing::shadow,
+        pricing::stop_shadow,
     ),
     modifiers(&BearerAuth, &CommonErrors),
     tags(

@@ -251,6 +251,9 @@ impl BillingService {
         let pricing = self.inner.plugins.pricing();
         let active = pricing.active(&org.id, &ctx.plan).ok_or_else(|| BillingError::NoPricing(ctx.plan.clone()))?;
         let invoice = pricing.rate(&active, &ctx.input).await.map_err(|f| BillingError::Pricing(failure_text(&f)))?;
+        if env == Environment::Live {
+            self.compare_in_shadow(&org.id, &ctx.input, &invoice);
+        }
         Ok(draft(&ctx, &period, &invoice, priced_by(&active), env == Environment::Live))
     }
 

@@ -12,6 +12,7 @@ pub mod customers;
 pub mod invoices;
 pub mod plans;
 pub mod render;
+pub mod simulate;
 
 pub use context::{BilledOrg, BillingPeriod, LateUsage};
 pub use invoices::{BillingError, FinalizeReport, InvoiceFilter, InvoiceVerification, InvoiceView};
@@ -90,6 +91,8 @@ struct Inner {
     plan_limits: Mutex<HashMap<String, Arc<Vec<MetricLimit>>>>,
     /// Why the pricing policy file was last refused (cleared once applied).
     pricing_policy_error: Mutex<Option<String>>,
+    /// A candidate pricing every live preview beside the active plugin.
+    shadow: Mutex<Option<simulate::Shadow>>,
 }
 
 impl BillingService {
@@ -100,8 +103,13 @@ impl BillingService {
                 meter,
                 plan_limits: Mutex::default(),
                 pricing_policy_error: Mutex::default(),
+                shadow: Mutex::default(),
             }),
         }
+    }
+
+    pub fn plugins(&self) -> &PluginService {
+        &self.inner.plugins
     }
 
     /// The plan's metric limits from the active pricing plugin; `None` if

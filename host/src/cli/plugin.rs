@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::billing::simulate::SimulateRequest;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
@@ -70,6 +71,26 @@ pub enum PluginCommand {
         plugin_config: Option<PathBuf>,
         #[command(flatten)]
         limits: LimitArgs,
+    },
+    /// Price recorded periods with a candidate pricing plugin (stored in
+    /// the registry, not activated) and compare per org with what was
+    /// invoiced; on the same database as the server.
+    Simulate {
+        file: PathBuf,
+        /// Periods, `YYYY-MM,YYYY-MM`.
+        #[arg(long, value_delimiter = ',', required = true)]
+        periods: Vec<String>,
+        /// Only these orgs (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        orgs: Vec<String>,
+        /// The candidate's config (JSON or YAML); default: the active pricing config.
+        #[arg(long)]
+        plugin_config: Option<PathBuf>,
+        /// Orgs listed at most.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[command(flatten)]
+        out: Output,
     },
     /// Upload a .wasm to a running server.
     Upload {
@@ -201,6 +222,17 @@ pub async fn run(config: Config, cmd: PluginCommand) -> anyhow::Result<()> {
         }
         PluginCommand::Test { file, fixtures, plugin_config, limits } => {
             test_local(&config, &file, &fixtures, plugin_config.as_deref(), limits).await
+        }
+        PluginCommand::Simulate { file, periods, orgs, plugin_config, limit, out } => {
+            let wasm = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let candidate_config = plugin_config.as_deref().map(read_config).transpose()?;
+            let request = SimulateRequest {
+                periods,
+                orgs: (!orgs.is_empty()).then_some(orgs),
+                config: candidate_config,
+                limit: Some(limit),
+            };
+            super::pricing::simulate(&config, &wasm, request, out).await
         }
         PluginCommand::Upload { file, kind, limits, server, out } => {
             let wasm = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;

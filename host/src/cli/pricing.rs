@@ -3,6 +3,7 @@
 //! promotions), on the same database as the server. Each change is
 //! validated by the active pricing plugin and audited, as through the API.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
@@ -15,8 +16,11 @@ use crate::audit::Actor;
 use crate::billing::customers::{
     AddonUpdate, CustomerPricing, HoldRequest, NewCredit, PricingUpdate, PromotionRequest,
 };
+use crate::billing::invoices::decimal;
 use crate::billing::plans::PlanUpdate;
+use crate::billing::simulate::SimulateRequest;
 use crate::config::Config;
+use crate::plugins::PluginKind;
 
 #[derive(Subcommand)]
 pub enum PricingCommand {
@@ -203,4 +207,64 @@ pub async fn run(config: Config, cmd: PricingCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `memhost plugin simulate`: stores the candidate (inactive) and prices
+/// the periods with it, with a progress bar on a terminal.
+pub async fn simulate(config: &Config, wasm: &[u8], request: SimulateRequest, out: Output) -> anyhow::Result<()> {
+    let billing = billing(config).await?;
+    let uploaded =
+        billing.plugins().upload(wasm, Some(PluginKind::Pricing), Default::default(), &Actor::cli().0).await?;
+    let tty = std::io::stderr().is_terminal();
+    let progress = move |done: usize, of: usize| {
+        if tty && of > 0 {
+            let width = 30;
+            let filled = (done.min(of) * width) / of;
+            eprint!("\r[{}{}] {}/{of} orgs", "#".repeat(filled), " ".repeat(width - filled), done.min(of));
+        }
+    };
+    let report = billing.simulate(&uploaded.plugin.id, request, &progress).await?;
+    if tty {
+        eprintln!();
+    }
+    emit(out, &report, || {
+        let s = &report.summary;
+        let mut text = format!(
+            "candidate {} over {}: {} org-periods priced: {} up, {} down, {} unchanged, {} failed",
+            crate::plugins::short(&report.plugin_id),
+            report.periods.join(", "),
+            s.priced,
+            s.up,
+            s.down,
+            s.unchanged,
+            s.failed
+        );
+        for (currency, delta) in &s.revenue_delta_micros {
+            let before = s.revenue_before_micros.get(currency).copied().unwrap_or(0);
+            text.push_str(&format!(
+                "\nrevenue {currency}: {} → {} ({}{})",
+                decimal(before),
+                decimal(before + delta),
+                if *delta >= 0 { "+" } else { "" },
+                decimal(*delta)
+            ));
+        }
+        for r in &report.results {
+            match &r.error {
+                Some(e) => text.push_str(&format!("\n  {} {}: failed: {e}", r.org_id, r.period)),
+                None => text.push_str(&format!(
+                    "\n  {} {}: {} → {} {}",
+                    r.org_id,
+                    r.period,
+                    decimal(r.before_micros.unwrap_or(0)),
+                    decimal(r.after_micros.unwrap_or(0)),
+                    r.currency
+                )),
+            }
+        }
+        if report.truncated {
+            text.push_str("\n  … (more with --limit or --json)");
+        }
+        text
+    })
 }

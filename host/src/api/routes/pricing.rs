@@ -13,6 +13,7 @@ use crate::billing::customers::{
     AddonUpdate, Credit, CustomerPricing, HoldRequest, NewCredit, PricingUpdate, PromotionRequest,
 };
 use crate::billing::plans::{PlanUpdate, PricingChanged, PricingView};
+use crate::billing::simulate::{ShadowView, SimulateRequest, SimulationReport};
 
 fn actor(auth: &Auth) -> Actor {
     Actor::key(&auth.0.key_id)
@@ -138,4 +139,58 @@ pub async fn update_plan(
     ApiJson(body): ApiJson<PlanUpdate>,
 ) -> Result<ApiOk<PricingChanged>, ApiError> {
     Ok(ApiOk::ok(state.billing.update_plan(&plan, body, &actor(&auth)).await?))
+}
+
+/// Prices recorded periods with a candidate pricing plugin (or the active
+/// one with a candidate config) and compares per org with what was
+/// invoiced (or, for periods not closed, what the active plugin prices).
+#[utoipa::path(post, path = "/admin/plugins/{id}/simulate", tag = "billing", security(("bearer" = [])),
+    params(("id" = String, Path, description = "the candidate pricing plugin (id or unique prefix)")),
+    request_body = SimulateRequest,
+    responses((status = 200, body = Envelope<SimulationReport>), (status = 404, body = ErrorEnvelope)))]
+pub async fn simulate(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<SimulateRequest>,
+) -> Result<ApiOk<SimulationReport>, ApiError> {
+    Ok(ApiOk::ok(state.billing.simulate(&id, body, &|_, _| {}).await?))
+}
+
+#[derive(Debug, Default, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowRequest {
+    /// The candidate's config; default: the active global pricing config.
+    #[schema(value_type = Option<Object>)]
+    pub config: Option<serde_json::Value>,
+}
+
+/// Shadow mode: the candidate prices every live preview beside the active
+/// plugin; differences are counted in `/metrics` and listed here.
+#[utoipa::path(post, path = "/admin/plugins/{id}/shadow", tag = "billing", security(("bearer" = [])),
+    params(("id" = String, Path, description = "the candidate pricing plugin")), request_body = ShadowRequest,
+    responses((status = 200, body = Envelope<ShadowView>)))]
+pub async fn start_shadow(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<ShadowRequest>,
+) -> Result<ApiOk<ShadowView>, ApiError> {
+    Ok(ApiOk::ok(state.billing.start_shadow(&id, body.config).await?))
+}
+
+/// What the shadow candidate has seen on this instance.
+#[utoipa::path(get, path = "/admin/plugins/{id}/shadow", tag = "billing", security(("bearer" = [])),
+    params(("id" = String, Path, description = "the candidate pricing plugin")),
+    responses((status = 200, body = Envelope<ShadowView>), (status = 400, body = ErrorEnvelope)))]
+pub async fn shadow(State(state): State<AppState>, Path(id): Path<String>) -> Result<ApiOk<ShadowView>, ApiError> {
+    Ok(ApiOk::ok(state.billing.shadow(&id).await?))
+}
+
+/// Ends shadow mode, answering what it saw.
+#[utoipa::path(delete, path = "/admin/plugins/{id}/shadow", tag = "billing", security(("bearer" = [])),
+    params(("id" = String, Path, description = "the candidate pricing plugin")),
+    responses((status = 200, body = Envelope<ShadowView>)))]
+pub async fn stop_shadow(State(state): State<AppState>, Path(id): Path<String>) -> Result<ApiOk<ShadowView>, ApiError> {
+    let view = state.billing.shadow(&id).await?;
+    state.billing.stop_shadow();
+    Ok(ApiOk::ok(view))
 }
