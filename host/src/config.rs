@@ -64,6 +64,9 @@ pub struct Config {
     /// When set, `GET /metrics` needs `Authorization: Bearer <metrics_token>`.
     /// Never logged.
     pub metrics_token: Option<String>,
+    /// The signing secret of the Stripe webhook endpoint (`whsec_…`);
+    /// without it `POST /webhooks/stripe` answers 404. Never logged.
+    pub stripe_webhook_secret: Option<String>,
     /// Test-only routes that fail on purpose (`GET /v1/debug/panic`). Never
     /// in production.
     pub fault_injection: bool,
@@ -98,6 +101,7 @@ impl Default for Config {
             limits: crate::limits::LimitsConfig::default(),
             policies_dir: None,
             metrics_token: None,
+            stripe_webhook_secret: None,
             fault_injection: false,
         }
     }

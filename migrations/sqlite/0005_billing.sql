@@ -23,6 +23,7 @@ CREATE TABLE customer_pricing (
     plan_snapshot        TEXT,            -- JSON of the plan definition
     snapshot_version     TEXT,            -- the pricing_version it was taken from
     grandfathered_until  TEXT,     -- none: until moved
+    stripe_customer_id   TEXT,            -- for the Stripe meter-event export
     updated_at           TEXT NOT NULL
 );
 
@@ -77,6 +78,7 @@ CREATE TABLE invoices (
     discounts        INTEGER NOT NULL,      -- ≤ 0
     credits_applied  INTEGER NOT NULL,      -- ≤ 0
     total            INTEGER NOT NULL,
+    amount_paid      INTEGER NOT NULL DEFAULT 0,
     lines            TEXT NOT NULL,        -- JSON array
     usage            TEXT NOT NULL,        -- JSON: this period's units per metric
     late_usage       TEXT NOT NULL,        -- JSON array: earlier periods' units counted after they closed
@@ -96,6 +98,26 @@ CREATE TABLE invoiced_usage (
     metric    TEXT NOT NULL,
     quantity  INTEGER NOT NULL,
     PRIMARY KEY (org_id, period, metric)
+);
+
+-- Payments recorded against invoices (by an operator, or from Stripe).
+CREATE TABLE invoice_payments (
+    id              TEXT PRIMARY KEY,
+    invoice_id      TEXT NOT NULL REFERENCES invoices(id),
+    status          TEXT NOT NULL CHECK (status IN ('succeeded', 'failed')),
+    amount          INTEGER NOT NULL,
+    reference       TEXT,
+    failure_reason  TEXT,
+    source          TEXT NOT NULL,
+    occurred_at     TEXT NOT NULL
+);
+CREATE INDEX invoice_payments_invoice ON invoice_payments(invoice_id, occurred_at);
+
+-- Stripe webhook events already handled (a redelivery is not handled twice).
+CREATE TABLE stripe_webhook_events (
+    id           TEXT PRIMARY KEY,
+    type         TEXT NOT NULL,
+    received_at  TEXT NOT NULL
 );
 
 -- Outbox: recorded in the transaction of what they report.

@@ -634,3 +634,102 @@ async fn a_candidate_is_simulated_and_shadowed_before_activation() {
     server.delete(&format!("/admin/plugins/{tiered}/shadow"), &admin).await.assert_ok(200);
     server.get(&format!("/admin/plugins/{tiered}/shadow"), &admin).await.assert_error(400, "INVALID_REQUEST");
 }
+
+fn stripe_signed(secret: &str, t: i64, payload: &str) -> String {
+    use hmac::{Hmac, KeyInit, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(format!("{t}.{payload}").as_bytes());
+    format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// Payments recorded on invoices, the Stripe meter-event export, and the
+/// Stripe webhook: correctly signed, badly signed, redelivered and replayed.
+#[tokio::test]
+async fn payments_stripe_export_and_webhook() {
+    let secret = "whsec_test_0123456789";
+    let server = TestServer::start_with(Backend::Sqlite, &[("MEMHOST_STRIPE_WEBHOOK_SECRET", secret)]).await;
+    let (_, admin) = server.operator();
+    let (previous, current) = periods();
+    let a = server.create_org("starter");
+    let b = server.create_org("starter");
+    let a_key = server.create_key(&a, "read,write", false);
+    server.add(&a_key, "a fact", json!({})).await;
+    counted(&server, &a, "live", "api_calls", 1).await;
+    a_month_passes(&server, &[&a, &b], &previous, &current).await;
+    let r = server.post("/admin/invoices/finalize", &admin, json!({"period": previous, "orgs": [a, b]})).await;
+    assert_eq!(r.assert_ok(200)["created"], 2);
+    let invoice_of = |org: String| {
+        let server = &server;
+        let admin = admin.clone();
+        async move {
+            let list = server.get(&format!("/admin/invoices?org={org}"), &admin).await;
+            list.assert_ok(200)[0]["id"].as_str().unwrap().to_string()
+        }
+    };
+    let (inv_a, inv_b) = (invoice_of(a.clone()).await, invoice_of(b.clone()).await);
+
+    // A failure, then a payment of what is due.
+    let pay = |id: &str| format!("/admin/invoices/{id}/payments");
+    let failed =
+        server.post(&pay(&inv_a), &admin, json!({"status": "failed", "failure_reason": "card_declined"})).await;
+    assert_eq!(failed.assert_ok(201)["status"], "failed");
+    let inv = server.get(&format!("/v1/invoices/{inv_a}"), &a_key).await;
+    assert_eq!(inv.assert_ok(200)["status"], "payment_failed");
+    let paid = server.post(&pay(&inv_a), &admin, json!({"status": "succeeded", "reference": "wire-42"})).await;
+    assert_eq!(paid.assert_ok(201)["amount_micros"], 49_000_000);
+    let inv = server.get(&format!("/v1/invoices/{inv_a}"), &a_key).await;
+    let inv = inv.assert_ok(200).clone();
+    assert_eq!((inv["status"].as_str(), inv["amount_due_micros"].as_i64()), (Some("paid"), Some(0)), "{inv}");
+    server.post(&pay(&inv_a), &admin, json!({"status": "succeeded"})).await.assert_error(409, "CONFLICT");
+    server.post(&pay(&inv_a), &admin, json!({"status": "maybe"})).await.assert_error(400, "INVALID_REQUEST");
+    assert_eq!(server.get(&pay(&inv_a), &admin).await.assert_ok(200).as_array().unwrap().len(), 2);
+    let failures = "SELECT CAST(COUNT(*) AS TEXT) FROM billing_events WHERE type = 'billing.payment_failed'";
+    assert_eq!(server.sql_number(failures).await, 1);
+
+    // Usage as Stripe meter events, under the customer's Stripe id.
+    let set =
+        server.put(&format!("/admin/customers/{a}/pricing"), &admin, json!({"stripe_customer_id": "cus_123"})).await;
+    set.assert_ok(200);
+    let export = server.get(&format!("/admin/invoices/stripe-meter-events?period={previous}"), &admin).await;
+    assert_eq!(export.status, 200);
+    let lines: Vec<Value> =
+        export.body.as_str().unwrap().lines().map(|l| serde_json::from_str(l).expect("JSON lines")).collect();
+    let calls = lines.iter().find(|e| e["event_name"] == "api_calls").expect("an api_calls event");
+    assert_eq!(calls["identifier"], format!("{inv_a}:api_calls"));
+    assert_eq!(calls["payload"], json!({"stripe_customer_id": "cus_123", "value": "1"}));
+    assert_eq!(calls["object"], "billing.meter_event");
+
+    // The webhook.
+    let event = json!({"id": "evt_1", "type": "invoice.payment_failed", "data": {"object": {
+        "id": "in_1", "amount_due": 4900, "metadata": {"memhost_invoice_id": inv_b},
+        "last_payment_error": {"code": "card_declined"}}}})
+    .to_string();
+    let send = |signature: String, body: String| {
+        let req = server
+            .client
+            .post(format!("{}/webhooks/stripe", server.base))
+            .header("Stripe-Signature", signature)
+            .header("content-type", "application/json")
+            .body(body);
+        server.send(req)
+    };
+    let now = chrono::Utc::now().timestamp();
+    let ok = send(stripe_signed(secret, now, &event), event.clone()).await;
+    let ok = ok.assert_ok(200).clone();
+    assert_eq!((ok["action"].as_str(), ok["duplicate"].as_bool()), (Some("recorded"), Some(false)), "{ok}");
+    let inv = server.get(&format!("/admin/invoices/{inv_b}"), &admin).await;
+    assert_eq!(inv.assert_ok(200)["status"], "payment_failed");
+    assert_eq!(server.sql_number(failures).await, 2);
+
+    let bad = send(stripe_signed("whsec_wrong", now, &event), event.clone()).await;
+    bad.assert_error(400, "INVALID_SIGNATURE");
+    let tampered = send(stripe_signed(secret, now, &event), event.replace("4900", "1")).await;
+    tampered.assert_error(400, "INVALID_SIGNATURE");
+    let replayed = send(stripe_signed(secret, now - 3600, &event), event.clone()).await;
+    replayed.assert_error(400, "INVALID_SIGNATURE");
+    assert!(replayed.body["error"]["message"].as_str().unwrap().contains("tolerance"), "{}", replayed.body);
+    let again = send(stripe_signed(secret, now, &event), event.clone()).await;
+    assert_eq!(again.assert_ok(200)["duplicate"], true);
+    assert_eq!(server.sql_number(failures).await, 2, "a redelivery is handled once");
+    assert_eq!(server.get(&pay(&inv_b), &admin).await.assert_ok(200).as_array().unwrap().len(), 1);
+}

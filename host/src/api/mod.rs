@@ -132,6 +132,8 @@ pub fn router(state: AppState) -> anyhow::Result<Router> {
         .route("/admin/invoices/finalize", post(invoices::finalize))
         .route("/admin/invoices/{id}", get(invoices::admin_get))
         .route("/admin/invoices/{id}/verify", post(invoices::verify))
+        .route("/admin/invoices/{id}/payments", post(invoices::record_payment).get(invoices::payments))
+        .route("/admin/invoices/stripe-meter-events", get(invoices::stripe_meter_events))
         .route("/admin/pricing", get(pricing::view))
         .route("/admin/pricing/plans/{plan}", put(pricing::update_plan))
         .route("/admin/customers/{org}/pricing", get(pricing::get).put(pricing::update))
@@ -160,6 +162,8 @@ pub fn router(state: AppState) -> anyhow::Result<Router> {
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
         .route("/metrics", get(health::metrics))
+        // Signed by Stripe, not by an API key.
+        .route("/webhooks/stripe", post(invoices::stripe_webhook))
         .merge(v1)
         .merge(admin)
         .with_state(state.clone())

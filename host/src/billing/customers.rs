@@ -31,6 +31,7 @@ pub struct CustomerPricing {
     #[schema(value_type = Object)]
     pub overrides: Value,
     pub region: Option<String>,
+    pub stripe_customer_id: Option<String>,
     /// The plan version the customer is held to, if any.
     pub plan_version: Option<HeldPlan>,
     pub addons: Vec<CustomerAddon>,
@@ -85,6 +86,11 @@ pub struct PricingUpdate {
     #[serde(default, with = "double_option")]
     #[schema(value_type = Option<String>)]
     pub region: Option<Option<String>>,
+    /// The customer's id at Stripe (the meter-event export names it);
+    /// `null` clears it.
+    #[serde(default, with = "double_option")]
+    #[schema(value_type = Option<String>)]
+    pub stripe_customer_id: Option<Option<String>>,
     /// Replaces the `pricing` section of the org's overrides.
     #[schema(value_type = Option<Object>)]
     pub overrides: Option<Value>,
@@ -178,14 +184,17 @@ impl BillingService {
         let db = self.inner.meter.db();
         let org = self.billed_org(org_id).await?;
         let overrides: Value = serde_json::from_str(&org.overrides).unwrap_or_else(|_| json!({}));
-        let row = sql("SELECT region, snapshot_plan, plan_snapshot, snapshot_version, grandfathered_until \
-             FROM customer_pricing WHERE org_id = $1")
+        let row = sql(
+            "SELECT region, stripe_customer_id, snapshot_plan, plan_snapshot, snapshot_version, grandfathered_until \
+             FROM customer_pricing WHERE org_id = $1",
+        )
         .bind(org_id)
         .fetch_optional(db.read())
         .await?;
-        let (mut region, mut plan_version) = (None, None);
+        let (mut region, mut stripe_customer_id, mut plan_version) = (None, None, None);
         if let Some(r) = row {
             region = r.get("region")?;
+            stripe_customer_id = r.get("stripe_customer_id")?;
             if let (Some(plan), Some(def)) =
                 (r.get::<Option<String>>("snapshot_plan")?, r.get::<Option<String>>("plan_snapshot")?)
             {
@@ -240,6 +249,7 @@ impl BillingService {
             plan: org.plan,
             overrides: overrides.get("pricing").cloned().unwrap_or_else(|| json!({})),
             region,
+            stripe_customer_id,
             plan_version,
             addons,
             credits,
@@ -314,6 +324,16 @@ impl BillingService {
             .execute(&mut tx)
             .await?;
         }
+        if let Some(customer) = &update.stripe_customer_id {
+            sql("INSERT INTO customer_pricing (org_id, stripe_customer_id, updated_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (org_id) DO UPDATE SET stripe_customer_id = excluded.stripe_customer_id, \
+                 updated_at = excluded.updated_at")
+            .bind(org_id)
+            .bind(customer.clone())
+            .bind(now)
+            .execute(&mut tx)
+            .await?;
+        }
         if update.overrides.is_some() {
             sql("UPDATE orgs SET overrides = $1 WHERE id = $2")
                 .bind(overrides_text)
@@ -321,7 +341,8 @@ impl BillingService {
                 .execute(&mut tx)
                 .await?;
         }
-        let after = json!({ "region": update.region, "overrides": update.overrides });
+        let after = json!({ "region": update.region, "overrides": update.overrides,
+            "stripe_customer_id": update.stripe_customer_id });
         let before = json!({ "region": before.region, "overrides": before.overrides });
         audit::record_in(
             &mut tx,

@@ -110,6 +110,10 @@ pub struct InvoiceView {
     pub total_micros: i64,
     /// `total_micros` as a decimal.
     pub total: String,
+    /// Payments recorded so far.
+    pub amount_paid_micros: i64,
+    /// What is left to pay.
+    pub amount_due_micros: i64,
     /// This period's units per metric.
     pub usage: BTreeMap<String, u64>,
     /// Units of earlier, closed periods counted after their invoice.
@@ -626,7 +630,7 @@ fn to_json<T: Serialize>(v: &T) -> String {
 }
 
 const COLUMNS: &str = "i.id, i.org_id, i.period, i.status, i.plan, i.currency, i.subtotal, i.discounts, \
-    i.credits_applied, i.total, i.lines, i.usage, i.late_usage, i.plugin_digest AS plugin_id, i.activation_id, i.config_digest, \
+    i.credits_applied, i.total, i.amount_paid, i.lines, i.usage, i.late_usage, i.plugin_digest AS plugin_id, i.activation_id, i.config_digest, \
     i.created_at, p.name AS plugin_name, p.version AS plugin_version, \
     (SELECT pricing_version FROM pricing_configs c WHERE c.digest = i.config_digest) AS pricing_version";
 
@@ -651,6 +655,8 @@ fn stored_view(r: &Row) -> sqlx::Result<InvoiceView> {
         credits_applied_micros: r.get("credits_applied")?,
         total_micros: total,
         total: decimal(total),
+        amount_paid_micros: r.get("amount_paid")?,
+        amount_due_micros: (total - r.get::<i64>("amount_paid")?).max(0),
         usage: r.json("usage")?,
         late_usage: r.json("late_usage")?,
         pricing: PricedBy {
@@ -684,6 +690,8 @@ fn draft(ctx: &OrgPeriod, period: &BillingPeriod, invoice: &Invoice, pricing: Pr
         credits_applied_micros: credits,
         total_micros: invoice.total,
         total: decimal(invoice.total),
+        amount_paid_micros: 0,
+        amount_due_micros: invoice.total.max(0),
         usage: ctx.usage.clone(),
         late_usage: ctx.late.clone(),
         pricing,

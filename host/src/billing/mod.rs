@@ -10,6 +10,7 @@
 pub mod context;
 pub mod customers;
 pub mod invoices;
+pub mod payments;
 pub mod plans;
 pub mod render;
 pub mod simulate;

@@ -9,6 +9,7 @@ use clap::Subcommand;
 use super::admin::{Output, emit, table};
 use crate::audit::Actor;
 use crate::auth::Environment;
+use crate::billing::payments::PaymentRequest;
 use crate::billing::{BillingService, InvoiceFilter, InvoiceView, invoices::decimal, render};
 use crate::config::Config;
 use crate::metering::UsageMeter;
@@ -55,6 +56,27 @@ pub enum InvoicesCommand {
         /// json, csv or html.
         #[arg(long, default_value = "json")]
         format: String,
+    },
+    /// Record a payment (or with --failed, a failed payment) on an invoice.
+    Pay {
+        id: String,
+        #[arg(long)]
+        failed: bool,
+        /// Micro-units; default: what is due.
+        #[arg(long)]
+        amount_micros: Option<i64>,
+        #[arg(long)]
+        reference: Option<String>,
+        /// Why it failed.
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// A finalized period's usage as Stripe meter events (JSON lines).
+    StripeExport {
+        #[arg(long)]
+        period: String,
     },
     /// Re-price an invoice with the plugin and config it records; exit code
     /// 1 unless it matches to the micro-unit.
@@ -142,6 +164,21 @@ pub async fn run(config: Config, cmd: InvoicesCommand) -> anyhow::Result<()> {
         InvoicesCommand::Upcoming { org, format } => {
             let org = billing.billed_org(&org).await?;
             print(&billing.preview(org, Environment::Live).await?, &format)?;
+        }
+        InvoicesCommand::Pay { id, failed, amount_micros, reference, reason, out } => {
+            let req = PaymentRequest {
+                status: if failed { "failed" } else { "succeeded" }.into(),
+                amount_micros,
+                reference,
+                failure_reason: reason,
+            };
+            let p = billing.record_payment(&id, req, "manual", &Actor::cli()).await?;
+            emit(out, &p, || format!("{} {} of {} on {id}", p.id, p.status, decimal(p.amount_micros)))?;
+        }
+        InvoicesCommand::StripeExport { period } => {
+            for e in billing.stripe_meter_events(&period).await? {
+                println!("{e}");
+            }
         }
         InvoicesCommand::Verify { id, out } => {
             let v = billing.verify(&id).await?;

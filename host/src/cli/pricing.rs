@@ -173,7 +173,11 @@ pub async fn run(config: Config, cmd: PricingCommand) -> anyhow::Result<()> {
             if region.is_none() && !clear {
                 anyhow::bail!("give a region, or --clear");
             }
-            let update = PricingUpdate { region: Some(if clear { None } else { region }), overrides: None };
+            let update = PricingUpdate {
+                region: Some(if clear { None } else { region }),
+                stripe_customer_id: None,
+                overrides: None,
+            };
             let c = billing.update_customer_pricing(&org, update, &actor).await?;
             emit(out, &c, || summary(&c))?;
         }

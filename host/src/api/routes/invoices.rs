@@ -13,9 +13,10 @@ use super::usage::csv_response;
 use crate::api::AppState;
 use crate::api::envelope::{ApiOk, Envelope, ErrorEnvelope};
 use crate::api::error::ApiError;
-use crate::api::extract::{ApiJson, ApiQuery, Auth};
+use crate::api::extract::{ApiJson, ApiQuery, Auth, RawBody};
 use crate::audit::Actor;
 use crate::auth::{Environment, Scope};
+use crate::billing::payments::{Payment, PaymentRequest, WebhookOutcome, verify_stripe_signature};
 use crate::billing::{FinalizeReport, InvoiceFilter, InvoiceVerification, InvoiceView, render};
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -228,4 +229,84 @@ pub async fn verify(
     Path(id): Path<String>,
 ) -> Result<ApiOk<InvoiceVerification>, ApiError> {
     Ok(ApiOk::ok(state.billing.verify(&id).await?))
+}
+
+/// Records a payment, or a failed payment, on an invoice. A failure
+/// records a `billing.payment_failed` event.
+#[utoipa::path(post, path = "/admin/invoices/{id}/payments", tag = "billing", security(("bearer" = [])),
+    params(("id" = String, Path, description = "inv_…")), request_body = PaymentRequest,
+    responses((status = 201, body = Envelope<Payment>), (status = 404, body = ErrorEnvelope),
+        (status = 409, description = "already paid, or void", body = ErrorEnvelope)))]
+pub async fn record_payment(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<PaymentRequest>,
+) -> Result<ApiOk<Payment>, ApiError> {
+    let actor = Actor::key(&auth.0.key_id);
+    Ok(ApiOk::created(state.billing.record_payment(&id, body, "manual", &actor).await?))
+}
+
+/// The payments recorded on an invoice.
+#[utoipa::path(get, path = "/admin/invoices/{id}/payments", tag = "billing", security(("bearer" = [])),
+    params(("id" = String, Path, description = "inv_…")),
+    responses((status = 200, body = Envelope<Vec<Payment>>), (status = 404, body = ErrorEnvelope)))]
+pub async fn payments(State(state): State<AppState>, Path(id): Path<String>) -> Result<ApiOk<Vec<Payment>>, ApiError> {
+    Ok(ApiOk::ok(state.billing.payments(&id).await?))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct PeriodParam {
+    /// A finalized period, `YYYY-MM`.
+    pub period: String,
+}
+
+/// A finalized period's usage as Stripe meter events, one JSON object per
+/// line (Stripe's `billing.meter_event` shape, with an idempotent
+/// `identifier`), for operators who sync usage to Stripe Billing.
+#[utoipa::path(get, path = "/admin/invoices/stripe-meter-events", tag = "billing", security(("bearer" = [])),
+    params(PeriodParam), responses((status = 200, description = "application/x-ndjson", body = String)))]
+pub async fn stripe_meter_events(
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<PeriodParam>,
+) -> Result<Response, ApiError> {
+    let events = state.billing.stripe_meter_events(&q.period).await?;
+    let mut body = String::new();
+    for e in events {
+        body.push_str(&e.to_string());
+        body.push('\n');
+    }
+    Ok(([(CONTENT_TYPE, "application/x-ndjson")], body).into_response())
+}
+
+/// Stripe's webhook: the `Stripe-Signature` header must sign the payload
+/// with the configured secret within 5 minutes; each event is handled once.
+/// `invoice.payment_failed` naming a memhost invoice (its
+/// `metadata.memhost_invoice_id`) records the failure.
+#[utoipa::path(post, path = "/webhooks/stripe", tag = "billing",
+    request_body(content = String, content_type = "application/json", description = "a Stripe event, as Stripe sent it"),
+    responses((status = 200, body = Envelope<WebhookOutcome>),
+        (status = 400, description = "INVALID_SIGNATURE or a payload that is not an event", body = ErrorEnvelope),
+        (status = 404, description = "no webhook secret configured", body = ErrorEnvelope)))]
+pub async fn stripe_webhook(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+    RawBody(body): RawBody,
+) -> Result<ApiOk<WebhookOutcome>, ApiError> {
+    let Some(secret) = state.config.stripe_webhook_secret.as_deref() else {
+        return Err(ApiError::RouteNotFound);
+    };
+    let signature = headers.get("stripe-signature").and_then(|v| v.to_str().ok()).unwrap_or("");
+    if let Err(reason) = verify_stripe_signature(secret, signature, &body, chrono::Utc::now().timestamp()) {
+        return Err(ApiError::Rejected {
+            status: axum::http::StatusCode::BAD_REQUEST,
+            code: "INVALID_SIGNATURE",
+            message: format!("Stripe-Signature refused: {reason}"),
+            details: None,
+        });
+    }
+    let event: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|e| ApiError::invalid(format!("the payload is not JSON: {e}")))?;
+    Ok(ApiOk::ok(state.billing.stripe_event(&event).await?))
 }
