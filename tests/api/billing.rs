@@ -17,7 +17,12 @@ fn repo() -> PathBuf {
 /// Each golden fixture: its name, the fixture, and its input as written
 /// (a parsed `CallInput` is not serializable).
 fn fixtures() -> Vec<(String, Fixture, Value)> {
-    let dir = repo().join("plugins/pricing-tiered/fixtures");
+    fixtures_of("pricing-tiered")
+}
+
+/// A plugin's golden fixtures (`plugins/<plugin>/fixtures`).
+fn fixtures_of(plugin: &str) -> Vec<(String, Fixture, Value)> {
+    let dir = repo().join(format!("plugins/{plugin}/fixtures"));
     let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
         .expect("fixtures")
         .map(|e| e.unwrap().path())
@@ -344,6 +349,26 @@ async fn invoices_end_to_end(backend: Backend) {
     assert_eq!(after.assert_ok(200)["total_micros"], 42_000_000, "a finalized invoice never changes");
     let v = server.post(&format!("/admin/invoices/{id}/verify"), &admin, json!({})).await;
     assert_eq!(v.assert_ok(200)["matches"], true, "replayed with the config it recorded: {}", v.body);
+
+    // Swap the pricing plugin itself: pay as you go. Previews follow at
+    // once (the 2 late calls at 0.0004 round to nothing; the monthly
+    // minimum is owed); the finalized invoice neither changes nor stops
+    // replaying (by the digest of the plugin that priced it).
+    let payg = server.upload_plugin(&admin, crate::common::plugin_wasm("pricing-payg"), "kind=pricing").await;
+    let payg = payg.assert_ok(201)["id"].as_str().unwrap().to_string();
+    let payg_config: Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(repo().join("plugins/pricing-payg/config.example.yaml")).unwrap(),
+    )
+    .unwrap();
+    let swap = server.post(&format!("/admin/plugins/{payg}/activate"), &admin, json!({"config": payg_config})).await;
+    swap.assert_ok(200);
+    let p = server.get("/v1/invoices/upcoming", &starter_key).await.assert_ok(200).clone();
+    assert_eq!((p["pricing"]["plugin_name"].as_str(), total(&p)), (Some("pricing-payg"), 5_000_000), "{p}");
+    let after = server.get(&format!("/v1/invoices/{id}"), &starter_key).await;
+    assert_eq!(after.assert_ok(200)["total_micros"], 42_000_000);
+    assert_eq!(after.data()["pricing"]["plugin_name"], "pricing-tiered");
+    let v = server.post(&format!("/admin/invoices/{id}/verify"), &admin, json!({})).await;
+    assert_eq!(v.assert_ok(200)["matches"], true, "{}", v.body);
 
     // Tampering is caught by the replay.
     server.sql_exec(&format!("UPDATE invoices SET total = total + 1 WHERE id = '{id}'")).await.unwrap();
@@ -732,4 +757,48 @@ async fn payments_stripe_export_and_webhook() {
     assert_eq!(again.assert_ok(200)["duplicate"], true);
     assert_eq!(server.sql_number(failures).await, 2, "a redelivery is handled once");
     assert_eq!(server.get(&pay(&inv_b), &admin).await.assert_ok(200).as_array().unwrap().len(), 1);
+}
+
+/// Two more pricing plugins that change the logic (pay as you go with
+/// graduated per-unit and per-block storage prices and a monthly minimum;
+/// a committed spend with a discount and a true-up): their goldens pass
+/// through `memhost plugin test` and through a server.
+#[tokio::test]
+async fn more_pricing_plugins_pass_their_goldens_through_cli_and_server() {
+    let server = TestServer::start(Backend::Sqlite).await;
+    let (_, key) = server.operator();
+    let cwd = tempfile::tempdir().unwrap();
+    for plugin in ["pricing-payg", "pricing-commitment"] {
+        let config_file = repo().join(format!("plugins/{plugin}/config.example.yaml"));
+        let config: Value = serde_yaml_ng::from_str(&std::fs::read_to_string(&config_file).unwrap()).unwrap();
+        let all = fixtures_of(plugin);
+        assert!(all.len() >= 6, "{plugin}: {} fixtures", all.len());
+
+        let out = Command::new(BIN)
+            .args(["plugin", "test", &format!("{PLUGINS_DIR}/{}.wasm", plugin.replace('-', "_"))])
+            .arg(repo().join(format!("plugins/{plugin}/fixtures")))
+            .arg("--plugin-config")
+            .arg(&config_file)
+            .current_dir(cwd.path())
+            .env_remove("DATABASE_URL")
+            .env("MEMHOST_DATA_DIR", cwd.path().join("data"))
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let n = all.len();
+        assert!(out.status.success(), "{plugin}: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+        assert!(stdout.contains(&format!("{n} fixtures: {n} passed, 0 failed")), "{stdout}");
+
+        let up = server.upload_plugin(&key, crate::common::plugin_wasm(plugin), "kind=pricing").await;
+        let id = up.assert_ok(201)["id"].as_str().unwrap().to_string();
+        for (name, fixture, input) in &all {
+            let config = fixture.config.clone().unwrap_or_else(|| config.clone());
+            let r =
+                server.post(&format!("/admin/plugins/{id}/run"), &key, json!({"input": input, "config": config})).await;
+            assert_eq!(fixture.mismatch(r.assert_ok(200)), None, "{plugin} {name}: {}", fixture.description);
+        }
+        // Its schema refuses a malformed config, naming the field.
+        let bad = server.post(&format!("/admin/plugins/{id}/activate"), &key, json!({"config": {"currency": 5}})).await;
+        bad.assert_error(422, "INVALID_CONFIG");
+    }
 }

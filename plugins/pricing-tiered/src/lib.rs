@@ -34,7 +34,7 @@ use std::collections::BTreeMap;
 use memhost_sdk::pricing::*;
 
 use config::{Charge, Config, CustomWord, Limits, Model, OrgOverrides, Overrides, Plan, Price, Tier};
-use money::{CENT, Fixed, Ratio, share};
+use money::{Fixed, Ratio, share};
 
 fn err(code: &str, message: impl Into<String>) -> PluginError {
     PluginError::new(code, message)
@@ -240,32 +240,6 @@ fn model_name(m: Model) -> &'static str {
 }
 
 /// Seconds since the epoch of an RFC 3339 instant (`…T…Z` or `±hh:mm`).
-fn epoch_seconds(t: &str) -> Result<i64, PluginError> {
-    let bad = || err("invalid-input", format!("`{t}` is not an RFC 3339 instant"));
-    let num = |s: Option<&str>| s.and_then(|s| s.parse::<i64>().ok()).ok_or_else(bad);
-    let (y, mo, d) = (num(t.get(0..4))?, num(t.get(5..7))?, num(t.get(8..10))?);
-    let (h, mi, s) = (num(t.get(11..13))?, num(t.get(14..16))?, num(t.get(17..19))?);
-    let mut rest = t.get(19..).ok_or_else(bad)?;
-    if let Some(frac) = rest.strip_prefix('.') {
-        rest = frac.trim_start_matches(|c: char| c.is_ascii_digit());
-    }
-    let offset = match rest {
-        "Z" | "z" => 0,
-        _ => {
-            let sign = if rest.starts_with('-') { -1 } else { 1 };
-            sign * (num(rest.get(1..3))? * 3600 + num(rest.get(4..6))? * 60)
-        }
-    };
-    // Days from civil (Howard Hinnant's algorithm).
-    let y = if mo <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (if mo > 2 { mo - 3 } else { mo + 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Ok(days * 86_400 + h * 3600 + mi * 60 + s - offset)
-}
-
 fn line(
     kind: LineKind,
     metric: Option<&str>,
@@ -282,11 +256,6 @@ fn line(
         quantity,
         amount: i64::try_from(amount).map_err(|_| err("overflow", "a line amount does not fit in 64 bits"))?,
     })
-}
-
-fn money(micros: i128) -> String {
-    let cents = micros / CENT;
-    format!("{}{}.{:02}", if cents < 0 { "-" } else { "" }, cents.abs() / 100, cents.abs() % 100)
 }
 
 struct Tiered;
@@ -427,31 +396,8 @@ impl Pricing for Tiered {
             lines.push(line(LineKind::Discount, None, Some(&p.id), description, 0, -share(left, *discount))?);
         }
 
-        let mut credits: Vec<&Credit> = input.credits.iter().collect();
-        // Soonest expiry first, never-expiring last; otherwise as given.
-        credits.sort_by(|a, b| match (&a.expires_at, &b.expires_at) {
-            (Some(x), Some(y)) => x.cmp(y),
-            (Some(_), None) => std::cmp::Ordering::Less,
-            (None, Some(_)) => std::cmp::Ordering::Greater,
-            (None, None) => std::cmp::Ordering::Equal,
-        });
-        let end = epoch_seconds(&input.period_end)?;
-        for c in credits {
-            if let Some(x) = &c.expires_at {
-                if epoch_seconds(x)? <= end {
-                    continue;
-                }
-            }
-            let left = owed(&lines);
-            let usable = (c.remaining as i128).div_euclid(CENT) * CENT;
-            let draw = usable.min(left);
-            if draw <= 0 {
-                continue;
-            }
-            let description =
-                format!("Credit {} ({}): {} of {}", c.id, c.source, money(draw), money(c.remaining as i128));
-            lines.push(line(LineKind::Credit, None, Some(&c.id), description, 0, -draw)?);
-        }
+        let due = owed(&lines);
+        lines.extend(credit_lines(&input.credits, &input.period_end, due)?);
 
         let total = lines
             .iter()

@@ -112,6 +112,82 @@ pub mod pricing {
         Addon, Credit, Invoice, InvoiceLine, LineKind, MetricLimit, PlanSpan, Promotion, RatingInput, Usage,
     };
 
+    /// Micro-units in one cent.
+    pub const CENT: i128 = 10_000;
+
+    /// Seconds since the Unix epoch of an RFC 3339 instant (`…Z` or an
+    /// offset), without a clock or a date library.
+    pub fn epoch_seconds(t: &str) -> Result<i64, PluginError> {
+        let bad = || PluginError::new("invalid-input", format!("`{t}` is not an RFC 3339 instant"));
+        let num = |s: Option<&str>| s.and_then(|s| s.parse::<i64>().ok()).ok_or_else(bad);
+        let (y, mo, d) = (num(t.get(0..4))?, num(t.get(5..7))?, num(t.get(8..10))?);
+        let (h, mi, s) = (num(t.get(11..13))?, num(t.get(14..16))?, num(t.get(17..19))?);
+        let mut rest = t.get(19..).ok_or_else(bad)?;
+        if let Some(frac) = rest.strip_prefix('.') {
+            rest = frac.trim_start_matches(|c: char| c.is_ascii_digit());
+        }
+        let offset = match rest {
+            "Z" | "z" => 0,
+            _ => {
+                let sign = if rest.starts_with('-') { -1 } else { 1 };
+                sign * (num(rest.get(1..3))? * 3600 + num(rest.get(4..6))? * 60)
+            }
+        };
+        // Days from civil (Howard Hinnant's algorithm).
+        let y = if mo <= 2 { y - 1 } else { y };
+        let era = y.div_euclid(400);
+        let yoe = y - era * 400;
+        let doy = (153 * (if mo > 2 { mo - 3 } else { mo + 9 }) + 2) / 5 + d - 1;
+        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+        let days = era * 146_097 + doe - 719_468;
+        Ok(days * 86_400 + h * 3600 + mi * 60 + s - offset)
+    }
+
+    /// Micro-units as `12.34` (whole cents).
+    pub fn money(micros: i128) -> String {
+        let cents = micros / CENT;
+        format!("{}{}.{:02}", if cents < 0 { "-" } else { "" }, cents.abs() / 100, cents.abs() % 100)
+    }
+
+    /// The credit lines that pay `owed` (micro-units): credits drawn soonest
+    /// expiry first (never-expiring last), skipping those expired by the end
+    /// of the period, each in whole cents up to what is still owed. The
+    /// host draws each credit by the line that names it.
+    pub fn credit_lines(credits: &[Credit], period_end: &str, owed: i128) -> Result<Vec<InvoiceLine>, PluginError> {
+        let mut sorted: Vec<&Credit> = credits.iter().collect();
+        sorted.sort_by(|a, b| match (&a.expires_at, &b.expires_at) {
+            (Some(x), Some(y)) => x.cmp(y),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (None, None) => std::cmp::Ordering::Equal,
+        });
+        let end = epoch_seconds(period_end)?;
+        let mut left = owed;
+        let mut lines = Vec::new();
+        for c in sorted {
+            if let Some(x) = &c.expires_at
+                && epoch_seconds(x)? <= end
+            {
+                continue;
+            }
+            let usable = (c.remaining as i128).div_euclid(CENT) * CENT;
+            let draw = usable.min(left);
+            if draw <= 0 {
+                continue;
+            }
+            left -= draw;
+            lines.push(InvoiceLine {
+                kind: LineKind::Credit,
+                metric: None,
+                reference: Some(c.id.clone()),
+                description: format!("Credit {} ({}): {} of {}", c.id, c.source, money(draw), money(c.remaining as i128)),
+                quantity: 0,
+                amount: -(draw as i64),
+            });
+        }
+        Ok(lines)
+    }
+
     /// A pricing plugin. Deterministic: no clock, no randomness, no I/O.
     pub trait Pricing {
         const NAME: &'static str;
