@@ -36,6 +36,13 @@ CREATE TABLE customer_addons (
     PRIMARY KEY (org_id, addon_id)
 );
 
+-- Plans closed to new customers (existing ones keep them).
+CREATE TABLE deprecated_plans (
+    plan           TEXT PRIMARY KEY,
+    deprecated_at  TEXT NOT NULL,
+    deprecated_by  TEXT NOT NULL
+);
+
 -- A credit ledger: `remaining` is drawn down by finalized invoices only.
 CREATE TABLE customer_credits (
     id          TEXT PRIMARY KEY,

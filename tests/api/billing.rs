@@ -504,6 +504,29 @@ async fn pricing_admin_validates_versions_and_grandfathers() {
     let audited = "SELECT CAST(COUNT(*) AS TEXT) FROM audit_log WHERE action LIKE 'pricing.%'";
     assert!(server.sql_number(audited).await >= 9);
 
+    // A deprecated plan keeps its customers and takes no new ones.
+    let plans = server.post("/admin/pricing/plans/starter/deprecate", &admin, json!({})).await;
+    let plans = plans.assert_ok(200).as_array().unwrap().clone();
+    let starter_view = plans.iter().find(|p| p["plan"] == "starter").unwrap();
+    assert_eq!((starter_view["deprecated"].as_bool(), starter_view["customers"].as_i64()), (Some(true), Some(3)));
+    let refused = server.cli(&["orgs", "create", "--name", "Late", "--plan", "starter"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("deprecated"));
+    assert_eq!(line(&preview(&server, &admin, &a).await, "base").len(), 1, "its customers are still priced");
+    server.delete("/admin/pricing/plans/starter/deprecate", &admin).await.assert_ok(200);
+    server.create_org("starter");
+
+    // A new add-on in the catalogue is a new version, then sold at once.
+    let addon = json!({"definition": {"display_name": "Audit export", "price": 15, "billing": "monthly"}});
+    let v = server.put("/admin/pricing/addons/audit_export", &admin, addon).await;
+    assert_eq!(v.assert_ok(200)["pricing_version"], "2026-12.3");
+    server.put(&path(&b, "addons/audit_export"), &admin, json!({})).await.assert_ok(200);
+    assert_eq!(line(&preview(&server, &admin, &b).await, "addon"), vec![15_000_000]);
+    server
+        .put("/admin/pricing/currencies/x", &admin, json!({"definition": {}}))
+        .await
+        .assert_error(400, "INVALID_REQUEST");
+
     // The same through the CLI.
     let shown = server.cli_json(&["pricing", "customer", &a]);
     assert_eq!(shown["addons"][0]["addon_id"], "priority_queue");

@@ -298,6 +298,7 @@ impl AuthService {
             return Err(AuthError::Invalid("org name must be 1 to 200 characters".into()));
         }
         let plan = check_plan(plan)?;
+        self.check_open(plan).await?;
         let org = Org {
             id: format!("org_{}", keys::random_base62(16)),
             name: name.to_string(),
@@ -328,6 +329,11 @@ impl AuthService {
         let org = self.get_org(id).await?;
         let before = org_json(&org);
         let plan = match plan {
+            Some(p) if p.trim() != org.plan => {
+                let p = check_plan(p)?;
+                self.check_open(p).await?;
+                p.to_string()
+            }
             Some(p) => check_plan(p)?.to_string(),
             None => org.plan.clone(),
         };
@@ -345,6 +351,16 @@ impl AuthService {
         tx.commit().await?;
         self.cache.forget_org(id);
         self.get_org(id).await
+    }
+
+    /// New customers may not join a deprecated plan (its customers keep it).
+    async fn check_open(&self, plan: &str) -> Result<(), AuthError> {
+        if repo::plan_deprecated(&self.db, plan).await? {
+            return Err(AuthError::Invalid(format!(
+                "plan `{plan}` is deprecated: its customers keep it, but no org can join it"
+            )));
+        }
+        Ok(())
     }
 
     pub async fn list_orgs(&self) -> Result<Vec<Org>, AuthError> {

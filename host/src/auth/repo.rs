@@ -34,6 +34,14 @@ pub async fn insert_plan_change(tx: &mut Tx, org_id: &str, at: DateTime<Utc>, pl
     Ok(())
 }
 
+pub async fn plan_deprecated(db: &Database, plan: &str) -> sqlx::Result<bool> {
+    Ok(sql("SELECT 1 AS one FROM deprecated_plans WHERE plan = $1")
+        .bind(plan)
+        .fetch_optional(db.read())
+        .await?
+        .is_some())
+}
+
 pub async fn list_orgs(db: &Database) -> sqlx::Result<Vec<Org>> {
     let rows = sql(format!("SELECT {ORG_COLUMNS} FROM orgs ORDER BY created_at, id")).fetch_all(db.read()).await?;
     rows.iter().map(org_from).collect()

@@ -75,6 +75,39 @@ pub struct PricingChanged {
     pub grandfathered: u64,
 }
 
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct PlanView {
+    pub plan: String,
+    #[schema(value_type = Object)]
+    pub definition: Value,
+    /// Closed to new customers.
+    pub deprecated: bool,
+    /// Orgs on it now.
+    pub customers: i64,
+    /// Of them, held to an earlier definition.
+    pub grandfathered: i64,
+}
+
+/// A catalogue entry other than a plan (`addons`, `promotions`,
+/// `volume_discounts`): a new pricing version, for every customer.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogueUpdate {
+    #[schema(value_type = Object)]
+    pub definition: Value,
+    pub pricing_version: Option<String>,
+}
+
+/// Catalogue sections an operator may edit entry by entry.
+pub const SECTIONS: [&str; 3] = ["addons", "promotions", "volume_discounts"];
+
+fn check_id(what: &str, id: &str) -> Result<(), BillingError> {
+    if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+        return Err(BillingError::Invalid(format!("{what} must be 1 to 64 characters of a-z, 0-9, _ or -")));
+    }
+    Ok(())
+}
+
 fn version_of(config: &Value) -> Option<String> {
     match &config["pricing_version"] {
         Value::String(s) => Some(s.clone()),
@@ -124,6 +157,92 @@ impl BillingService {
         })
     }
 
+    /// The plans of the config in force, with who is on them.
+    pub async fn plans(&self) -> Result<Vec<PlanView>, BillingError> {
+        let active = self.inner.plugins.pricing().global().ok_or_else(|| BillingError::NoPricing("any".into()))?;
+        let config: Value = serde_json::from_str(&active.config).unwrap_or(Value::Null);
+        let db = self.inner.meter.db();
+        let deprecated: std::collections::HashSet<String> = sql("SELECT plan FROM deprecated_plans")
+            .fetch_all(db.read())
+            .await?
+            .iter()
+            .map(|r| r.get::<String>("plan"))
+            .collect::<sqlx::Result<_>>()?;
+        let mut counts: std::collections::HashMap<String, (i64, i64)> = std::collections::HashMap::new();
+        let rows = sql("SELECT o.plan, COUNT(*) AS customers, COUNT(c.plan_snapshot) AS held FROM orgs o \
+             LEFT JOIN customer_pricing c ON c.org_id = o.id AND c.snapshot_plan = o.plan GROUP BY o.plan")
+        .fetch_all(db.read())
+        .await?;
+        for r in rows {
+            counts.insert(r.get("plan")?, (r.get("customers")?, r.get("held")?));
+        }
+        Ok(config["plans"]
+            .as_object()
+            .map(|plans| {
+                plans
+                    .iter()
+                    .map(|(name, def)| {
+                        let (customers, grandfathered) = counts.get(name).copied().unwrap_or((0, 0));
+                        PlanView {
+                            plan: name.clone(),
+                            definition: def.clone(),
+                            deprecated: deprecated.contains(name),
+                            customers,
+                            grandfathered,
+                        }
+                    })
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// Closes a plan to new customers (or with `open`, reopens it).
+    pub async fn deprecate_plan(&self, plan: &str, open: bool, actor: &Actor) -> Result<Vec<PlanView>, BillingError> {
+        if !self.plans().await?.iter().any(|p| p.plan == plan) {
+            return Err(BillingError::Invalid(format!("the pricing config has no plan `{plan}`")));
+        }
+        let mut tx = self.inner.meter.db().begin().await?;
+        if open {
+            sql("DELETE FROM deprecated_plans WHERE plan = $1").bind(plan).execute(&mut tx).await?;
+        } else {
+            sql("INSERT INTO deprecated_plans (plan, deprecated_at, deprecated_by) VALUES ($1, $2, $3) \
+                 ON CONFLICT (plan) DO NOTHING")
+            .bind(plan)
+            .bind(crate::auth::now())
+            .bind(&actor.0)
+            .execute(&mut tx)
+            .await?;
+        }
+        let action = if open { "pricing.plan_reopened" } else { "pricing.plan_deprecated" };
+        audit::record_in(&mut tx, NewEntry::action(actor, None, action, plan, None, None)).await?;
+        tx.commit().await?;
+        self.plans().await
+    }
+
+    /// Creates or changes one entry of `addons`, `promotions` or
+    /// `volume_discounts`: a new pricing version.
+    pub async fn update_catalogue(
+        &self,
+        section: &str,
+        id: &str,
+        req: CatalogueUpdate,
+        actor: &Actor,
+    ) -> Result<PricingChanged, BillingError> {
+        if !SECTIONS.contains(&section) {
+            return Err(BillingError::Invalid(format!("section must be one of {}", SECTIONS.join(", "))));
+        }
+        check_id(section, id)?;
+        let active = self.inner.plugins.pricing().global().ok_or_else(|| BillingError::NoPricing("any".into()))?;
+        let mut config: Value = serde_json::from_str(&active.config).unwrap_or_else(|_| json!({}));
+        if !config[section].is_object() {
+            config[section] = json!({});
+        }
+        config[section][id] = req.definition;
+        config["pricing_version"] =
+            json!(req.pricing_version.unwrap_or_else(|| next_version(version_of(&config).as_deref())));
+        self.apply_pricing_config(config, true, None, actor).await
+    }
+
     /// Creates or changes one plan: a new pricing version.
     pub async fn update_plan(
         &self,
@@ -131,12 +250,7 @@ impl BillingService {
         req: PlanUpdate,
         actor: &Actor,
     ) -> Result<PricingChanged, BillingError> {
-        if plan.is_empty()
-            || plan.len() > 64
-            || !plan.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-        {
-            return Err(BillingError::Invalid("plan must be 1 to 64 characters of a-z, 0-9, _ or -".into()));
-        }
+        check_id("plan", plan)?;
         if !req.definition.is_object() {
             return Err(BillingError::Invalid("definition must be an object (a plan of the pricing config)".into()));
         }

@@ -10,14 +10,14 @@ use chrono::{DateTime, Utc};
 use clap::Subcommand;
 use serde_json::json;
 
-use super::admin::{Output, emit};
+use super::admin::{Output, emit, table};
 use super::invoices::billing;
 use crate::audit::Actor;
 use crate::billing::customers::{
     AddonUpdate, CustomerPricing, HoldRequest, NewCredit, PricingUpdate, PromotionRequest,
 };
 use crate::billing::invoices::decimal;
-use crate::billing::plans::PlanUpdate;
+use crate::billing::plans::{CatalogueUpdate, PlanUpdate, PlanView};
 use crate::billing::simulate::SimulateRequest;
 use crate::config::Config;
 use crate::plugins::PluginKind;
@@ -41,6 +41,32 @@ pub enum PricingCommand {
         /// Grandfathering ends then (RFC 3339).
         #[arg(long)]
         until: Option<DateTime<Utc>>,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// The plans in force: deprecated or not, customers, grandfathered.
+    Plans {
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Close a plan to new customers (its customers keep it), or --reopen it.
+    Deprecate {
+        plan: String,
+        #[arg(long)]
+        reopen: bool,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Create or change an add-on, a promotion or a metric's volume
+    /// discounts from a file (YAML or JSON): a new pricing version.
+    Set {
+        /// addons, promotions or volume_discounts.
+        section: String,
+        id: String,
+        #[arg(long)]
+        file: PathBuf,
+        #[arg(long)]
+        version: Option<String>,
         #[command(flatten)]
         out: Output,
     },
@@ -114,6 +140,19 @@ pub enum PricingCommand {
     },
 }
 
+fn plans_table(plans: &[PlanView]) -> String {
+    let mut t = table(["plan", "status", "customers", "grandfathered"]);
+    for p in plans {
+        t.add_row([
+            p.plan.clone(),
+            if p.deprecated { "deprecated" } else { "open" }.to_string(),
+            p.customers.to_string(),
+            p.grandfathered.to_string(),
+        ]);
+    }
+    t.to_string()
+}
+
 fn summary(c: &CustomerPricing) -> String {
     let mut s = format!("{} on {}", c.org_id, c.plan);
     if let Some(r) = &c.region {
@@ -163,6 +202,21 @@ pub async fn run(config: Config, cmd: PricingCommand) -> anyhow::Result<()> {
                     changed.pricing_version.as_deref().unwrap_or("?"),
                     changed.grandfathered
                 )
+            })?;
+        }
+        PricingCommand::Plans { out } => {
+            let plans = billing.plans().await?;
+            emit(out, &plans, || plans_table(&plans))?;
+        }
+        PricingCommand::Deprecate { plan, reopen, out } => {
+            let plans = billing.deprecate_plan(&plan, reopen, &actor).await?;
+            emit(out, &plans, || plans_table(&plans))?;
+        }
+        PricingCommand::Set { section, id, file, version, out } => {
+            let req = CatalogueUpdate { definition: super::plugin::read_config(&file)?, pricing_version: version };
+            let changed = billing.update_catalogue(&section, &id, req, &actor).await?;
+            emit(out, &changed, || {
+                format!("pricing version {} active", changed.pricing_version.as_deref().unwrap_or("?"))
             })?;
         }
         PricingCommand::Customer { org, out } => {

@@ -12,7 +12,7 @@ use crate::audit::Actor;
 use crate::billing::customers::{
     AddonUpdate, Credit, CustomerPricing, HoldRequest, NewCredit, PricingUpdate, PromotionRequest,
 };
-use crate::billing::plans::{PlanUpdate, PricingChanged, PricingView};
+use crate::billing::plans::{CatalogueUpdate, PlanUpdate, PlanView, PricingChanged, PricingView};
 use crate::billing::simulate::{ShadowView, SimulateRequest, SimulationReport};
 
 fn actor(auth: &Auth) -> Actor {
@@ -193,4 +193,52 @@ pub async fn stop_shadow(State(state): State<AppState>, Path(id): Path<String>) 
     let view = state.billing.shadow(&id).await?;
     state.billing.stop_shadow();
     Ok(ApiOk::ok(view))
+}
+
+/// The plans of the pricing config in force: definition, deprecated or
+/// not, customers on it and how many are held to an earlier definition.
+#[utoipa::path(get, path = "/admin/pricing/plans", tag = "billing", security(("bearer" = [])),
+    responses((status = 200, body = Envelope<Vec<PlanView>>)))]
+pub async fn plans(State(state): State<AppState>) -> Result<ApiOk<Vec<PlanView>>, ApiError> {
+    Ok(ApiOk::ok(state.billing.plans().await?))
+}
+
+/// Closes a plan to new customers; its customers keep it.
+#[utoipa::path(post, path = "/admin/pricing/plans/{plan}/deprecate", tag = "billing", security(("bearer" = [])),
+    params(("plan" = String, Path, description = "plan id")),
+    responses((status = 200, body = Envelope<Vec<PlanView>>), (status = 400, body = ErrorEnvelope)))]
+pub async fn deprecate_plan(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(plan): Path<String>,
+) -> Result<ApiOk<Vec<PlanView>>, ApiError> {
+    Ok(ApiOk::ok(state.billing.deprecate_plan(&plan, false, &actor(&auth)).await?))
+}
+
+/// Reopens a deprecated plan to new customers.
+#[utoipa::path(delete, path = "/admin/pricing/plans/{plan}/deprecate", tag = "billing", security(("bearer" = [])),
+    params(("plan" = String, Path, description = "plan id")),
+    responses((status = 200, body = Envelope<Vec<PlanView>>)))]
+pub async fn reopen_plan(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(plan): Path<String>,
+) -> Result<ApiOk<Vec<PlanView>>, ApiError> {
+    Ok(ApiOk::ok(state.billing.deprecate_plan(&plan, true, &actor(&auth)).await?))
+}
+
+/// Creates or changes an add-on, a promotion or a metric's volume
+/// discounts: a new pricing version, validated by the plugin's schema.
+#[utoipa::path(put, path = "/admin/pricing/{section}/{id}", tag = "billing", security(("bearer" = [])),
+    params(("section" = String, Path, description = "addons, promotions or volume_discounts"),
+        ("id" = String, Path, description = "the entry's id (a metric for volume_discounts)")),
+    request_body = CatalogueUpdate,
+    responses((status = 200, body = Envelope<PricingChanged>), (status = 422, body = ErrorEnvelope)))]
+pub async fn update_catalogue(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path((section, id)): Path<(String, String)>,
+    ApiJson(body): ApiJson<CatalogueUpdate>,
+) -> Result<ApiOk<PricingChanged>, ApiError> {
+    Ok(ApiOk::ok(state.billing.update_catalogue(&section, &id, body, &actor(&auth)).await?))
 }
