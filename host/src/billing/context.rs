@@ -37,7 +37,18 @@ impl BillingPeriod {
         let start = period_start(t);
         BillingPeriod { name: period_of(start), start, end: period_end(start) }
     }
+
+    /// The name of the period `n` months before this one.
+    pub fn months_before(&self, n: u32) -> String {
+        period_of(self.start.checked_sub_months(chrono::Months::new(n)).unwrap_or(self.start))
+    }
 }
+
+/// How many closed periods back late usage is looked for. Usage reaches a
+/// closed period only when a request straddles its close, so one would do;
+/// three bounds the work (a chunk's query reads a few periods of counters,
+/// not the org's whole history).
+pub const LATE_USAGE_PERIODS: u32 = 3;
 
 /// Units of a closed period counted after its invoice was made: billed on
 /// the next invoice, and stated there.
@@ -153,13 +164,17 @@ pub async fn load(
     let late = if env == Environment::Live {
         by_org(
             for_orgs(
-                "SELECT c.org_id, c.period, c.metric, c.quantity - COALESCE(u.quantity, 0) AS late \
-                 FROM usage_counters c \
-                 JOIN invoices i ON i.org_id = c.org_id AND i.period = c.period \
-                 LEFT JOIN invoiced_usage u ON u.org_id = c.org_id AND u.period = c.period AND u.metric = c.metric \
-                 WHERE c.environment = 'live' AND c.period < $1 AND c.quantity > COALESCE(u.quantity, 0) \
-                 AND c.org_id IN ({orgs}) ORDER BY c.org_id, c.period, c.metric",
-                vec![period_arg()],
+                // Probes by key per counter row (scalar subqueries), whatever
+                // the planner believes of the invoices' size: as a join,
+                // PostgreSQL with stale statistics scanned every invoice
+                // for each chunk while a period was being closed.
+                "SELECT org_id, period, metric, late FROM (\
+                 SELECT c.org_id, c.period, c.metric, c.quantity - COALESCE((SELECT u.quantity FROM invoiced_usage u \
+                 WHERE u.org_id = c.org_id AND u.period = c.period AND u.metric = c.metric), 0) AS late, \
+                 (SELECT 1 FROM invoices i WHERE i.org_id = c.org_id AND i.period = c.period LIMIT 1) AS invoiced \
+                 FROM usage_counters c WHERE c.environment = 'live' AND c.period >= $1 AND c.period < $2 \
+                 AND c.org_id IN ({orgs})) t WHERE invoiced IS NOT NULL AND late > 0 ORDER BY org_id, period, metric",
+                vec![Arg::from(period.months_before(LATE_USAGE_PERIODS)), period_arg()],
                 &ids,
             )
             .fetch_all(db.read())
@@ -369,6 +384,7 @@ mod tests {
         assert_eq!((changed[0].plan.as_str(), changed[0].end.as_str()), ("starter", "2026-11-16T00:00:00Z"));
         assert_eq!((changed[1].plan.as_str(), changed[1].end.as_str()), ("professional", "2026-12-01T00:00:00Z"));
 
+        assert_eq!(BillingPeriod::parse("2026-02").unwrap().months_before(3), "2025-11");
         let created_within = plan_spans(&[(t("2026-11-21T00:00:00Z"), "starter".into())], &p, "starter");
         assert_eq!(created_within[0].start, "2026-11-21T00:00:00Z");
     }
