@@ -74,6 +74,14 @@ CREATE TABLE pricing_configs (
     created_at       TEXT NOT NULL
 );
 
+-- The pricing policy file as last applied (by its path): an unchanged file
+-- is not applied again at start, over changes made since through the API.
+CREATE TABLE policy_files (
+    path        TEXT PRIMARY KEY,
+    digest      TEXT NOT NULL,
+    applied_at  TEXT NOT NULL
+);
+
 CREATE TABLE invoices (
     id               TEXT PRIMARY KEY,
     org_id           TEXT NOT NULL REFERENCES orgs(id),

@@ -556,7 +556,7 @@ async fn an_edit_of_the_pricing_policy_file_is_a_new_version() {
     let bundled = std::fs::read_to_string(repo.join("policies/pricing.yaml")).unwrap();
     std::fs::write(&file, &bundled).unwrap();
     let dir = policies.path().display().to_string();
-    let server = TestServer::start_with(Backend::Sqlite, &[("MEMHOST_POLICIES_DIR", &dir)]).await;
+    let mut server = TestServer::start_with(Backend::Sqlite, &[("MEMHOST_POLICIES_DIR", &dir)]).await;
     let (_, admin) = server.operator();
     let org = server.create_org("starter");
     since_the_period_began(&server, &[&org]).await;
@@ -576,6 +576,21 @@ async fn an_edit_of_the_pricing_policy_file_is_a_new_version() {
     let v = pricing_view_when(&server, &admin, |v| !v["policy_error"].is_null()).await;
     assert!(v["policy_error"].as_str().unwrap().contains("base_price"), "{v}");
     assert_eq!(v["pricing_version"], "2027-01", "the running config stays");
+
+    // Fixed again (the version it already is), then a change through the
+    // API: a restart does not undo it with the unchanged file.
+    std::fs::write(&file, &edited).unwrap();
+    pricing_view_when(&server, &admin, |v| v["policy_error"].is_null()).await;
+    let mut dearer = v["config"]["plans"]["starter"].clone();
+    dearer["base_price"] = json!(45);
+    let r = server.put("/admin/pricing/plans/starter", &admin, json!({"definition": dearer})).await;
+    assert_eq!(r.assert_ok(200)["pricing_version"], "2027-01.1");
+    server.terminate();
+    assert_eq!(server.wait_exit(std::time::Duration::from_secs(20)), Some(0), "{}", server.log());
+    server.restart();
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let v = server.get("/admin/pricing", &admin).await.assert_ok(200).clone();
+    assert_eq!((v["pricing_version"].as_str(), v["policy_error"].is_null()), (Some("2027-01.1"), true), "{v}");
 }
 
 /// A candidate pricing config is simulated over a closed (invoiced) period

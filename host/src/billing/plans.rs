@@ -388,21 +388,43 @@ impl BillingService {
 
     async fn reload_pricing_policy(&self, path: &std::path::Path) -> Result<(), String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+        // Unchanged since it was last applied: what the API changed since stays.
+        let digest = config_digest(&text);
+        let key = path.display().to_string();
+        let db = self.inner.meter.db();
+        let applied = sql("SELECT digest FROM policy_files WHERE path = $1")
+            .bind(&key)
+            .fetch_optional(db.read())
+            .await
+            .map_err(|e| e.to_string())?
+            .map(|r| r.get::<String>("digest"))
+            .transpose()
+            .map_err(|e| e.to_string())?;
+        if applied.as_deref() == Some(digest.as_str()) {
+            return Ok(());
+        }
         let new: Value = serde_yaml_ng::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
         let Some(active) = self.inner.plugins.pricing().global() else { return Ok(()) };
         let current: Value = serde_json::from_str(&active.config).unwrap_or(Value::Null);
-        if current == new {
-            return Ok(());
+        if current != new {
+            let actor = Actor(format!("policy:{}", path.display()));
+            let changed = self.apply_pricing_config(new, true, None, &actor).await.map_err(|e| match e {
+                BillingError::Plugin(PluginError::InvalidConfig(errors)) => {
+                    format!("{}: {}", path.display(), errors.join("; "))
+                }
+                other => other.to_string(),
+            })?;
+            tracing::info!(version = ?changed.pricing_version, plans = ?changed.changed_plans,
+                grandfathered = changed.grandfathered, "pricing policy applied");
         }
-        let actor = Actor(format!("policy:{}", path.display()));
-        let changed = self.apply_pricing_config(new, true, None, &actor).await.map_err(|e| match e {
-            BillingError::Plugin(PluginError::InvalidConfig(errors)) => {
-                format!("{}: {}", path.display(), errors.join("; "))
-            }
-            other => other.to_string(),
-        })?;
-        tracing::info!(version = ?changed.pricing_version, plans = ?changed.changed_plans,
-            grandfathered = changed.grandfathered, "pricing policy applied");
+        sql("INSERT INTO policy_files (path, digest, applied_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (path) DO UPDATE SET digest = excluded.digest, applied_at = excluded.applied_at")
+        .bind(&key)
+        .bind(&digest)
+        .bind(crate::auth::now())
+        .execute(db.write())
+        .await
+        .map_err(|e| e.to_string())?;
         Ok(())
     }
 }
