@@ -745,6 +745,8 @@ async fn payments_stripe_export_and_webhook() {
     assert_eq!((inv["status"].as_str(), inv["amount_due_micros"].as_i64()), (Some("paid"), Some(0)), "{inv}");
     server.post(&pay(&inv_a), &admin, json!({"status": "succeeded"})).await.assert_error(409, "CONFLICT");
     server.post(&pay(&inv_a), &admin, json!({"status": "maybe"})).await.assert_error(400, "INVALID_REQUEST");
+    let huge = json!({"status": "failed", "amount_micros": i64::MAX});
+    server.post(&pay(&inv_a), &admin, huge).await.assert_error(400, "INVALID_REQUEST");
     assert_eq!(server.get(&pay(&inv_a), &admin).await.assert_ok(200).as_array().unwrap().len(), 2);
     let failures = "SELECT CAST(COUNT(*) AS TEXT) FROM billing_events WHERE type = 'billing.payment_failed'";
     assert_eq!(server.sql_number(failures).await, 1);

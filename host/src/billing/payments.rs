@@ -20,6 +20,9 @@ use crate::audit::{self, Actor, NewEntry};
 use crate::auth::keys::random_base62;
 use crate::store::sql::{Tx, sql};
 
+/// A payment larger than this (a billion currency units) is a mistake.
+pub const MAX_PAYMENT_MICROS: i64 = 1_000_000_000_000_000;
+
 /// How old a signed webhook may be (Stripe's libraries use 5 minutes).
 pub const WEBHOOK_TOLERANCE_SECS: i64 = 300;
 
@@ -136,6 +139,9 @@ impl BillingService {
         let amount = req.amount_micros.unwrap_or(due);
         if amount < 0 || (succeeded && amount == 0) {
             return Err(BillingError::Invalid("amount_micros must be more than 0".into()));
+        }
+        if amount > MAX_PAYMENT_MICROS {
+            return Err(BillingError::Invalid(format!("amount_micros must be at most {MAX_PAYMENT_MICROS}")));
         }
         let payment = Payment {
             id: format!("pay_{}", random_base62(16)),
@@ -286,7 +292,10 @@ impl BillingService {
             .to_string();
         let req = PaymentRequest {
             status: "failed".into(),
-            amount_micros: object["amount_due"].as_i64().map(|cents| cents * 10_000),
+            amount_micros: object["amount_due"]
+                .as_i64()
+                .and_then(|cents| cents.checked_mul(10_000))
+                .map(|m| m.clamp(0, MAX_PAYMENT_MICROS)),
             reference: object["id"].as_str().map(str::to_string),
             failure_reason: Some(reason),
         };

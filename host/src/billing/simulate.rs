@@ -144,8 +144,8 @@ impl BillingService {
         progress: &(dyn Fn(usize, usize) + Sync),
     ) -> Result<SimulationReport, BillingError> {
         let started = std::time::Instant::now();
-        if req.periods.is_empty() {
-            return Err(BillingError::Invalid("periods must name at least one period (YYYY-MM)".into()));
+        if req.periods.is_empty() || req.periods.len() > 24 {
+            return Err(BillingError::Invalid("periods must name 1 to 24 periods (YYYY-MM)".into()));
         }
         let periods = req
             .periods
