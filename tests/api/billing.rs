@@ -797,6 +797,18 @@ async fn payments_stripe_export_and_webhook() {
     assert_eq!(again.assert_ok(200)["duplicate"], true);
     assert_eq!(server.sql_number(failures).await, 2, "a redelivery is handled once");
     assert_eq!(server.get(&pay(&inv_b), &admin).await.assert_ok(200).as_array().unwrap().len(), 1);
+
+    // Then Stripe collects it: invoice.paid records the payment.
+    let paid = json!({"id": "evt_2", "type": "invoice.paid", "data": {"object": {
+        "id": "in_1", "amount_paid": 4900, "metadata": {"memhost_invoice_id": inv_b}}}})
+    .to_string();
+    let r = send(stripe_signed(secret, now, &paid), paid.clone()).await;
+    assert_eq!(r.assert_ok(200)["action"], "recorded", "{}", r.body);
+    let inv = server.get(&format!("/admin/invoices/{inv_b}"), &admin).await;
+    assert_eq!(inv.assert_ok(200)["status"], "paid");
+    let other = json!({"id": "evt_3", "type": "customer.created", "data": {"object": {}}}).to_string();
+    let r = send(stripe_signed(secret, now, &other), other.clone()).await;
+    assert_eq!(r.assert_ok(200)["action"], "ignored");
 }
 
 /// Two more pricing plugins that change the logic (pay as you go with

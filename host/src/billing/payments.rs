@@ -61,8 +61,9 @@ pub struct WebhookOutcome {
     pub duplicate: bool,
     /// The memhost invoice the event is about, if it names one.
     pub invoice_id: Option<String>,
-    /// `recorded` (a failure on the invoice), `unmatched` (no memhost
-    /// invoice named) or `ignored` (another event type).
+    /// `recorded` (a payment or failure on the invoice), `already_settled`
+    /// (it was paid), `unmatched` (no memhost invoice named) or `ignored`
+    /// (another event type).
     pub action: String,
 }
 
@@ -253,10 +254,11 @@ impl BillingService {
         Ok(events)
     }
 
-    /// A verified Stripe event: `invoice.payment_failed` whose Stripe invoice
-    /// names a memhost invoice (`metadata.memhost_invoice_id`) becomes a
-    /// failure on it (and `billing.payment_failed`). Each event id is
-    /// handled once.
+    /// A verified Stripe event about a Stripe invoice that names a memhost
+    /// invoice (`metadata.memhost_invoice_id`): `invoice.payment_failed`
+    /// records a failure on it (and `billing.payment_failed`),
+    /// `invoice.paid` a payment of its `amount_paid`. Each event id is
+    /// handled once; other types are acknowledged and ignored.
     pub async fn stripe_event(&self, event: &Value) -> Result<WebhookOutcome, BillingError> {
         let id = event["id"].as_str().ok_or_else(|| BillingError::Invalid("the event has no id".into()))?;
         let kind = event["type"].as_str().ok_or_else(|| BillingError::Invalid("the event has no type".into()))?;
@@ -276,7 +278,12 @@ impl BillingService {
             invoice_id: None,
             action: "ignored".into(),
         };
-        if outcome.duplicate || kind != "invoice.payment_failed" {
+        let failed = match kind {
+            "invoice.payment_failed" => true,
+            "invoice.paid" => false,
+            _ => return Ok(outcome),
+        };
+        if outcome.duplicate {
             return Ok(outcome);
         }
         let object = &event["data"]["object"];
@@ -285,23 +292,34 @@ impl BillingService {
             return Ok(outcome);
         };
         outcome.invoice_id = Some(invoice_id.to_string());
-        let reason = object["last_finalization_error"]["code"]
-            .as_str()
-            .or(object["last_payment_error"]["code"].as_str())
-            .unwrap_or("payment_failed")
-            .to_string();
-        let req = PaymentRequest {
-            status: "failed".into(),
-            amount_micros: object["amount_due"]
-                .as_i64()
-                .and_then(|cents| cents.checked_mul(10_000))
-                .map(|m| m.clamp(0, MAX_PAYMENT_MICROS)),
-            reference: object["id"].as_str().map(str::to_string),
-            failure_reason: Some(reason),
+        // Stripe amounts are in cents.
+        let micros = |field: &str| {
+            object[field].as_i64().and_then(|cents| cents.checked_mul(10_000)).map(|m| m.clamp(0, MAX_PAYMENT_MICROS))
+        };
+        let req = if failed {
+            let reason = object["last_finalization_error"]["code"]
+                .as_str()
+                .or(object["last_payment_error"]["code"].as_str())
+                .unwrap_or("payment_failed");
+            PaymentRequest {
+                status: "failed".into(),
+                amount_micros: micros("amount_due"),
+                reference: object["id"].as_str().map(str::to_string),
+                failure_reason: Some(reason.to_string()),
+            }
+        } else {
+            PaymentRequest {
+                status: "succeeded".into(),
+                amount_micros: micros("amount_paid").filter(|m| *m > 0),
+                reference: object["id"].as_str().map(str::to_string),
+                failure_reason: None,
+            }
         };
         match self.record_payment(invoice_id, req, "stripe", &Actor("stripe".into())).await {
             Ok(_) => outcome.action = "recorded".into(),
             Err(BillingError::NotFound(_)) => outcome.action = "unmatched".into(),
+            // Paid already (here, or by an earlier event): nothing to record.
+            Err(BillingError::Conflict(_)) => outcome.action = "already_settled".into(),
             Err(e) => {
                 // Not handled: forget the event so Stripe's retry is.
                 let _ = sql("DELETE FROM stripe_webhook_events WHERE id = $1").bind(id).execute(db.write()).await;
