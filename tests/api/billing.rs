@@ -496,6 +496,16 @@ async fn pricing_admin_validates_versions_and_grandfathers() {
         .put(&path(&newcomer, "plan-version"), &admin, json!({"pricing_version": "1999-01"}))
         .await
         .assert_error(400, "INVALID_REQUEST");
+    // An A/B variant held inline: its limits are the customer's quotas too.
+    let mut variant = bundled_pricing()["plans"]["starter"].clone();
+    variant["limits"]["api_calls"] = json!(5);
+    let hold = json!({"definition": variant, "label": "starter-b"});
+    server.put(&path(&newcomer, "plan-version"), &admin, hold).await.assert_ok(200);
+    let newcomer_key = server.create_key(&newcomer, "read,write", false);
+    let limits = server.get("/v1/account/limits", &newcomer_key).await;
+    let quotas = limits.assert_ok(200)["quotas"].as_array().unwrap().clone();
+    let calls = quotas.iter().find(|q| q["metric"] == "api_calls").expect("an api_calls quota");
+    assert_eq!(calls["included"], 5, "{quotas:?}");
 
     let view = server.get("/admin/pricing", &admin).await;
     let view = view.assert_ok(200).clone();

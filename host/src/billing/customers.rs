@@ -350,7 +350,7 @@ impl BillingService {
         )
         .await?;
         tx.commit().await?;
-        self.inner.plan_limits.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.forget_pricing();
         self.customer_pricing(org_id).await
     }
 
@@ -622,7 +622,7 @@ impl BillingService {
         )
         .await?;
         tx.commit().await?;
-        self.inner.plan_limits.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.forget_pricing();
         self.customer_pricing(org_id).await
     }
 
@@ -642,7 +642,7 @@ impl BillingService {
         )
         .await?;
         tx.commit().await?;
-        self.inner.plan_limits.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.forget_pricing();
         self.customer_pricing(org_id).await
     }
 

@@ -31,6 +31,9 @@ use crate::plugins::{MetricLimit, PluginService};
 
 /// Cache entries kept before the cache starts over.
 const CACHE_MAX: usize = 10_000;
+/// How long a held plan definition is trusted before it is read again (a
+/// change made on another instance shows within this).
+const HELD_TTL: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// One metric's quota for the current period.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -90,6 +93,9 @@ struct Inner {
     /// Plan limits per (activation, digest, plan, overrides): pricing
     /// plugins are deterministic, and any activation change is a new id.
     plan_limits: Mutex<HashMap<String, Arc<Vec<MetricLimit>>>>,
+    /// The plan definition each org is held to, if any (grandfathering,
+    /// A/B), as read at most [`HELD_TTL`] ago: quotas follow it too.
+    held: Mutex<HashMap<String, (std::time::Instant, Option<Arc<str>>)>>,
     /// Why the pricing policy file was last refused (cleared once applied).
     pricing_policy_error: Mutex<Option<String>>,
     /// A candidate pricing every live preview beside the active plugin.
@@ -103,6 +109,7 @@ impl BillingService {
                 plugins,
                 meter,
                 plan_limits: Mutex::default(),
+                held: Mutex::default(),
                 pricing_policy_error: Mutex::default(),
                 shadow: Mutex::default(),
             }),
@@ -118,11 +125,18 @@ impl BillingService {
     pub async fn plan_limits(&self, p: &Principal) -> Option<Arc<Vec<MetricLimit>>> {
         let pricing = self.inner.plugins.pricing();
         let active = pricing.active(&p.org_id, &p.plan)?;
-        let key = format!("{}|{}|{}|{}", active.activation.id, active.plugin.digest, p.plan, p.overrides);
+        let held = self.held_definition(&p.org_id, &p.plan).await;
+        let held_hash = held.as_deref().map_or(0, |h| {
+            use std::hash::{Hash, Hasher};
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            h.hash(&mut hasher);
+            hasher.finish()
+        });
+        let key = format!("{}|{}|{}|{}|{held_hash:x}", active.activation.id, active.plugin.digest, p.plan, p.overrides);
         if let Some(hit) = self.inner.plan_limits.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
             return Some(hit.clone());
         }
-        match pricing.plan_limits(&active, &p.plan, None, &p.overrides).await {
+        match pricing.plan_limits(&active, &p.plan, held.as_deref(), &p.overrides).await {
             Ok(answer) => {
                 let limits = Arc::new(answer.value);
                 // A fallback's answer stands in only while the active version fails.
@@ -144,6 +158,45 @@ impl BillingService {
                 None
             }
         }
+    }
+
+    /// The plan definition the org is held to on `plan`, if any.
+    async fn held_definition(&self, org_id: &str, plan: &str) -> Option<Arc<str>> {
+        if let Some((at, held)) = self.inner.held.lock().unwrap_or_else(|e| e.into_inner()).get(org_id)
+            && at.elapsed() < HELD_TTL
+        {
+            return held.clone();
+        }
+        let row = crate::store::sql::sql(
+            "SELECT snapshot_plan, plan_snapshot, grandfathered_until FROM customer_pricing WHERE org_id = $1",
+        )
+        .bind(org_id)
+        .fetch_optional(self.inner.meter.db().read())
+        .await;
+        let held = match row {
+            Ok(Some(r)) => {
+                let applies = r.get::<Option<String>>("snapshot_plan").ok().flatten().as_deref() == Some(plan)
+                    && r.opt_time("grandfathered_until").ok().flatten().is_none_or(|u| u > chrono::Utc::now());
+                if applies { r.get::<Option<String>>("plan_snapshot").ok().flatten().map(Arc::from) } else { None }
+            }
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the org's held plan version; quotas use the current plan");
+                return None;
+            }
+        };
+        let mut cache = self.inner.held.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(org_id.to_string(), (std::time::Instant::now(), held.clone()));
+        held
+    }
+
+    /// Forgets cached plan limits and held definitions (after a pricing change here).
+    fn forget_pricing(&self) {
+        self.inner.plan_limits.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.inner.held.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 
     /// Before work starts: one more API call must fit, and no metric may be

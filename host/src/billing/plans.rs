@@ -353,7 +353,7 @@ impl BillingService {
             )],
         )
         .await?;
-        self.inner.plan_limits.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.forget_pricing();
         Ok(PricingChanged {
             pricing_version: version_of(&new),
             activation_id: activation.id,
