@@ -31,6 +31,9 @@ use crate::plugins::{MetricLimit, PluginService};
 
 /// Cache entries kept before the cache starts over.
 const CACHE_MAX: usize = 10_000;
+/// When an org's held plan definition was read, and what it was.
+type HeldEntry = (std::time::Instant, Option<Arc<str>>);
+
 /// How long a held plan definition is trusted before it is read again (a
 /// change made on another instance shows within this).
 const HELD_TTL: std::time::Duration = std::time::Duration::from_secs(5);
@@ -95,7 +98,7 @@ struct Inner {
     plan_limits: Mutex<HashMap<String, Arc<Vec<MetricLimit>>>>,
     /// The plan definition each org is held to, if any (grandfathering,
     /// A/B), as read at most [`HELD_TTL`] ago: quotas follow it too.
-    held: Mutex<HashMap<String, (std::time::Instant, Option<Arc<str>>)>>,
+    held: Mutex<HashMap<String, HeldEntry>>,
     /// Why the pricing policy file was last refused (cleared once applied).
     pricing_policy_error: Mutex<Option<String>>,
     /// A candidate pricing every live preview beside the active plugin.
