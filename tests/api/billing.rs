@@ -39,6 +39,14 @@ fn fixtures_of(plugin: &str) -> Vec<(String, Fixture, Value)> {
         .collect()
 }
 
+/// The id of the built-in pricing plugin.
+async fn tiered_id(server: &TestServer, admin: &str) -> String {
+    let list = server.get("/admin/plugins?kind=pricing", admin).await;
+    let plugins = list.assert_ok(200)["plugins"].as_array().unwrap().clone();
+    let tiered = plugins.iter().find(|p| p["name"] == "pricing-tiered").expect("built in");
+    tiered["id"].as_str().unwrap().to_string()
+}
+
 fn bundled_pricing() -> Value {
     let text = std::fs::read_to_string(repo().join("policies/pricing.yaml")).unwrap();
     serde_yaml_ng::from_str(&text).expect("pricing.yaml is YAML")
@@ -86,10 +94,7 @@ fn pricing_goldens_pass_with_plugin_test() {
 async fn pricing_goldens_match_through_the_server() {
     let server = TestServer::start(Backend::Sqlite).await;
     let (_, key) = server.operator();
-    let list = server.get("/admin/plugins", &key).await;
-    let plugins = list.assert_ok(200)["plugins"].as_array().unwrap().clone();
-    let tiered = plugins.iter().find(|p| p["name"] == "pricing-tiered").expect("built in");
-    let id = tiered["id"].as_str().unwrap();
+    let id = &tiered_id(&server, &key).await;
     let bundled = bundled_pricing();
     let all = fixtures();
     for (name, fixture, input) in &all {
@@ -316,16 +321,7 @@ async fn invoices_end_to_end(backend: Backend) {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     // Swap the pricing config while serving: starter's base is now 99.
-    let plugins = server.get("/admin/plugins?kind=pricing", &admin).await;
-    let tiered = plugins.assert_ok(200)["plugins"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "pricing-tiered")
-        .unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let tiered = tiered_id(&server, &admin).await;
     let mut config = bundled_pricing();
     config["plans"]["starter"]["base_price"] = json!(99);
     config["pricing_version"] = json!("2026-12-b");
@@ -621,16 +617,7 @@ async fn a_candidate_is_simulated_and_shadowed_before_activation() {
     let r = server.post("/admin/invoices/finalize", &admin, json!({"period": previous, "orgs": orgs})).await;
     assert_eq!(r.assert_ok(200)["created"], 2);
 
-    let plugins = server.get("/admin/plugins?kind=pricing", &admin).await;
-    let tiered = plugins.assert_ok(200)["plugins"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "pricing-tiered")
-        .unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let tiered = tiered_id(&server, &admin).await;
     let mut candidate = bundled_pricing();
     candidate["plans"]["starter"]["base_price"] = json!(59);
     let sim = server

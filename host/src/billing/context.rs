@@ -69,6 +69,22 @@ pub struct BilledOrg {
     pub overrides: String,
 }
 
+/// An `orgs` row (`id, plan, overrides`) as billing needs it.
+pub fn billed_org(r: &Row) -> sqlx::Result<BilledOrg> {
+    Ok(BilledOrg { id: r.get("id")?, plan: r.get("plan")?, overrides: r.get("overrides")? })
+}
+
+/// Every org that existed before the period ended, by id.
+pub async fn orgs_of(db: &Database, period: &BillingPeriod) -> sqlx::Result<Vec<BilledOrg>> {
+    sql("SELECT id, plan, overrides FROM orgs WHERE created_at < $1 ORDER BY id")
+        .bind(period.end)
+        .fetch_all(db.read())
+        .await?
+        .iter()
+        .map(billed_org)
+        .collect()
+}
+
 /// One org's period, ready to price.
 #[derive(Debug, Clone)]
 pub struct OrgPeriod {

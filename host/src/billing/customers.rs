@@ -14,11 +14,10 @@ use serde_json::{Value, json};
 
 use super::BillingService;
 use super::context::{self, BillingPeriod};
-use super::invoices::{BillingError, decimal};
+use super::invoices::{BillingError, decimal, failure_text};
 use crate::audit::{self, Actor, NewEntry};
 use crate::auth::Environment;
 use crate::auth::keys::random_base62;
-use crate::plugins::PluginFailure;
 use crate::plugins::pricing::RatingInput;
 use crate::store::sql::{Row, sql};
 
@@ -169,13 +168,6 @@ pub fn parse_money(v: &Value, field: &str) -> Result<i64, BillingError> {
     let whole: i64 = whole.parse().map_err(|_| bad())?;
     let frac: i64 = if frac.is_empty() { 0 } else { format!("{frac:0<6}").parse().map_err(|_| bad())? };
     whole.checked_mul(1_000_000).and_then(|w| w.checked_add(frac)).ok_or_else(bad)
-}
-
-fn failure_text(f: &PluginFailure) -> String {
-    match f {
-        PluginFailure::Guest(g) => format!("{} ({})", g.message, g.code),
-        other => other.to_string(),
-    }
 }
 
 impl BillingService {
@@ -662,12 +654,7 @@ impl BillingService {
             .await?;
         for r in rows {
             let config: Value = serde_json::from_str(&r.get::<String>("config")?).unwrap_or(Value::Null);
-            let v = match &config["pricing_version"] {
-                Value::String(s) => Some(s.clone()),
-                Value::Number(n) => Some(n.to_string()),
-                _ => None,
-            };
-            if v.as_deref() == Some(version) {
+            if super::plans::version_of(&config).as_deref() == Some(version) {
                 return Ok(Some(config));
             }
         }

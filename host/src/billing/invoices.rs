@@ -10,6 +10,7 @@
 //! Test-environment usage is previewed but never invoiced.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -18,6 +19,7 @@ use sha2::{Digest, Sha256};
 
 use super::BillingService;
 use super::context::{self, BilledOrg, BillingPeriod, LateUsage, OrgPeriod};
+use super::plans::version_of;
 use crate::audit::{self, Actor, NewEntry};
 use crate::auth::Environment;
 use crate::auth::keys::random_base62;
@@ -158,12 +160,7 @@ pub fn config_digest(config: &str) -> String {
 }
 
 fn pricing_version(config: &str) -> Option<String> {
-    let v: serde_json::Value = serde_json::from_str(config).ok()?;
-    match &v["pricing_version"] {
-        serde_json::Value::String(s) => Some(s.clone()),
-        serde_json::Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    }
+    version_of(&serde_json::from_str(config).ok()?)
 }
 
 fn priced_by(active: &Active) -> PricedBy {
@@ -177,7 +174,8 @@ fn priced_by(active: &Active) -> PricedBy {
     }
 }
 
-fn failure_text(f: &PluginFailure) -> String {
+/// A plugin's refusal as its message and code; any other failure as itself.
+pub(super) fn failure_text(f: &PluginFailure) -> String {
     match f {
         PluginFailure::Guest(g) => format!("{} ({})", g.message, g.code),
         other => other.to_string(),
@@ -234,8 +232,8 @@ pub struct InvoiceFilter {
 struct Priced {
     ctx: OrgPeriod,
     invoice: Invoice,
-    by: PricedBy,
-    config: String,
+    by: Arc<PricedBy>,
+    active: Arc<Active>,
     draws: Vec<(String, i64)>,
 }
 
@@ -268,7 +266,7 @@ impl BillingService {
             .fetch_optional(self.db().read())
             .await?
             .ok_or_else(|| BillingError::OrgNotFound(org_id.to_string()))?;
-        billed_org(&row).map_err(Into::into)
+        context::billed_org(&row).map_err(Into::into)
     }
 
     /// Closes a period: an immutable invoice for every org (or the ones
@@ -288,13 +286,7 @@ impl BillingService {
             return Err(BillingError::PeriodOpen { period: period.name, ends: period.end });
         }
         let db = self.db();
-        let mut orgs = sql("SELECT id, plan, overrides FROM orgs WHERE created_at < $1 ORDER BY id")
-            .bind(period.end)
-            .fetch_all(db.read())
-            .await?
-            .iter()
-            .map(billed_org)
-            .collect::<sqlx::Result<Vec<_>>>()?;
+        let mut orgs = context::orgs_of(db, &period).await?;
         if let Some(only) = only {
             let wanted: HashSet<&str> = only.iter().map(String::as_str).collect();
             let known: HashSet<&str> = orgs.iter().map(|o| o.id.as_str()).collect();
@@ -318,6 +310,9 @@ impl BillingService {
         let policy = self.inner.meter.policy();
         let pricing = self.inner.plugins.pricing();
         let mut done = report.unchanged;
+        // What priced an invoice is the same for every org of an activation:
+        // its config is hashed and parsed once per run, not once per org.
+        let mut priced_by_activation: HashMap<String, Arc<PricedBy>> = HashMap::new();
         for chunk in todo.chunks(CHUNK) {
             let contexts = context::load(db, &policy, chunk, Environment::Live, &period).await?;
             let mut priced = Vec::with_capacity(contexts.len());
@@ -337,13 +332,13 @@ impl BillingService {
                     }
                 };
                 match credit_draws(&ctx.input, &invoice) {
-                    Ok(draws) => priced.push(Priced {
-                        by: priced_by(&active),
-                        config: active.config.clone(),
-                        ctx,
-                        invoice,
-                        draws,
-                    }),
+                    Ok(draws) => {
+                        let by = priced_by_activation
+                            .entry(active.activation.id.clone())
+                            .or_insert_with(|| Arc::new(priced_by(&active)))
+                            .clone();
+                        priced.push(Priced { by, active, ctx, invoice, draws })
+                    }
                     Err(e) => report.failed.push(FinalizeFailure { org_id: ctx.org_id.clone(), error: e }),
                 }
             }
@@ -475,10 +470,6 @@ impl BillingService {
     }
 }
 
-fn billed_org(r: &Row) -> sqlx::Result<BilledOrg> {
-    Ok(BilledOrg { id: r.get("id")?, plan: r.get("plan")?, overrides: r.get("overrides")? })
-}
-
 /// How much each credit the invoice names is drawn; refused if the plugin
 /// draws a credit the org does not hold, or more than is left.
 fn credit_draws(input: &RatingInput, invoice: &Invoice) -> Result<Vec<(String, i64)>, String> {
@@ -529,7 +520,7 @@ async fn write_chunk(
              ON CONFLICT (digest) DO NOTHING")
         .bind(digest)
         .bind(&p.by.pricing_version)
-        .bind(&p.config)
+        .bind(&p.active.config)
         .bind(now)
         .execute(&mut tx)
         .await?;

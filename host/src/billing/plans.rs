@@ -108,7 +108,8 @@ fn check_id(what: &str, id: &str) -> Result<(), BillingError> {
     Ok(())
 }
 
-fn version_of(config: &Value) -> Option<String> {
+/// A config's `pricing_version` (a string or a number), if it has one.
+pub(super) fn version_of(config: &Value) -> Option<String> {
     match &config["pricing_version"] {
         Value::String(s) => Some(s.clone()),
         Value::Number(n) => Some(n.to_string()),

@@ -14,10 +14,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::BillingService;
-use super::context::{self, BilledOrg, BillingPeriod};
+use super::context::{self, BillingPeriod};
 use super::invoices::BillingError;
 use crate::auth::Environment;
-use crate::plugins::PluginFailure;
 use crate::plugins::pricing::{Invoice, InvoiceLine, RateError, RatingInput};
 use crate::store::sql::sql;
 
@@ -92,7 +91,7 @@ pub struct SimulationReport {
 
 fn failure_text(f: &RateError) -> String {
     match f {
-        RateError::Failed(PluginFailure::Guest(g)) => format!("{} ({})", g.message, g.code),
+        RateError::Failed(f) => super::invoices::failure_text(f),
         other => other.to_string(),
     }
 }
@@ -254,13 +253,8 @@ impl BillingService {
                 }
             }
             // Orgs of the period without an invoice: priced from usage.
-            let orgs = sql("SELECT id, plan, overrides FROM orgs WHERE created_at < $1 ORDER BY id")
-                .bind(period.end)
-                .fetch_all(db.read())
+            let orgs = context::orgs_of(db, period)
                 .await?
-                .iter()
-                .map(|r| Ok(BilledOrg { id: r.get("id")?, plan: r.get("plan")?, overrides: r.get("overrides")? }))
-                .collect::<sqlx::Result<Vec<_>>>()?
                 .into_iter()
                 .filter(|o| !done.contains(&o.id) && only.as_ref().is_none_or(|s| s.contains(o.id.as_str())))
                 .collect::<Vec<_>>();

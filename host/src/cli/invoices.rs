@@ -108,23 +108,41 @@ fn print(inv: &InvoiceView, format: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `[#####     ] done/of orgs` on stderr, redrawn in place; only on a terminal.
+pub(super) struct ProgressBar {
+    tty: bool,
+}
+
+impl ProgressBar {
+    pub(super) fn new() -> ProgressBar {
+        ProgressBar { tty: std::io::stderr().is_terminal() }
+    }
+
+    pub(super) fn draw(&self, done: usize, of: usize) {
+        if !self.tty || of == 0 {
+            return;
+        }
+        let (width, done) = (30, done.min(of));
+        let filled = done * width / of;
+        eprint!("\r[{}{}] {done}/{of} orgs", "#".repeat(filled), " ".repeat(width - filled));
+    }
+
+    /// Ends the bar's line.
+    pub(super) fn finish(&self) {
+        if self.tty {
+            eprintln!();
+        }
+    }
+}
+
 pub async fn run(config: Config, cmd: InvoicesCommand) -> anyhow::Result<()> {
     let billing = billing(&config).await?;
     match cmd {
         InvoicesCommand::Finalize { period, orgs, out } => {
             let only = (!orgs.is_empty()).then_some(orgs.as_slice());
-            let tty = std::io::stderr().is_terminal();
-            let progress = move |done: usize, of: usize| {
-                if tty {
-                    let width = 30;
-                    let filled = (done * width).checked_div(of).unwrap_or(width);
-                    eprint!("\r[{}{}] {done}/{of} orgs", "#".repeat(filled), " ".repeat(width - filled));
-                }
-            };
-            let report = billing.finalize(&period, only, &Actor::cli(), &progress).await?;
-            if tty {
-                eprintln!();
-            }
+            let bar = ProgressBar::new();
+            let report = billing.finalize(&period, only, &Actor::cli(), &|done, of| bar.draw(done, of)).await?;
+            bar.finish();
             let failed = report.failed.len();
             emit(out, &report, || {
                 let mut s = format!(

@@ -3,7 +3,6 @@
 //! promotions), on the same database as the server. Each change is
 //! validated by the active pricing plugin and audited, as through the API.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
@@ -11,7 +10,7 @@ use clap::Subcommand;
 use serde_json::json;
 
 use super::admin::{Output, emit, table};
-use super::invoices::billing;
+use super::invoices::{ProgressBar, billing};
 use crate::audit::Actor;
 use crate::billing::customers::{
     AddonUpdate, CustomerPricing, HoldRequest, NewCredit, PricingUpdate, PromotionRequest,
@@ -273,18 +272,9 @@ pub async fn simulate(config: &Config, wasm: &[u8], request: SimulateRequest, ou
     let billing = billing(config).await?;
     let uploaded =
         billing.plugins().upload(wasm, Some(PluginKind::Pricing), Default::default(), &Actor::cli().0).await?;
-    let tty = std::io::stderr().is_terminal();
-    let progress = move |done: usize, of: usize| {
-        if tty && of > 0 {
-            let width = 30;
-            let filled = (done.min(of) * width) / of;
-            eprint!("\r[{}{}] {}/{of} orgs", "#".repeat(filled), " ".repeat(width - filled), done.min(of));
-        }
-    };
-    let report = billing.simulate(&uploaded.plugin.id, request, &progress).await?;
-    if tty {
-        eprintln!();
-    }
+    let bar = ProgressBar::new();
+    let report = billing.simulate(&uploaded.plugin.id, request, &|done, of| bar.draw(done, of)).await?;
+    bar.finish();
     emit(out, &report, || {
         let s = &report.summary;
         let mut text = format!(
