@@ -69,46 +69,6 @@ fn err(code: &str, message: impl Into<String>) -> PluginError {
     PluginError::new(code, message)
 }
 
-/// A decimal (number or string, at most 6 decimals, not negative) as millionths.
-fn millionths(v: &Value, field: &str) -> Result<i128, PluginError> {
-    let text = match v {
-        Value::Number(n) if n.is_f64() => format!("{:.6}", n.as_f64().unwrap_or(-1.0)),
-        Value::Number(n) => n.to_string(),
-        Value::String(s) => s.trim().to_string(),
-        _ => return Err(err("invalid-config", format!("{field} must be a number"))),
-    };
-    let bad = || err("invalid-config", format!("{field}: `{text}` is not a number with at most 6 decimals"));
-    let (whole, frac) = text.split_once('.').unwrap_or((&text, ""));
-    let frac = frac.trim_end_matches('0');
-    if whole.is_empty() || !whole.bytes().all(|b| b.is_ascii_digit()) || !frac.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(bad());
-    }
-    if frac.len() > 6 {
-        return Err(bad());
-    }
-    let whole: i128 = whole.parse().map_err(|_| bad())?;
-    let frac: i128 = format!("{frac:0<6}").parse().map_err(|_| bad())?;
-    Ok(whole * 1_000_000 + frac)
-}
-
-/// `numerator / denominator` micro-units rounded to a whole cent, half away
-/// from zero (both positive).
-fn cents_of(numerator: i128, denominator: i128) -> i128 {
-    let d = denominator * CENT;
-    (2 * numerator + d) / (2 * d) * CENT
-}
-
-fn line(kind: LineKind, metric: Option<&str>, description: String, quantity: u64, amount: i128) -> InvoiceLine {
-    InvoiceLine {
-        kind,
-        metric: metric.map(str::to_string),
-        reference: None,
-        description,
-        quantity,
-        amount: amount as i64,
-    }
-}
-
 struct Committed;
 
 impl Committed {
@@ -151,20 +111,28 @@ impl Pricing for Committed {
             let Some(r) = config.rates.get(&u.metric) else { continue };
             let price = millionths(&r.price, &format!("rates.{}.price", u.metric))?;
             let per = r.per.unwrap_or(1).max(1) as i128;
-            let amount = cents_of(u.quantity as i128 * price, per);
+            let amount = round_to_cent(u.quantity as i128 * price, per);
             let name = r.display_name.clone().unwrap_or_else(|| u.metric.clone());
-            lines.push(line(LineKind::Usage, Some(&u.metric), format!("{name}: {} at list price", u.quantity), u.quantity, amount));
+            lines.push(line(
+                LineKind::Usage,
+                Some(&u.metric),
+                None,
+                format!("{name}: {} at list price", u.quantity),
+                u.quantity,
+                amount,
+            )?);
         }
         let usage: i128 = lines.iter().map(|l| l.amount as i128).sum();
-        let off = if discount > 0 && usage > 0 { cents_of(usage * discount, 1_000_000) } else { 0 };
+        let off = if discount > 0 && usage > 0 { round_to_cent(usage * discount, 1_000_000) } else { 0 };
         if off > 0 {
             let percent = discount as f64 / 10_000.0;
-            lines.push(line(LineKind::Discount, None, format!("Committed-use discount {percent}%"), 0, -off));
+            lines.push(line(LineKind::Discount, None, None, format!("Committed-use discount {percent}%"), 0, -off)?);
         }
         let discounted = usage - off;
         if discounted < commitment {
-            let description = format!("Commitment {} (usage {} short of it)", money(commitment), money(commitment - discounted));
-            lines.push(line(LineKind::Base, None, description, 0, commitment - discounted));
+            let description =
+                format!("Commitment {} (usage {} short of it)", money(commitment), money(commitment - discounted));
+            lines.push(line(LineKind::Base, None, None, description, 0, commitment - discounted)?);
         }
         let due: i128 = lines.iter().map(|l| l.amount as i128).sum();
         lines.extend(credit_lines(&input.credits, &input.period_end, due)?);
@@ -172,7 +140,12 @@ impl Pricing for Committed {
         Ok(Invoice { currency: config.currency, lines, total })
     }
 
-    fn limits(config: &str, plan: &str, _snapshot: Option<&str>, overrides: &str) -> Result<Vec<MetricLimit>, PluginError> {
+    fn limits(
+        config: &str,
+        plan: &str,
+        _snapshot: Option<&str>,
+        overrides: &str,
+    ) -> Result<Vec<MetricLimit>, PluginError> {
         let config: Config = parse_config(config)?;
         Self::terms(&config, plan, overrides)?;
         Ok(Vec::new())

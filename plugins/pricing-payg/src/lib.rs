@@ -68,45 +68,6 @@ fn err(code: &str, message: impl Into<String>) -> PluginError {
     PluginError::new(code, message)
 }
 
-/// A decimal (number or string, at most 6 decimals, not negative) in micro-units.
-fn micros(v: &serde_json::Value, field: &str) -> Result<i128, PluginError> {
-    let text = match v {
-        serde_json::Value::Number(n) if n.is_f64() => format!("{:.6}", n.as_f64().unwrap_or(-1.0)),
-        serde_json::Value::Number(n) => n.to_string(),
-        serde_json::Value::String(s) => s.trim().to_string(),
-        _ => return Err(err("invalid-config", format!("{field} must be an amount"))),
-    };
-    let bad = || err("invalid-config", format!("{field}: `{text}` is not an amount with at most 6 decimals"));
-    let (whole, frac) = text.split_once('.').unwrap_or((&text, ""));
-    let frac = frac.trim_end_matches('0');
-    if whole.is_empty() || !whole.bytes().all(|b| b.is_ascii_digit()) || !frac.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(bad());
-    }
-    if frac.len() > 6 {
-        return Err(bad());
-    }
-    let whole: i128 = whole.parse().map_err(|_| bad())?;
-    let frac: i128 = format!("{frac:0<6}").parse().map_err(|_| bad())?;
-    Ok(whole * 1_000_000 + frac)
-}
-
-/// To a whole cent, half away from zero.
-fn to_cent(m: i128) -> i128 {
-    let half = CENT / 2;
-    if m >= 0 { (m + half) / CENT * CENT } else { -((-m + half) / CENT * CENT) }
-}
-
-fn line(kind: LineKind, metric: Option<&str>, description: String, quantity: u64, amount: i128) -> InvoiceLine {
-    InvoiceLine {
-        kind,
-        metric: metric.map(str::to_string),
-        reference: None,
-        description,
-        quantity,
-        amount: amount as i64,
-    }
-}
-
 /// Graduated: each block at its tier's price.
 fn graduated(name: &str, m: &Metric, blocks: u64) -> Result<i128, PluginError> {
     let mut total = 0i128;
@@ -117,9 +78,11 @@ fn graduated(name: &str, m: &Metric, blocks: u64) -> Result<i128, PluginError> {
             Some(u) if u > from => u,
             Some(_) => return Err(err("invalid-config", format!("metrics.{name}.tiers[{i}].up_to must rise"))),
             None if last => u64::MAX,
-            None => return Err(err("invalid-config", format!("metrics.{name}.tiers[{i}] needs up_to (not the last tier)"))),
+            None => {
+                return Err(err("invalid-config", format!("metrics.{name}.tiers[{i}] needs up_to (not the last tier)")));
+            }
         };
-        let price = micros(&t.price, &format!("metrics.{name}.tiers[{i}].price"))?;
+        let price = millionths(&t.price, &format!("metrics.{name}.tiers[{i}].price"))?;
         let in_tier = blocks.min(up_to).saturating_sub(from);
         total += in_tier as i128 * price;
         if blocks <= up_to {
@@ -153,22 +116,29 @@ impl Pricing for Payg {
             }
             let block = m.block.unwrap_or(1).max(1);
             let blocks = u.quantity.div_ceil(block);
-            let amount = to_cent(graduated(&u.metric, m, blocks)?);
+            let amount = round_to_cent(graduated(&u.metric, m, blocks)?, 1);
             let name = m.display_name.clone().unwrap_or_else(|| u.metric.clone());
             let description = if block > 1 {
                 format!("{name}: {} ({blocks} blocks of {block})", u.quantity)
             } else {
                 format!("{name}: {}", u.quantity)
             };
-            lines.push(line(LineKind::Usage, Some(&u.metric), description, u.quantity, amount));
+            lines.push(line(LineKind::Usage, Some(&u.metric), None, description, u.quantity, amount)?);
         }
         let usage: i128 = lines.iter().map(|l| l.amount as i128).sum();
         let minimum = match &config.minimum {
-            Some(v) => to_cent(micros(v, "minimum")?),
+            Some(v) => round_to_cent(millionths(v, "minimum")?, 1),
             None => 0,
         };
         if usage < minimum {
-            lines.push(line(LineKind::Base, None, format!("Monthly minimum {}", money(minimum)), 0, minimum - usage));
+            lines.push(line(
+                LineKind::Base,
+                None,
+                None,
+                format!("Monthly minimum {}", money(minimum)),
+                0,
+                minimum - usage,
+            )?);
         }
         let due: i128 = lines.iter().map(|l| l.amount as i128).sum();
         lines.extend(credit_lines(&input.credits, &input.period_end, due)?);
@@ -176,7 +146,12 @@ impl Pricing for Payg {
         Ok(Invoice { currency: config.currency, lines, total })
     }
 
-    fn limits(config: &str, _plan: &str, _snapshot: Option<&str>, _overrides: &str) -> Result<Vec<MetricLimit>, PluginError> {
+    fn limits(
+        config: &str,
+        _plan: &str,
+        _snapshot: Option<&str>,
+        _overrides: &str,
+    ) -> Result<Vec<MetricLimit>, PluginError> {
         let _: Config = parse_config(config)?;
         Ok(Vec::new())
     }

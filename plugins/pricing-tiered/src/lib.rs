@@ -239,25 +239,6 @@ fn model_name(m: Model) -> &'static str {
     }
 }
 
-/// Seconds since the epoch of an RFC 3339 instant (`…T…Z` or `±hh:mm`).
-fn line(
-    kind: LineKind,
-    metric: Option<&str>,
-    reference: Option<&str>,
-    description: String,
-    quantity: u64,
-    amount: i128,
-) -> Result<InvoiceLine, PluginError> {
-    Ok(InvoiceLine {
-        kind,
-        metric: metric.map(str::to_string),
-        reference: reference.map(str::to_string),
-        description,
-        quantity,
-        amount: i64::try_from(amount).map_err(|_| err("overflow", "a line amount does not fit in 64 bits"))?,
-    })
-}
-
 struct Tiered;
 
 impl Tiered {

@@ -143,6 +143,57 @@ pub mod pricing {
         Ok(days * 86_400 + h * 3600 + mi * 60 + s - offset)
     }
 
+    /// An invoice line; an amount beyond 64 bits is the `overflow` error.
+    pub fn line(
+        kind: LineKind,
+        metric: Option<&str>,
+        reference: Option<&str>,
+        description: String,
+        quantity: u64,
+        amount: i128,
+    ) -> Result<InvoiceLine, PluginError> {
+        Ok(InvoiceLine {
+            kind,
+            metric: metric.map(str::to_string),
+            reference: reference.map(str::to_string),
+            description,
+            quantity,
+            amount: i64::try_from(amount)
+                .map_err(|_| PluginError::new("overflow", "a line amount does not fit in 64 bits"))?,
+        })
+    }
+
+    /// A config decimal (a JSON number or string, not negative, at most 6
+    /// decimals) in millionths: an amount in micro-units, or a rate. `field`
+    /// names it in the `invalid-config` error.
+    pub fn millionths(v: &serde_json::Value, field: &str) -> Result<i128, PluginError> {
+        let text = match v {
+            serde_json::Value::Number(n) if n.is_f64() => format!("{:.6}", n.as_f64().unwrap_or(-1.0)),
+            serde_json::Value::Number(n) => n.to_string(),
+            serde_json::Value::String(s) => s.trim().to_string(),
+            _ => return Err(PluginError::new("invalid-config", format!("{field} must be a number"))),
+        };
+        let bad =
+            || PluginError::new("invalid-config", format!("{field}: `{text}` is not a number with at most 6 decimals"));
+        let (whole, frac) = text.split_once('.').unwrap_or((&text, ""));
+        let frac = frac.trim_end_matches('0');
+        let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+        if whole.is_empty() || !digits(whole) || !digits(frac) || frac.len() > 6 {
+            return Err(bad());
+        }
+        let whole: i128 = whole.parse().map_err(|_| bad())?;
+        let frac: i128 = format!("{frac:0<6}").parse().map_err(|_| bad())?;
+        Ok(whole * 1_000_000 + frac)
+    }
+
+    /// `numerator / denominator` micro-units (denominator > 0) rounded to a
+    /// whole cent, half away from zero.
+    pub fn round_to_cent(numerator: i128, denominator: i128) -> i128 {
+        let d = denominator * CENT;
+        let cents = (2 * numerator.abs() + d) / (2 * d);
+        numerator.signum() * cents * CENT
+    }
+
     /// Micro-units as `12.34` (whole cents).
     pub fn money(micros: i128) -> String {
         let cents = micros / CENT;
@@ -180,7 +231,13 @@ pub mod pricing {
                 kind: LineKind::Credit,
                 metric: None,
                 reference: Some(c.id.clone()),
-                description: format!("Credit {} ({}): {} of {}", c.id, c.source, money(draw), money(c.remaining as i128)),
+                description: format!(
+                    "Credit {} ({}): {} of {}",
+                    c.id,
+                    c.source,
+                    money(draw),
+                    money(c.remaining as i128)
+                ),
                 quantity: 0,
                 amount: -(draw as i64),
             });
