@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use memhost::auth::Environment;
-use memhost::memories::{Actor, MemoryScope};
+use memhost::memories::{Actor, MemoryScope, Scopes};
 use memhost::metering::RequestUsage;
 
 const SUBJECTS: &[&str] = &[
@@ -109,8 +109,10 @@ async fn main() -> anyhow::Result<()> {
             for i in (w..count).step_by(workers) {
                 let text = sentence(&mut rng);
                 let metadata = serde_json::json!({"n": i, "bucket": i % 10}).as_object().cloned();
+                // One user in a hundred: a selective filter for benchmarks.
+                let scopes = Scopes { user_id: Some(format!("user-{}", i % 100)), ..Scopes::default() };
                 memories
-                    .create(&scope, text, metadata, &Actor::default(), &RequestUsage::default())
+                    .create(&scope, text, metadata, scopes, &Actor::default(), &RequestUsage::default())
                     .await
                     .expect("seed memory");
             }

@@ -24,7 +24,11 @@ use crate::supervisor::Supervisor;
 pub async fn build(config: Config) -> anyhow::Result<AppState> {
     let db = Database::connect(&config.store()).await?;
     let secret = auth::secret::load_or_create(config.secret.as_deref(), config.is_postgres(), &config.data_dir)?;
-    let providers = Providers::from_config(&config.embeddings, &config.answers, &config.completions)?;
+    let models_dir = config.models_dir();
+    let providers =
+        Providers::from_config(&config.embeddings, &config.answers, &config.completions, Some(&models_dir))?
+            .with_reranker(&config.rerank)?;
+    announce_embedder(&providers, &config, &models_dir);
     let cache_dir = config.plugin_cache_dir.clone().unwrap_or_else(|| config.data_dir.join("plugin-cache"));
     let plugins = PluginService::start(db.clone(), config.plugins.clone(), cache_dir, providers.clone())
         .await
@@ -57,6 +61,21 @@ pub async fn build(config: Config) -> anyhow::Result<AppState> {
         supervisor.spawn("redis-heartbeat", move |shutdown| l.clone().heartbeat_loop(shutdown));
     }
 
+    let memories = MemoryService::new(
+        db.clone(),
+        providers.embedders.clone(),
+        providers.answerer.clone(),
+        config.ranking_policy()?,
+    )
+    .with_reranker(providers.reranker.clone());
+    memories.load_models().await.context("reading the embedding models of stored memories")?;
+    let m = memories.clone();
+    supervisor.spawn("re-embed", move |shutdown| m.clone().reembed_loop(shutdown));
+    if let (Some(name), true) = (providers.missing_model.clone(), config.models.auto_pull) {
+        let (embedders, models, dir) = (providers.embedders.clone(), config.models.clone(), models_dir.clone());
+        tokio::spawn(pull_then_switch(embedders, models, dir, name));
+    }
+
     let billing = BillingService::new(plugins.clone(), meter.clone());
     if let Some(path) = config.pricing_policy() {
         let b = billing.clone();
@@ -68,7 +87,7 @@ pub async fn build(config: Config) -> anyhow::Result<AppState> {
         billing,
         limits,
         auth: AuthService::new(db.clone(), secret, std::time::Duration::from_millis(config.auth_cache_ttl_ms)),
-        memories: MemoryService::new(db.clone(), providers.embedder.clone(), providers.answerer.clone()),
+        memories,
         plugins,
         meter,
         supervisor,
@@ -76,6 +95,67 @@ pub async fn build(config: Config) -> anyhow::Result<AppState> {
         db,
         config: Arc::new(config),
     }))
+}
+
+/// Says at start which embedder serves, and why.
+fn announce_embedder(providers: &Providers, config: &Config, models_dir: &std::path::Path) {
+    let current = providers.embedders.current();
+    match &providers.missing_model {
+        None => tracing::info!(model = current.model(), remote = current.is_remote(), "embedder"),
+        Some(name) if config.models.auto_pull => tracing::warn!(
+            model = current.model(),
+            "embedder: hashing (hybrid ranking still on); the semantic model {name} is not in {}: fetching it in \
+             the background, then memories are re-embedded",
+            models_dir.display()
+        ),
+        Some(name) => tracing::warn!(
+            model = current.model(),
+            "embedder: hashing (hybrid ranking still on); the semantic model {name} is not in {} and models.auto_pull \
+             is off: run `memhost models pull {name}`",
+            models_dir.display()
+        ),
+    }
+}
+
+/// Fetches the configured local model, loads it and makes it the embedder;
+/// the re-embed loop then moves stored memories over. Retries with backoff
+/// (no network now may mean network later).
+async fn pull_then_switch(
+    embedders: Arc<crate::providers::Embedders>,
+    models: crate::providers::models::ModelsConfig,
+    dir: std::path::PathBuf,
+    name: String,
+) {
+    use crate::providers::{models as catalogue, semantic::SemanticEmbedder};
+    let mut wait = Duration::from_secs(30);
+    loop {
+        let result = match catalogue::installed(&dir, &name) {
+            Some(path) => Ok(path),
+            None => catalogue::pull(&models, &dir, &name).await.map(|_| dir.join(&name)),
+        };
+        let loaded = match result {
+            Ok(path) => {
+                let n = name.clone();
+                tokio::task::spawn_blocking(move || SemanticEmbedder::load(&n, &path))
+                    .await
+                    .map_err(anyhow::Error::from)
+                    .and_then(|r| r)
+            }
+            Err(e) => Err(e),
+        };
+        match loaded {
+            Ok(embedder) => {
+                embedders.switch_to(Arc::new(embedder));
+                tracing::info!(model = %name, "embedder: semantic model loaded; re-embedding stored memories");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(model = %name, error = %format!("{e:#}"), retry_secs = wait.as_secs(), "model pull failed");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(3600));
+            }
+        }
+    }
 }
 
 /// Runs the HTTP server until SIGTERM or Ctrl-C; in-flight requests then get

@@ -47,10 +47,18 @@ pub struct Config {
     /// milliseconds; 0 disables. Revocations made through this instance apply
     /// at once, others (CLI, other instances) within this time.
     pub auth_cache_ttl_ms: u64,
+    /// `provider = "local"` (default) runs a local model in process:
+    /// `model` names it (default `all-minilm-l6-v2`; `hash` is the
+    /// model-free hashing embedder). `openai` calls a remote server.
     pub embeddings: ProviderConfig,
+    /// Local embedding models: where they are installed and fetched from.
+    pub models: crate::providers::models::ModelsConfig,
     pub answers: ProviderConfig,
     /// LLM completions for extractor plugins (`local`: none).
     pub completions: ProviderConfig,
+    /// A reranker for retrievals that ask for `rerank` (`local`: none;
+    /// `openai`: a `/rerank` endpoint).
+    pub rerank: ProviderConfig,
     /// Where precompiled plugin artifacts are cached; default
     /// `<data_dir>/plugin-cache`. Instances may share one.
     pub plugin_cache_dir: Option<PathBuf>,
@@ -94,8 +102,10 @@ impl Default for Config {
             shutdown_grace_secs: 30,
             auth_cache_ttl_ms: 1000,
             embeddings: ProviderConfig::default(),
+            models: Default::default(),
             answers: ProviderConfig::default(),
             completions: ProviderConfig::default(),
+            rerank: ProviderConfig::default(),
             plugin_cache_dir: None,
             plugins: crate::plugins::PluginsConfig::default(),
             limits: crate::limits::LimitsConfig::default(),
@@ -142,6 +152,7 @@ impl Config {
         self.embeddings.validate("embeddings")?;
         self.answers.validate("answers")?;
         self.completions.validate("completions")?;
+        self.rerank.validate("rerank")?;
         Ok(())
     }
 
@@ -178,6 +189,26 @@ impl Config {
             None => Path::new("policies").join("pricing.yaml"),
         };
         file.exists().then_some(file)
+    }
+
+    /// Where local embedding models are installed.
+    pub fn models_dir(&self) -> PathBuf {
+        self.models.dir(&self.data_dir)
+    }
+
+    /// The retrieval ranking policy: `<policies_dir>/retrieval.yaml`, else
+    /// `policies/retrieval.yaml` if present, else the bundled one.
+    pub fn ranking_policy(&self) -> anyhow::Result<crate::memories::ranking::RankingPolicy> {
+        use crate::memories::ranking::RankingPolicy;
+        let file = match &self.policies_dir {
+            Some(dir) => dir.join("retrieval.yaml"),
+            None => Path::new("policies").join("retrieval.yaml"),
+        };
+        if !file.exists() {
+            return Ok(RankingPolicy::bundled());
+        }
+        let text = std::fs::read_to_string(&file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+        RankingPolicy::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))
     }
 
     /// What the database connection needs.

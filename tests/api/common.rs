@@ -102,6 +102,10 @@ impl TestServer {
             ("MEMHOST_SHUTDOWN_GRACE_SECS".into(), "10".into()),
             // Shared by every test server: the built-in plugins compile once.
             ("MEMHOST_PLUGIN_CACHE_DIR".into(), plugin_cache_dir()),
+            // The hashing embedder, and no model download from a test server;
+            // tests of the semantic model set these themselves.
+            ("MEMHOST_EMBEDDINGS__MODEL".into(), "hash".into()),
+            ("MEMHOST_MODELS__AUTO_PULL".into(), "false".into()),
         ];
         let mut pg_database = None;
         if backend == Backend::Postgres {
@@ -159,6 +163,12 @@ impl TestServer {
     /// it exited.
     pub fn restart(&mut self) {
         self.spawn();
+    }
+
+    /// Changes an environment variable for the next restart and CLI runs.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_string(), value.to_string()));
     }
 
     pub fn log_path(&self) -> PathBuf {

@@ -1,5 +1,5 @@
 //! A small OpenAI-compatible server on loopback standing in for a paid LLM
-//! provider: `/v1/embeddings` and `/v1/chat/completions`.
+//! provider: `/v1/embeddings`, `/v1/chat/completions` and `/v1/rerank`.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -40,6 +40,7 @@ pub async fn start(chat_delay: Duration, dims: usize) -> FakeLlm {
     let app = Router::new()
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/chat/completions", post(chat))
+        .route("/v1/rerank", post(rerank))
         .with_state(fake);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -71,6 +72,19 @@ async fn embeddings(State(fake): State<Fake>, headers: axum::http::HeaderMap, Js
         })
         .collect();
     Json(json!({"object": "list", "data": data, "model": body["model"]}))
+}
+
+/// A "cross-encoder" that prefers longer documents: an order no vector or
+/// keyword ranking would produce, so a test can see it was applied.
+async fn rerank(State(fake): State<Fake>, headers: axum::http::HeaderMap, Json(body): Json<Value>) -> Json<Value> {
+    record(&fake, &headers, &body);
+    let docs = body["documents"].as_array().cloned().unwrap_or_default();
+    let results: Vec<Value> = docs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| json!({"index": i, "relevance_score": d.as_str().unwrap_or("").len() as f64 / 100.0}))
+        .collect();
+    Json(json!({"model": body["model"], "results": results}))
 }
 
 async fn chat(State(fake): State<Fake>, headers: axum::http::HeaderMap, Json(body): Json<Value>) -> Json<Value> {

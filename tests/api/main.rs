@@ -19,5 +19,6 @@ mod plugins;
 mod providers;
 mod request_path;
 mod retrieval;
+mod semantic;
 mod supervisor;
 mod tenancy;

@@ -3,7 +3,13 @@ use serde_json::{Value, json};
 use crate::both_backends;
 use crate::common::{Backend, TestServer};
 
-both_backends!(ranking_puts_the_relevant_memory_first, query_and_answer, limits_and_threshold);
+both_backends!(
+    ranking_puts_the_relevant_memory_first,
+    query_and_answer,
+    limits_and_threshold,
+    keyword_search_follows_the_text,
+    filters_follow_the_grammar
+);
 
 const CORPUS: &[&str] = &[
     "Alice is allergic to peanuts and carries an epipen.",
@@ -51,10 +57,10 @@ async fn ranking_puts_the_relevant_memory_first(backend: Backend) {
         let data = r.assert_ok(200);
         let got = texts(data);
         assert_eq!(got.first().map(String::as_str), Some(CORPUS[expected]), "{question} -> {got:?}");
-        let scores: Vec<f64> =
-            data["memories"].as_array().unwrap().iter().map(|m| m["score"].as_f64().unwrap()).collect();
-        assert!(scores.windows(2).all(|w| w[0] >= w[1]), "scores descend: {scores:?}");
-        assert!(scores.iter().all(|s| (0.0..=1.0).contains(s)));
+        let memories = data["memories"].as_array().unwrap();
+        let fused: Vec<f64> = memories.iter().map(|m| m["scores"]["fused"].as_f64().unwrap()).collect();
+        assert!(fused.windows(2).all(|w| w[0] >= w[1]), "fused scores descend: {fused:?}");
+        assert!(memories.iter().all(|m| (0.0..=1.0).contains(&m["score"].as_f64().unwrap())));
     }
 }
 
@@ -110,4 +116,223 @@ async fn limits_and_threshold(backend: Backend) {
     let r =
         s.post("/v1/retrieve", &key, json!({"context": "What is the boat called? Albatross", "max_memories": 1})).await;
     assert_eq!(texts(r.assert_ok(200))[0], "The user's boat is called Albatross.");
+}
+
+fn ids(v: &Value) -> Vec<String> {
+    v["memories"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap().to_string()).collect()
+}
+
+/// The full-text list: exact rare tokens, stemming, updates and deletes
+/// followed, filters and tenants respected, and `mode` validated.
+async fn keyword_search_follows_the_text(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let (_, key) = s.tenant();
+    seed(&s, &key).await;
+    let order = s.add(&key, "Parcel ZQ4471 was delivered to the back door.", json!({"kind": "order"})).await;
+    let keyword = |q: &str| json!({"context": q, "mode": "keyword", "relevance_threshold": 0});
+
+    let r = s.post("/v1/retrieve", &key, keyword("where did zq4471 go")).await;
+    let data = r.assert_ok(200).clone();
+    assert_eq!(ids(&data), vec![order.clone()]);
+    assert!(data["memories"][0]["scores"]["keyword"].as_f64().unwrap() > 0.0);
+    // Stemming: "learns" finds "learning".
+    let r = s.post("/v1/retrieve", &key, keyword("who learns piano")).await;
+    assert_eq!(texts(r.assert_ok(200))[0], CORPUS[3]);
+    // Filters apply to the keyword list too.
+    let r = s
+        .post("/v1/retrieve", &key, json!({"context": "zq4471", "mode": "keyword", "filters": {"kind": "invoice"}}))
+        .await;
+    assert!(ids(r.assert_ok(200)).is_empty());
+    // Another tenant's memories are never found.
+    let (_, other) = s.tenant();
+    let r = s.post("/v1/retrieve", &other, keyword("zq4471")).await;
+    assert!(ids(r.assert_ok(200)).is_empty());
+    // Updates and deletes are followed.
+    s.put(&format!("/v1/memories/{order}"), &key, json!({"text": "Parcel XK9000 is still in transit."}))
+        .await
+        .assert_ok(200);
+    assert!(ids(s.post("/v1/retrieve", &key, keyword("zq4471")).await.assert_ok(200)).is_empty());
+    assert_eq!(ids(s.post("/v1/retrieve", &key, keyword("xk9000")).await.assert_ok(200)), vec![order.clone()]);
+    s.delete(&format!("/v1/memories/{order}"), &key).await.assert_ok(200);
+    assert!(ids(s.post("/v1/retrieve", &key, keyword("xk9000")).await.assert_ok(200)).is_empty());
+    // Query syntax of the engines is not interpreted: operators are words.
+    let r = s.post("/v1/retrieve", &key, keyword("\"NEAR(alice\" OR * AND -bob:")).await;
+    r.assert_ok(200);
+    let r = s.post("/v1/retrieve", &key, keyword("?!")).await;
+    assert!(ids(r.assert_ok(200)).is_empty());
+    // Hybrid finds the same as either list where they agree; bad modes are 400.
+    let r = s.post("/v1/retrieve", &key, json!({"context": "Alice nurse hospital", "mode": "hybrid"})).await;
+    assert_eq!(texts(r.assert_ok(200))[0], CORPUS[1]);
+    let r = s.post("/v1/retrieve", &key, json!({"context": "x", "mode": "bm42"})).await;
+    r.assert_error(400, "INVALID_REQUEST");
+}
+
+/// mem0's v2 filter grammar, on retrieval (both lists), list and delete-all:
+/// each operator, nesting, time ranges, entity scopes; bad filters are 400
+/// naming their path.
+async fn filters_follow_the_grammar(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let (_, key) = s.tenant();
+    let add = |text: &'static str, body: Value| {
+        let mut body = body;
+        body["text"] = json!(text);
+        let s = &s;
+        let key = key.clone();
+        async move { s.post("/v1/memories", &key, body).await.assert_ok(201)["id"].as_str().unwrap().to_string() }
+    };
+    let tea = add(
+        "Alice drinks green tea every morning.",
+        json!({"user_id": "alice", "metadata": {"topic": "food", "priority": 5}}),
+    )
+    .await;
+    let ski = add(
+        "Alice goes skiing in the Alps each winter.",
+        json!({"user_id": "alice", "run_id": "r1", "metadata": {"topic": "travel", "priority": 2}}),
+    )
+    .await;
+    let bob = add("Bob drinks black coffee, no sugar.", json!({"user_id": "bob", "agent_id": "planner", "metadata": {"topic": "food", "priority": "5", "note": "Strong Brew"}})).await;
+    let old =
+        add("Alice used to drink tea with lemon.", json!({"user_id": "alice", "metadata": {"topic": "food"}})).await;
+    // One memory from last year (set before the first retrieval loads vectors).
+    let past = if backend == Backend::Sqlite { "2025-06-01T00:00:00.000000Z" } else { "2025-06-01T00:00:00Z" };
+    s.sql_exec(&format!("UPDATE memories SET created_at = '{past}' WHERE id = '{old}'")).await.unwrap();
+
+    let created = s.get(&format!("/v1/memories/{ski}"), &key).await;
+    let m = created.assert_ok(200);
+    assert_eq!(
+        (m["user_id"].as_str(), m["run_id"].as_str(), m["agent_id"].as_str()),
+        (Some("alice"), Some("r1"), None)
+    );
+
+    let found = |filters: Value, mode: &'static str| {
+        let s = &s;
+        let key = key.clone();
+        async move {
+            let body = json!({"context": "what does someone drink or do", "max_memories": 10, "relevance_threshold": 0,
+                              "mode": mode, "filters": filters});
+            let mut got = ids(s.post("/v1/retrieve", &key, body).await.assert_ok(200));
+            got.sort();
+            got
+        }
+    };
+    let sorted = |mut v: Vec<&String>| {
+        v.sort();
+        v.into_iter().cloned().collect::<Vec<String>>()
+    };
+    let cases: Vec<(Value, Vec<&String>)> = vec![
+        (json!({"user_id": "alice"}), vec![&tea, &ski, &old]),
+        (json!({"user_id": {"ne": "alice"}}), vec![&bob]),
+        (json!({"user_id": {"in": ["bob", "carol"]}}), vec![&bob]),
+        (json!({"user_id": {"nin": ["bob"]}}), vec![&tea, &ski, &old]),
+        (json!({"run_id": "*"}), vec![&ski]),
+        (json!({"NOT": {"run_id": "*"}}), vec![&tea, &bob, &old]),
+        (json!({"agent_id": {"icontains": "PLAN"}}), vec![&bob]),
+        (json!({"priority": 5}), vec![&tea, &bob]),
+        (json!({"priority": {"gte": 3}}), vec![&tea]),
+        (json!({"priority": {"lt": 3}}), vec![&ski]),
+        (json!({"priority": {"ne": 5}}), vec![&ski, &old]),
+        (json!({"note": {"contains": "Brew"}}), vec![&bob]),
+        (json!({"note": {"contains": "brew"}}), vec![]),
+        (json!({"metadata.note": {"icontains": "strong"}}), vec![&bob]),
+        (json!({"created_at": {"lt": "2026-01-01"}}), vec![&old]),
+        (json!({"created_at": {"gte": "2026-01-01T00:00:00Z"}, "topic": "food"}), vec![&tea, &bob]),
+        (
+            json!({"OR": [{"topic": "travel"}, {"AND": [{"user_id": "bob"}, {"NOT": [{"priority": 1}]}]}]}),
+            vec![&ski, &bob],
+        ),
+        (json!({"AND": []}), vec![&tea, &ski, &bob, &old]),
+    ];
+    for (filters, want) in cases {
+        let want = sorted(want);
+        for mode in ["vector", "hybrid"] {
+            assert_eq!(found(filters.clone(), mode).await, want, "{mode} {filters}");
+        }
+        // The list endpoint takes the same grammar as a query parameter.
+        let encoded: String = url_encode(&filters.to_string());
+        let mut listed = ids(s.get(&format!("/v1/memories?limit=100&filters={encoded}"), &key).await.assert_ok(200));
+        listed.sort();
+        assert_eq!(listed, want, "list {filters}");
+    }
+    // Keyword mode filters too.
+    let r = s
+        .post("/v1/retrieve", &key, json!({"context": "drinks", "mode": "keyword", "filters": {"user_id": "bob"}}))
+        .await;
+    assert_eq!(ids(r.assert_ok(200)), vec![bob.clone()]);
+    // Shorthand on lists.
+    let r = s.get("/v1/memories?user_id=alice&metadata.topic=travel", &key).await;
+    assert_eq!(ids(r.assert_ok(200)), vec![ski.clone()]);
+
+    // Bad filters: 400 naming the path, on every endpoint.
+    for (filters, path) in [
+        (json!({"AND": [{"user_id": "alice"}, {"created_at": {"gte": "last week"}}]}), "filters.AND[1].created_at.gte"),
+        (json!({"priority": {"between": [1, 2]}}), "filters.priority"),
+        (json!({"user_id": {"gt": "a"}}), "filters.user_id.gt"),
+        (json!({"OR": {"a": 1}}), "filters.OR"),
+        (json!({"topic": {"in": "food"}}), "filters.topic.in"),
+        (json!({"topic": ["food"]}), "filters.topic"),
+        (json!("alice"), "filters"),
+    ] {
+        let r = s.post("/v1/retrieve", &key, json!({"context": "x", "filters": filters})).await;
+        r.assert_error(400, "INVALID_REQUEST");
+        assert!(r.body["error"]["message"].as_str().unwrap().starts_with(path), "{}", r.body);
+        let r = s.get(&format!("/v1/memories?filters={}", url_encode(&filters.to_string())), &key).await;
+        r.assert_error(400, "INVALID_REQUEST");
+    }
+    let r = s.get("/v1/memories?filters=%7Bnot-json", &key).await;
+    r.assert_error(400, "INVALID_REQUEST");
+    let r = s.post("/v1/memories", &key, json!({"text": "x", "user_id": ""})).await;
+    r.assert_error(400, "INVALID_REQUEST");
+
+    // Delete-all with a filter removes exactly those.
+    let f = url_encode(&json!({"user_id": "alice", "topic": "food"}).to_string());
+    let r = s.delete(&format!("/v1/memories?confirm=true&filters={f}"), &key).await;
+    assert_eq!(r.assert_ok(200)["deleted"], 2);
+    let mut left = ids(s.get("/v1/memories", &key).await.assert_ok(200));
+    left.sort();
+    assert_eq!(left, sorted(vec![&ski, &bob]));
+}
+
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// `rerank: true` reorders the best candidates with the configured reranker
+/// (a fake cross-encoder on loopback that prefers longer texts), is metered
+/// as a model call, and is refused when no reranker is configured.
+#[tokio::test]
+async fn rerank_reorders_with_the_configured_reranker() {
+    let fake = crate::fake_llm::start(std::time::Duration::ZERO, 384).await;
+    let s = TestServer::start_with(
+        Backend::Sqlite,
+        &[
+            ("MEMHOST_RERANK__PROVIDER", "openai"),
+            ("MEMHOST_RERANK__BASE_URL", &fake.url),
+            ("MEMHOST_RERANK__MODEL", "bge-reranker"),
+        ],
+    )
+    .await;
+    let (_, key) = s.tenant();
+    seed(&s, &key).await;
+    let body = json!({"context": "the user", "max_memories": 3, "relevance_threshold": 0, "rerank": true});
+    let r = s.post("/v1/retrieve", &key, body).await;
+    let data = r.assert_ok(200).clone();
+    let got = texts(&data);
+    let mut longest: Vec<&str> = CORPUS.to_vec();
+    longest.sort_by_key(|t| std::cmp::Reverse(t.len()));
+    assert_eq!(got.len(), 3);
+    // Every candidate was reranked: the three longest texts, longest first.
+    assert_eq!(got, longest[..3].iter().map(|t| t.to_string()).collect::<Vec<_>>());
+    assert!(data["memories"][0]["scores"]["rerank"].as_f64().unwrap() > 0.0);
+    assert_eq!(r.body["meta"]["usage"]["model_calls"], 1);
+    assert_eq!(fake.seen.lock().unwrap().models.last().map(String::as_str), Some("bge-reranker"));
+
+    let plain = TestServer::start(Backend::Sqlite).await;
+    let (_, key) = plain.tenant();
+    let r = plain.post("/v1/retrieve", &key, json!({"context": "x", "rerank": true})).await;
+    r.assert_error(400, "INVALID_REQUEST");
 }

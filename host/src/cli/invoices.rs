@@ -89,7 +89,8 @@ pub enum InvoicesCommand {
 
 pub(super) async fn billing(config: &Config) -> anyhow::Result<BillingService> {
     let db = Database::connect(&config.store()).await?;
-    let providers = Providers::from_config(&config.embeddings, &config.answers, &config.completions)?;
+    // Pricing needs no embedder: the hashing one, no model loaded.
+    let providers = Providers::from_config(&config.embeddings, &config.answers, &config.completions, None)?;
     let cache_dir = config.plugin_cache_dir.clone().unwrap_or_else(|| config.data_dir.join("plugin-cache"));
     let plugins = PluginService::start(db.clone(), config.plugins.clone(), cache_dir, providers)
         .await

@@ -3,6 +3,7 @@
 
 mod admin;
 mod invoices;
+mod models;
 mod plugin;
 mod pricing;
 mod ratelimit;
@@ -62,6 +63,9 @@ enum Command {
     /// The audit log: verify its hash chain, list entries.
     #[command(subcommand)]
     Audit(usage::AuditCommand),
+    /// Local embedding models: pull, import, list, try.
+    #[command(subcommand)]
+    Models(models::ModelsCommand),
 }
 
 pub fn main() -> ExitCode {
@@ -99,6 +103,7 @@ pub fn main() -> ExitCode {
             Command::Audit(cmd) => usage::audit(config, cmd).await,
             Command::Invoices(cmd) => invoices::run(config, cmd).await,
             Command::Pricing(cmd) => pricing::run(config, cmd).await,
+            Command::Models(cmd) => models::run(config, cmd).await,
         }
     });
     match result {

@@ -1,50 +1,130 @@
-//! Exact vector search in process, for embedded mode.
+//! Vector search in process, for embedded mode.
 //!
 //! SQLite has no vector index, and reading 100k embeddings per query from the
 //! file would cost far more than the 50 ms budget. So each (org, environment)
 //! keeps its vectors in one contiguous array, loaded on first search and kept
 //! current by the writes that go through this process (embedded mode has one
-//! writer: this server). A scan of 100k × 384 floats takes a few milliseconds.
+//! writer: this server). The array holds int8 codes (`quantized.rs`): a scan
+//! is an integer dot product per memory, with the filter tested as it goes;
+//! the store rescores the best candidates with the exact vectors.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 use tokio::sync::RwLock;
 use uuid::Uuid;
 
-use super::MemoryScope;
-use super::filter::MetadataFilter;
-use crate::providers::embedding::{DIMENSIONS, dot};
+use super::filter::{MemoryFilter, Row};
+use super::quantized::{dot_i8, quantize};
+use super::{MemoryScope, Scopes};
+use crate::providers::embedding::DIMENSIONS;
+
+/// What filters look at, per memory (so the scan filters as it goes).
+pub struct Attributes {
+    pub metadata: Map<String, Value>,
+    pub scopes: Scopes,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Attributes {
+    fn row(&self) -> Row<'_> {
+        Row {
+            metadata: &self.metadata,
+            entities: self.scopes.as_array(),
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        }
+    }
+}
 
 /// The vectors of one org and environment.
 #[derive(Default)]
 pub struct OrgVectors {
     ids: Vec<Uuid>,
-    vectors: Vec<f32>,
-    metadata: Vec<Arc<Map<String, Value>>>,
+    /// int8 codes, [`DIMENSIONS`] per memory, and each vector's scale.
+    codes: Vec<i8>,
+    scales: Vec<f32>,
+    metadata: Vec<Arc<Attributes>>,
+    /// Which model made each vector: an index into `model_names`.
+    models: Vec<u16>,
+    model_names: Vec<String>,
     position: HashMap<Uuid, usize>,
 }
 
 impl OrgVectors {
-    pub fn upsert(&mut self, id: Uuid, vector: &[f32], metadata: Arc<Map<String, Value>>) {
-        debug_assert_eq!(vector.len(), DIMENSIONS);
-        match self.position.get(&id) {
-            Some(&i) => {
-                self.vectors[i * DIMENSIONS..(i + 1) * DIMENSIONS].copy_from_slice(vector);
-                self.metadata[i] = metadata;
-            }
+    fn model_index(&mut self, model: &str) -> u16 {
+        match self.model_names.iter().position(|m| m == model) {
+            Some(i) => i as u16,
             None => {
-                self.position.insert(id, self.ids.len());
-                self.ids.push(id);
-                self.vectors.extend_from_slice(vector);
-                self.metadata.push(metadata);
+                self.model_names.push(model.to_string());
+                (self.model_names.len() - 1) as u16
             }
         }
     }
 
-    /// Replaces the metadata of a memory whose text (and vector) did not change.
-    pub fn set_metadata(&mut self, id: Uuid, metadata: Arc<Map<String, Value>>) {
+    pub fn upsert(&mut self, id: Uuid, vector: &[f32], model: &str, metadata: Arc<Attributes>) {
+        debug_assert_eq!(vector.len(), DIMENSIONS);
+        let m = self.model_index(model);
+        match self.position.get(&id) {
+            Some(&i) => {
+                self.set_code(i, vector);
+                self.metadata[i] = metadata;
+                self.models[i] = m;
+            }
+            None => {
+                self.position.insert(id, self.ids.len());
+                self.ids.push(id);
+                let scale = quantize(vector, &mut self.codes);
+                self.scales.push(scale);
+                self.metadata.push(metadata);
+                self.models.push(m);
+            }
+        }
+    }
+
+    fn set_code(&mut self, i: usize, vector: &[f32]) {
+        let mut code = Vec::with_capacity(DIMENSIONS);
+        self.scales[i] = quantize(vector, &mut code);
+        self.codes[i * DIMENSIONS..(i + 1) * DIMENSIONS].copy_from_slice(&code);
+    }
+
+    /// The query's codes and scale.
+    fn query_code(query: &[f32]) -> (Vec<i8>, f32) {
+        let mut code = Vec::with_capacity(DIMENSIONS);
+        let scale = quantize(query, &mut code);
+        (code, scale)
+    }
+
+    /// Cosine similarity (from the int8 codes: within ~1e-3) of stored
+    /// vectors to the query of their own model; memories absent, or whose
+    /// model has no query, are left out.
+    pub fn similarities(&self, ids: &[Uuid], queries: &[(String, Vec<f32>)]) -> Vec<(Uuid, f32)> {
+        let codes: Vec<(&String, (Vec<i8>, f32))> = queries.iter().map(|(m, q)| (m, Self::query_code(q))).collect();
+        ids.iter()
+            .filter_map(|id| {
+                let &i = self.position.get(id)?;
+                let model = &self.model_names[self.models[i] as usize];
+                let (_, (q, qs)) = codes.iter().find(|(m, _)| *m == model)?;
+                let score = dot_i8(q, &self.codes[i * DIMENSIONS..(i + 1) * DIMENSIONS]) as f32 * qs * self.scales[i];
+                Some((*id, score.clamp(0.0, 1.0)))
+            })
+            .collect()
+    }
+
+    /// Replaces the vector of a memory already here (re-embedding).
+    pub fn set_vector(&mut self, id: Uuid, vector: &[f32], model: &str) {
+        let m = self.model_index(model);
+        if let Some(&i) = self.position.get(&id) {
+            self.set_code(i, vector);
+            self.models[i] = m;
+        }
+    }
+
+    /// Replaces the attributes of a memory whose text (and vector) did not change.
+    pub fn set_attributes(&mut self, id: Uuid, metadata: Arc<Attributes>) {
         if let Some(&i) = self.position.get(&id) {
             self.metadata[i] = metadata;
         }
@@ -59,13 +139,17 @@ impl OrgVectors {
             let moved = self.ids[last];
             self.ids.swap(i, last);
             self.metadata.swap(i, last);
-            let (head, tail) = self.vectors.split_at_mut(last * DIMENSIONS);
+            self.models.swap(i, last);
+            self.scales.swap(i, last);
+            let (head, tail) = self.codes.split_at_mut(last * DIMENSIONS);
             head[i * DIMENSIONS..(i + 1) * DIMENSIONS].copy_from_slice(&tail[..DIMENSIONS]);
             self.position.insert(moved, i);
         }
         self.ids.pop();
         self.metadata.pop();
-        self.vectors.truncate(last * DIMENSIONS);
+        self.models.pop();
+        self.scales.pop();
+        self.codes.truncate(last * DIMENSIONS);
     }
 
     #[cfg(test)]
@@ -73,12 +157,30 @@ impl OrgVectors {
         self.ids.len()
     }
 
-    /// The `k` best (id, score) at or above `threshold`, best first.
-    pub fn search(&self, query: &[f32], k: usize, threshold: f32, filter: &MetadataFilter) -> Vec<(Uuid, f32)> {
+    /// The `k` best (id, approximate score) at or above `threshold`, best
+    /// first, among the vectors of `model` (the query's). Scores are from the
+    /// int8 codes; the caller rescores (a small slack below the threshold
+    /// keeps borderline memories for that).
+    pub fn search(
+        &self,
+        query: &[f32],
+        model: &str,
+        k: usize,
+        threshold: f32,
+        filter: &MemoryFilter,
+    ) -> Vec<(Uuid, f32)> {
+        let Some(m) = self.model_names.iter().position(|n| n == model).map(|i| i as u16) else {
+            return Vec::new();
+        };
+        let (q, qs) = Self::query_code(query);
+        let floor = threshold - QUANTIZATION_SLACK;
         let mut hits: Vec<(f32, u32)> = Vec::new();
-        for (i, v) in self.vectors.chunks_exact(DIMENSIONS).enumerate() {
-            let score = dot(query, v).clamp(0.0, 1.0);
-            if score >= threshold && (filter.is_empty() || filter.matches(&self.metadata[i])) {
+        for (i, code) in self.codes.chunks_exact(DIMENSIONS).enumerate() {
+            if self.models[i] != m {
+                continue;
+            }
+            let score = (dot_i8(&q, code) as f32 * qs * self.scales[i]).clamp(0.0, 1.0);
+            if score >= floor && (filter.is_empty() || filter.matches(&self.metadata[i].row())) {
                 hits.push((score, i as u32));
             }
         }
@@ -92,6 +194,10 @@ impl OrgVectors {
         hits.into_iter().map(|(s, i)| (self.ids[i as usize], s)).collect()
     }
 }
+
+/// How far an int8 score may fall below the exact one (measured error is
+/// about 1e-3 for 384 dimensions).
+const QUANTIZATION_SLACK: f32 = 0.01;
 
 type Slot = Arc<RwLock<Option<OrgVectors>>>;
 
@@ -113,8 +219,15 @@ mod tests {
     use super::*;
     use crate::providers::embedding::LocalEmbedder;
 
-    fn meta(pairs: &[(&str, &str)]) -> Arc<Map<String, Value>> {
-        Arc::new(pairs.iter().map(|(k, v)| (k.to_string(), Value::String(v.to_string()))).collect())
+    const M: &str = "hash";
+
+    fn meta(pairs: &[(&str, &str)]) -> Arc<Attributes> {
+        Arc::new(Attributes {
+            metadata: pairs.iter().map(|(k, v)| (k.to_string(), Value::String(v.to_string()))).collect(),
+            scopes: Scopes::default(),
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+        })
     }
 
     #[test]
@@ -126,25 +239,34 @@ mod tests {
             idx.upsert(
                 *id,
                 &LocalEmbedder::embed_one(t),
+                M,
                 meta(&[("user", if t.contains("Kyoto") { "bob" } else { "alice" })]),
             );
         }
         let q = LocalEmbedder::embed_one("tea");
-        let hits = idx.search(&q, 2, 0.05, &MetadataFilter::default());
+        let hits = idx.search(&q, M, 2, 0.05, &MemoryFilter::all());
         assert_eq!(hits.len(), 2);
         assert!(hits.iter().all(|(id, _)| *id != ids[1]));
-        let alice = MetadataFilter::from_pairs(vec![("user".into(), "alice".into())]);
-        let hits = idx.search(&q, 5, 0.05, &alice);
+        let alice = MemoryFilter::from_json(&serde_json::json!({"user": "alice"}), "filters").unwrap();
+        let hits = idx.search(&q, M, 5, 0.05, &alice);
         assert_eq!(hits.iter().map(|h| h.0).collect::<Vec<_>>(), vec![ids[0]]);
 
         idx.remove(ids[0]);
         assert_eq!(idx.len(), 2);
-        let hits = idx.search(&q, 5, 0.05, &MetadataFilter::default());
+        let hits = idx.search(&q, M, 5, 0.05, &MemoryFilter::all());
         assert_eq!(hits.iter().map(|h| h.0).collect::<Vec<_>>(), vec![ids[2]]);
         // the moved row is still addressable
-        idx.upsert(ids[2], &LocalEmbedder::embed_one("airport"), meta(&[]));
+        idx.upsert(ids[2], &LocalEmbedder::embed_one("airport"), M, meta(&[]));
         assert_eq!(idx.len(), 2);
-        let hits = idx.search(&LocalEmbedder::embed_one("airport"), 1, 0.0, &MetadataFilter::default());
-        assert!(hits[0].1 > 0.99);
+        let hits = idx.search(&LocalEmbedder::embed_one("airport"), M, 1, 0.0, &MemoryFilter::all());
+        assert!(hits[0].1 > 0.98);
+        // a vector of another model is only found by that model's query
+        idx.upsert(ids[1], &LocalEmbedder::embed_one("airport"), "other", meta(&[]));
+        let hits = idx.search(&LocalEmbedder::embed_one("airport"), M, 5, 0.0, &MemoryFilter::all());
+        assert_eq!(hits.iter().map(|h| h.0).collect::<Vec<_>>(), vec![ids[2]]);
+        let hits = idx.search(&LocalEmbedder::embed_one("airport"), "other", 5, 0.0, &MemoryFilter::all());
+        assert_eq!(hits.iter().map(|h| h.0).collect::<Vec<_>>(), vec![ids[1]]);
+        let q = vec![("other".to_string(), LocalEmbedder::embed_one("airport"))];
+        assert_eq!(idx.similarities(&[ids[1], ids[2]], &q).len(), 1);
     }
 }

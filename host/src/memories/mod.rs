@@ -5,6 +5,8 @@
 
 pub mod filter;
 mod index;
+mod quantized;
+pub mod ranking;
 mod store;
 
 use std::sync::Arc;
@@ -18,9 +20,11 @@ use uuid::Uuid;
 
 use crate::auth::{Environment, Principal};
 use crate::metering::{RequestUsage, estimate_tokens};
-use crate::providers::{Answerer, Embedder, ProviderError};
+use crate::providers::rerank::Reranker;
+use crate::providers::{Answerer, Embedders, ProviderError};
 use crate::store::Database;
-use filter::MetadataFilter;
+use filter::MemoryFilter;
+use ranking::{Mode, RankingPolicy};
 use store::MemoryStore;
 
 /// Largest memory text, in bytes.
@@ -59,16 +63,72 @@ pub struct Memory {
     pub text: String,
     #[schema(value_type = Object)]
     pub metadata: Map<String, Value>,
+    #[serde(flatten)]
+    pub scopes: Scopes,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
 
-/// A retrieved memory with its relevance (cosine similarity, 0 to 1).
+/// mem0's entity scopes: whom or what a memory is about. Set when the
+/// memory is created; indexed and filterable.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct Scopes {
+    pub user_id: Option<String>,
+    pub agent_id: Option<String>,
+    pub app_id: Option<String>,
+    pub run_id: Option<String>,
+}
+
+impl Scopes {
+    pub fn as_array(&self) -> [Option<&str>; 4] {
+        [self.user_id.as_deref(), self.agent_id.as_deref(), self.app_id.as_deref(), self.run_id.as_deref()]
+    }
+
+    fn validate(&self) -> Result<(), MemoryError> {
+        for (entity, value) in filter::Entity::ALL.iter().zip(self.as_array()) {
+            if let Some(v) = value
+                && (v.is_empty() || v.chars().count() > 128 || v.chars().any(char::is_control))
+            {
+                return Err(invalid(
+                    entity.column(),
+                    format!("{} must be 1 to 128 characters, no control characters", entity.column()),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A retrieved memory. Results come best first by the fused ranking;
+/// `score` is the memory's semantic similarity to the query (cosine of the
+/// embeddings, 0 to 1), the scale `relevance_threshold` applies to.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ScoredMemory {
     #[serde(flatten)]
     pub memory: Memory,
     pub score: f32,
+    pub scores: RankScores,
+}
+
+/// How a retrieved memory ranked.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct RankScores {
+    /// Reciprocal-rank-fusion score (with recency and boosts applied): what
+    /// the order follows.
+    pub fused: f32,
+    /// Full-text score (BM25 in SQLite, `ts_rank` in PostgreSQL; higher is
+    /// better); absent when the keyword search did not find the memory.
+    pub keyword: Option<f32>,
+    /// The reranker's score, when the request asked for `rerank`; the order
+    /// then follows it.
+    pub rerank: Option<f32>,
+}
+
+/// A vector and the model that made it.
+#[derive(Debug, Clone)]
+pub struct Embedding {
+    pub vector: Vec<f32>,
+    pub model: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -129,7 +189,10 @@ pub struct SearchParams {
     pub query: String,
     pub max_memories: u32,
     pub relevance_threshold: f32,
-    pub filter: MetadataFilter,
+    pub filter: MemoryFilter,
+    pub mode: Mode,
+    /// Reorder the best candidates with the configured reranker.
+    pub rerank: bool,
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -159,13 +222,31 @@ fn invalid(field: &'static str, message: impl Into<String>) -> MemoryError {
 #[derive(Clone)]
 pub struct MemoryService {
     store: MemoryStore,
-    embedder: Arc<dyn Embedder>,
+    embedders: Arc<Embedders>,
     answerer: Arc<dyn Answerer>,
+    ranking: Arc<RankingPolicy>,
+    reranker: Option<Arc<dyn Reranker>>,
 }
 
 impl MemoryService {
-    pub fn new(db: Database, embedder: Arc<dyn Embedder>, answerer: Arc<dyn Answerer>) -> MemoryService {
-        MemoryService { store: MemoryStore::new(db), embedder, answerer }
+    pub fn new(
+        db: Database,
+        embedders: Arc<Embedders>,
+        answerer: Arc<dyn Answerer>,
+        ranking: RankingPolicy,
+    ) -> MemoryService {
+        MemoryService { store: MemoryStore::new(db), embedders, answerer, ranking: Arc::new(ranking), reranker: None }
+    }
+
+    /// Retrievals asking for `rerank` use this one.
+    pub fn with_reranker(mut self, reranker: Option<Arc<dyn Reranker>>) -> MemoryService {
+        self.reranker = reranker;
+        self
+    }
+
+    /// Learns which models the stored vectors come from (call once at start).
+    pub async fn load_models(&self) -> Result<Vec<String>, MemoryError> {
+        Ok(self.store.refresh_models().await?)
     }
 
     pub async fn create(
@@ -173,15 +254,17 @@ impl MemoryService {
         scope: &MemoryScope,
         text: String,
         metadata: Option<Map<String, Value>>,
+        scopes: Scopes,
         actor: &Actor,
         usage: &RequestUsage,
     ) -> Result<Memory, MemoryError> {
         validate_text(&text)?;
         let metadata = metadata.unwrap_or_default();
         validate_metadata(&metadata)?;
+        scopes.validate()?;
         let embedding = self.embed(&text, usage).await?;
         let now = crate::auth::now();
-        let memory = Memory { id: Uuid::now_v7(), text, metadata, created_at: now, updated_at: now };
+        let memory = Memory { id: Uuid::now_v7(), text, metadata, scopes, created_at: now, updated_at: now };
         self.store.insert(scope, &memory, &embedding, actor).await?;
         usage.add_created(1);
         Ok(memory)
@@ -219,7 +302,7 @@ impl MemoryService {
         };
         let (_, new) = self
             .store
-            .update(scope, uuid, text.as_deref(), metadata.as_ref(), embedding.as_deref(), actor)
+            .update(scope, uuid, text.as_deref(), metadata.as_ref(), embedding.as_ref(), actor)
             .await?
             .ok_or_else(|| MemoryError::NotFound(id.to_string()))?;
         usage.add_updated(1);
@@ -244,7 +327,7 @@ impl MemoryService {
         scope: &MemoryScope,
         limit: Option<u32>,
         cursor: Option<&str>,
-        filter: &MetadataFilter,
+        filter: &MemoryFilter,
         usage: &RequestUsage,
     ) -> Result<MemoryPage, MemoryError> {
         let limit = limit.unwrap_or(DEFAULT_PAGE);
@@ -263,7 +346,7 @@ impl MemoryService {
     pub async fn delete_all(
         &self,
         scope: &MemoryScope,
-        filter: &MetadataFilter,
+        filter: &MemoryFilter,
         actor: &Actor,
     ) -> Result<u64, MemoryError> {
         Ok(self.store.delete_all(scope, filter, actor).await?)
@@ -296,16 +379,97 @@ impl MemoryService {
         if !(0.0..=1.0).contains(&params.relevance_threshold) {
             return Err(invalid("relevance_threshold", "relevance_threshold must be between 0 and 1"));
         }
-        let query = self.embed(&params.query, usage).await?;
-        let results: Vec<ScoredMemory> = self
-            .store
-            .search(scope, query, params.max_memories, params.relevance_threshold, &params.filter)
-            .await?
+        let reranker = match (params.rerank, &self.reranker) {
+            (false, _) => None,
+            (true, Some(r)) => Some(r.clone()),
+            (true, None) => {
+                return Err(invalid("rerank", "no reranker is configured on this server (`[rerank]`)"));
+            }
+        };
+        let k = params.max_memories;
+        let n = self.ranking.candidates(k);
+        let queries = self.query_vectors(&params.query, usage).await?;
+        let vector = match params.mode {
+            Mode::Keyword => Vec::new(),
+            _ => self.store.vector_candidates(scope, &queries, n, params.relevance_threshold, &params.filter).await?,
+        };
+        let keyword = match params.mode {
+            Mode::Vector => Vec::new(),
+            _ => {
+                let terms = ranking::keyword_terms(&params.query);
+                self.store.keyword_candidates(scope, &terms, n, &params.filter).await?
+            }
+        };
+        let mut fused = ranking::fuse(&self.ranking, &vector, &keyword);
+        // Keyword-only candidates: their similarity decides the threshold too.
+        let unknown: Vec<Uuid> = fused.iter().filter(|f| f.semantic.is_none()).map(|f| f.id).collect();
+        if !unknown.is_empty() {
+            let found: std::collections::HashMap<Uuid, f32> =
+                self.store.similarities(scope, &unknown, &queries).await?.into_iter().collect();
+            for f in fused.iter_mut().filter(|f| f.semantic.is_none()) {
+                f.semantic = found.get(&f.id).copied();
+            }
+        }
+        fused.retain(|f| f.semantic.unwrap_or(0.0) >= params.relevance_threshold);
+        // The reranker sees a few more than asked for: it may promote them.
+        let keep = if reranker.is_some() { (k as usize * 3).max(20) } else { k as usize };
+        if !self.ranking.needs_rows() {
+            fused.truncate(keep);
+        }
+        let ids: Vec<Uuid> = fused.iter().map(|f| f.id).collect();
+        let mut rows: std::collections::HashMap<Uuid, Memory> =
+            self.store.fetch_many(scope, &ids).await?.into_iter().map(|m| (m.id, m)).collect();
+        let now = crate::auth::now();
+        let mut results: Vec<ScoredMemory> = fused
             .into_iter()
-            .map(|(memory, score)| ScoredMemory { memory, score })
+            .filter_map(|f| {
+                let memory = rows.remove(&f.id)?;
+                let age_days = (now - memory.created_at).num_seconds() as f64 / 86_400.0;
+                let fused = f.fused * self.ranking.adjustment(age_days, &memory.metadata);
+                Some(ScoredMemory {
+                    memory,
+                    score: f.semantic.unwrap_or(0.0),
+                    scores: RankScores { fused, keyword: f.keyword, rerank: None },
+                })
+            })
             .collect();
+        results.sort_by(|a, b| b.scores.fused.total_cmp(&a.scores.fused));
+        if let Some(reranker) = reranker {
+            results.truncate(keep);
+            let texts: Vec<&str> = results.iter().map(|r| r.memory.text.as_str()).collect();
+            let scores = reranker.rerank(&params.query, &texts).await?;
+            usage.add_model_call(reranker.model(), 0);
+            for (r, s) in results.iter_mut().zip(scores) {
+                r.scores.rerank = Some(s);
+            }
+            results.sort_by(|a, b| {
+                b.scores.rerank.unwrap_or(f32::NEG_INFINITY).total_cmp(&a.scores.rerank.unwrap_or(f32::NEG_INFINITY))
+            });
+        }
+        results.truncate(k as usize);
         usage.add_read(results.len() as u64);
         Ok(results)
+    }
+
+    /// The query's vector for each model the stored vectors come from that
+    /// this process can run (the current one always; an old one while
+    /// re-embedding). Embedding usage counts once.
+    async fn query_vectors(&self, query: &str, usage: &RequestUsage) -> Result<Vec<(String, Vec<f32>)>, MemoryError> {
+        let current = self.embed(query, usage).await?;
+        let mut out = vec![(current.model.clone(), current.vector)];
+        for model in self.store.models_in_use() {
+            if model == current.model {
+                continue;
+            }
+            if let Some(embedder) = self.embedders.for_model(&model)
+                && !embedder.is_remote()
+                && let Ok(mut v) = embedder.embed(&[query]).await
+                && let Some(vector) = v.pop()
+            {
+                out.push((model, vector));
+            }
+        }
+        Ok(out)
     }
 
     /// Retrieves memories for `question` and answers from them.
@@ -338,14 +502,70 @@ impl MemoryService {
         Ok(AnswerResult { answer: answer.text, model: answer.model, memories })
     }
 
-    async fn embed(&self, text: &str, usage: &RequestUsage) -> Result<Vec<f32>, MemoryError> {
-        let mut vectors = self.embedder.embed(&[text]).await?;
+    async fn embed(&self, text: &str, usage: &RequestUsage) -> Result<Embedding, MemoryError> {
+        let embedder = self.embedders.current();
+        let mut vectors = embedder.embed(&[text]).await?;
         usage.add_tokens(estimate_tokens(text));
         usage.add_embeddings(1);
-        if self.embedder.is_remote() {
-            usage.add_model_call(self.embedder.model(), 0);
+        if embedder.is_remote() {
+            usage.add_model_call(embedder.model(), 0);
         }
-        vectors.pop().ok_or_else(|| ProviderError("no embedding returned".into()).into())
+        let vector = vectors.pop().ok_or_else(|| ProviderError("no embedding returned".into()))?;
+        Ok(Embedding { vector, model: embedder.model().to_string() })
+    }
+
+    /// Re-embeds, in the background, memories whose vectors an earlier
+    /// embedder made (after a change of `[embeddings]`, or when the local
+    /// model arrived after start). Retrieval meanwhile queries old vectors
+    /// with the old model, so it never fails or goes blind.
+    pub async fn reembed_loop(self, mut shutdown: crate::supervisor::Shutdown) {
+        const BATCH: u32 = 32;
+        let mut idle = std::time::Duration::from_millis(500);
+        loop {
+            let current = self.embedders.current();
+            let stale_models = self.store.models_in_use().into_iter().any(|m| m != current.model());
+            let mut progressed = false;
+            if stale_models {
+                match self.reembed_batch(&current, BATCH).await {
+                    Ok(0) => {
+                        // Caught up: the old models are gone.
+                        let _ = self.store.refresh_models().await;
+                        tracing::info!(model = current.model(), "re-embedding done");
+                    }
+                    Ok(_) => progressed = true,
+                    Err(e) => tracing::warn!(error = %e, "re-embedding failed; retrying"),
+                }
+            }
+            let pause = if progressed { std::time::Duration::ZERO } else { idle };
+            idle = if progressed {
+                std::time::Duration::from_millis(500)
+            } else {
+                (idle * 2).min(std::time::Duration::from_secs(5))
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = shutdown.requested() => return,
+            }
+        }
+    }
+
+    /// Re-embeds up to `limit` stale memories; returns how many were stale.
+    async fn reembed_batch(
+        &self,
+        embedder: &Arc<dyn crate::providers::Embedder>,
+        limit: u32,
+    ) -> Result<usize, MemoryError> {
+        let stale = self.store.stale(embedder.model(), limit).await?;
+        if stale.is_empty() {
+            return Ok(0);
+        }
+        let texts: Vec<&str> = stale.iter().map(|s| s.text.as_str()).collect();
+        let vectors = embedder.embed(&texts).await?;
+        for (s, vector) in stale.iter().zip(vectors) {
+            let embedding = Embedding { vector, model: embedder.model().to_string() };
+            self.store.replace_vector(s, &embedding).await?;
+        }
+        Ok(stale.len())
     }
 }
 

@@ -18,13 +18,13 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use super::filter::{MetadataFilter, sqlite_path};
-use super::index::{OrgVectors, VectorIndex};
-use super::{Actor, EventKind, Memory, MemoryEvent, MemoryScope};
+use super::filter::MemoryFilter;
+use super::index::{Attributes, OrgVectors, VectorIndex};
+use super::{Actor, Embedding, EventKind, Memory, MemoryEvent, MemoryScope, Scopes};
 use crate::store::Database;
 use crate::store::sql::{Arg, Backend, Row, Tx, sql};
 
-const COLUMNS: &str = "id, text, metadata, created_at, updated_at";
+const COLUMNS: &str = "id, text, metadata, created_at, updated_at, user_id, agent_id, app_id, run_id";
 const HISTORY_COLUMNS: &str = "id, memory_id, org_id, environment, event, old_text, new_text, old_metadata, \
                                new_metadata, request_id, actor_key_id, created_at";
 /// History rows per multi-row INSERT when many memories go at once.
@@ -46,12 +46,92 @@ pub struct MemoryStore {
     db: Database,
     /// SQLite only: the vectors in process (SQLite has no vector index).
     vectors: Option<Arc<VectorIndex>>,
+    /// The models stored vectors come from (all orgs): one, except while a
+    /// change of embedder is being caught up with.
+    models: Arc<std::sync::RwLock<Vec<String>>>,
+}
+
+/// A memory whose vector another model made, to re-embed.
+pub struct Stale {
+    pub scope: MemoryScope,
+    pub id: Uuid,
+    pub text: String,
+    pub model: String,
 }
 
 impl MemoryStore {
     pub fn new(db: Database) -> MemoryStore {
         let vectors = (db.backend() == Backend::Sqlite).then(Default::default);
-        MemoryStore { db, vectors }
+        MemoryStore { db, vectors, models: Default::default() }
+    }
+
+    pub fn models_in_use(&self) -> Vec<String> {
+        self.models.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn note_model(&self, model: &str) {
+        if !self.models.read().unwrap_or_else(|e| e.into_inner()).iter().any(|m| m == model) {
+            self.models.write().unwrap_or_else(|e| e.into_inner()).push(model.to_string());
+        }
+    }
+
+    /// Reads which models the stored vectors come from (at start, and after
+    /// re-embedding, when an old model may be gone).
+    pub async fn refresh_models(&self) -> sqlx::Result<Vec<String>> {
+        let rows = sql("SELECT DISTINCT embedding_model FROM memories").fetch_all(self.db.read()).await?;
+        let models = rows.iter().map(|r| r.get::<String>("embedding_model")).collect::<sqlx::Result<Vec<_>>>()?;
+        *self.models.write().unwrap_or_else(|e| e.into_inner()) = models.clone();
+        Ok(models)
+    }
+
+    /// Up to `limit` memories (any org) whose vectors are not `model`'s.
+    pub async fn stale(&self, model: &str, limit: u32) -> sqlx::Result<Vec<Stale>> {
+        let rows = sql("SELECT id, org_id, environment, text, embedding_model FROM memories \
+                        WHERE embedding_model <> $1 LIMIT $2")
+        .bind(model)
+        .bind(limit as i64)
+        .fetch_all(self.db.read())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Stale {
+                    scope: MemoryScope {
+                        org_id: r.get("org_id")?,
+                        environment: crate::auth::Environment::parse(&r.get::<String>("environment")?)
+                            .unwrap_or(crate::auth::Environment::Live),
+                    },
+                    id: r.uuid("id")?,
+                    text: r.get("text")?,
+                    model: r.get("embedding_model")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Replaces a stale vector, unless the memory's text or vector changed
+    /// since it was read (its own write then made a current vector). Not a
+    /// change of the memory: no history row, `updated_at` kept.
+    pub async fn replace_vector(&self, stale: &Stale, embedding: &Embedding) -> sqlx::Result<bool> {
+        let mut slot = self.lock_vectors(&stale.scope).await;
+        let mut tx = self.db.begin_tenant(&stale.scope.org_id).await?;
+        let done = sql("UPDATE memories SET embedding = $1::vector, embedding_model = $2 \
+                        WHERE org_id = $3 AND environment = $4 AND id = $5 AND embedding_model = $6 AND text = $7")
+        .bind(Arg::Vector(Some(embedding.vector.clone())))
+        .bind(&embedding.model)
+        .bind(&stale.scope.org_id)
+        .bind(stale.scope.environment.as_str())
+        .bind(stale.id)
+        .bind(&stale.model)
+        .bind(&stale.text)
+        .execute(&mut tx)
+        .await?
+            > 0;
+        tx.commit().await?;
+        self.note_model(&embedding.model);
+        if done && let Some(vectors) = slot.as_mut().and_then(|s| s.as_mut()) {
+            vectors.set_vector(stale.id, &embedding.vector, &embedding.model);
+        }
+        Ok(done)
     }
 
     /// Holds the scope's in-process vectors (if any) for the duration of a
@@ -66,28 +146,41 @@ impl MemoryStore {
         }
     }
 
-    pub async fn insert(&self, scope: &MemoryScope, m: &Memory, embedding: &[f32], actor: &Actor) -> sqlx::Result<()> {
+    pub async fn insert(
+        &self,
+        scope: &MemoryScope,
+        m: &Memory,
+        embedding: &Embedding,
+        actor: &Actor,
+    ) -> sqlx::Result<()> {
         let mut tx = self.db.begin_tenant(&scope.org_id).await?;
-        sql("INSERT INTO memories (id, org_id, environment, text, metadata, embedding, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6::vector, $7, $8)")
+        sql("INSERT INTO memories (id, org_id, environment, text, metadata, embedding, embedding_model, \
+             created_at, updated_at, user_id, agent_id, app_id, run_id) \
+             VALUES ($1, $2, $3, $4, $5, $6::vector, $7, $8, $9, $10, $11, $12, $13)")
         .bind(m.id)
         .bind(&scope.org_id)
         .bind(scope.environment.as_str())
         .bind(&m.text)
         .bind(Arg::jsonb(&m.metadata))
-        .bind(Arg::Vector(Some(embedding.to_vec())))
+        .bind(Arg::Vector(Some(embedding.vector.clone())))
+        .bind(&embedding.model)
         .bind(m.created_at)
         .bind(m.updated_at)
+        .bind(&m.scopes.user_id)
+        .bind(&m.scopes.agent_id)
+        .bind(&m.scopes.app_id)
+        .bind(&m.scopes.run_id)
         .execute(&mut tx)
         .await?;
         let change = Change { kind: EventKind::Add, memory_id: m.id, old: None, new: Some(m), actor, at: m.created_at };
         record(&mut tx, scope, &[change]).await?;
         // The id is new: no earlier write of it can race this one.
         tx.commit().await?;
+        self.note_model(&embedding.model);
         if let Some(mut slot) = self.lock_vectors(scope).await
             && let Some(vectors) = slot.as_mut()
         {
-            vectors.upsert(m.id, embedding, Arc::new(m.metadata.clone()));
+            vectors.upsert(m.id, &embedding.vector, &embedding.model, Arc::new(attributes(m)));
         }
         Ok(())
     }
@@ -107,7 +200,7 @@ impl MemoryStore {
         id: Uuid,
         text: Option<&str>,
         metadata: Option<&Map<String, Value>>,
-        embedding: Option<&[f32]>,
+        embedding: Option<&Embedding>,
         actor: &Actor,
     ) -> sqlx::Result<Option<(Memory, Memory)>> {
         let mut slot = self.lock_vectors(scope).await;
@@ -120,14 +213,17 @@ impl MemoryStore {
             id,
             text: text.map_or_else(|| old.text.clone(), str::to_string),
             metadata: metadata.cloned().unwrap_or_else(|| old.metadata.clone()),
+            scopes: old.scopes.clone(),
             created_at: old.created_at,
             updated_at: at,
         };
         sql("UPDATE memories SET text = $1, metadata = $2, embedding = coalesce($3::vector, embedding), \
-             updated_at = $4 WHERE org_id = $5 AND environment = $6 AND id = $7")
+             embedding_model = coalesce($4, embedding_model), updated_at = $5 \
+             WHERE org_id = $6 AND environment = $7 AND id = $8")
         .bind(&new.text)
         .bind(Arg::jsonb(&new.metadata))
-        .bind(Arg::Vector(embedding.map(<[f32]>::to_vec)))
+        .bind(Arg::Vector(embedding.map(|e| e.vector.clone())))
+        .bind(embedding.map(|e| e.model.clone()))
         .bind(at)
         .bind(&scope.org_id)
         .bind(scope.environment.as_str())
@@ -138,10 +234,10 @@ impl MemoryStore {
         record(&mut tx, scope, &[change]).await?;
         tx.commit().await?;
         if let Some(vectors) = slot.as_mut().and_then(|s| s.as_mut()) {
-            let metadata = Arc::new(new.metadata.clone());
+            let attrs = Arc::new(attributes(&new));
             match embedding {
-                Some(vector) => vectors.upsert(id, vector, metadata),
-                None => vectors.set_metadata(id, metadata),
+                Some(e) => vectors.upsert(id, &e.vector, &e.model, attrs),
+                None => vectors.set_attributes(id, attrs),
             }
         }
         Ok(Some((old, new)))
@@ -177,7 +273,7 @@ impl MemoryStore {
         scope: &MemoryScope,
         limit: u32,
         before: Option<Uuid>,
-        filter: &MetadataFilter,
+        filter: &MemoryFilter,
     ) -> sqlx::Result<Vec<Memory>> {
         let mut text = format!("SELECT {COLUMNS} FROM memories WHERE org_id = $1 AND environment = $2");
         let mut n = 2;
@@ -185,7 +281,7 @@ impl MemoryStore {
             n += 1;
             text.push_str(&format!(" AND id < ${n}"));
         }
-        let (filter_sql, filter_args) = filter_clause(self.db.backend(), filter, &mut n);
+        let (filter_sql, filter_args) = filter.sql(self.db.backend(), "", &mut n);
         text.push_str(&filter_sql);
         text.push_str(&format!(" ORDER BY id DESC LIMIT ${}", n + 1));
         let mut q = sql(text).bind(&scope.org_id).bind(scope.environment.as_str());
@@ -203,11 +299,11 @@ impl MemoryStore {
 
     /// Deletes every memory of the scope matching `filter`, recording a
     /// DELETE event for each. Returns how many were deleted.
-    pub async fn delete_all(&self, scope: &MemoryScope, filter: &MetadataFilter, actor: &Actor) -> sqlx::Result<u64> {
+    pub async fn delete_all(&self, scope: &MemoryScope, filter: &MemoryFilter, actor: &Actor) -> sqlx::Result<u64> {
         let mut slot = self.lock_vectors(scope).await;
         let at = crate::auth::now();
         let mut n = 2;
-        let (filter_sql, filter_args) = filter_clause(self.db.backend(), filter, &mut n);
+        let (filter_sql, filter_args) = filter.sql(self.db.backend(), "", &mut n);
         let mut q =
             sql(format!("DELETE FROM memories WHERE org_id = $1 AND environment = $2{filter_sql} RETURNING {COLUMNS}"))
                 .bind(&scope.org_id)
@@ -262,43 +358,67 @@ impl MemoryStore {
             .collect()
     }
 
-    /// The `k` memories nearest to `embedding` (cosine), with their scores,
-    /// best first, at or above `threshold`.
-    pub async fn search(
+    /// The `n` memories nearest the query, best first, as (id, cosine), at or
+    /// above `threshold`. `queries` holds the query's vector for each model
+    /// the scope's vectors may come from (one, except while re-embedding);
+    /// each model's vectors are searched with its own query vector and the
+    /// lists interleaved by rank.
+    pub async fn vector_candidates(
         &self,
         scope: &MemoryScope,
-        embedding: Vec<f32>,
-        k: u32,
+        queries: &[(String, Vec<f32>)],
+        n: u32,
         threshold: f32,
-        filter: &MetadataFilter,
-    ) -> sqlx::Result<Vec<(Memory, f32)>> {
-        let mut hits = match &self.vectors {
-            None => self.search_pgvector(scope, &embedding, k, filter).await?,
-            Some(index) => self.search_in_process(index, scope, embedding, k, threshold, filter).await?,
-        };
-        hits.retain(|(_, score)| *score >= threshold);
-        hits.sort_by(|a, b| b.1.total_cmp(&a.1));
-        Ok(hits)
+        filter: &MemoryFilter,
+    ) -> sqlx::Result<Vec<(Uuid, f32)>> {
+        let mut lists = Vec::with_capacity(queries.len());
+        for (model, vector) in queries {
+            let mut hits = match &self.vectors {
+                None => self.search_pgvector(scope, vector, model, n, filter).await?,
+                Some(index) => {
+                    self.search_in_process(index, scope, vector.clone(), model, n, threshold, filter).await?
+                }
+            };
+            hits.retain(|(_, score)| *score >= threshold);
+            hits.sort_by(|a, b| b.1.total_cmp(&a.1));
+            lists.push(hits);
+        }
+        if lists.len() == 1 {
+            return Ok(lists.pop().unwrap_or_default());
+        }
+        let mut merged = Vec::new();
+        for rank in 0..n as usize {
+            for list in &lists {
+                if let Some(hit) = list.get(rank) {
+                    merged.push(*hit);
+                }
+            }
+        }
+        merged.truncate(n as usize);
+        Ok(merged)
     }
 
-    /// PostgreSQL: through the HNSW index.
+    /// PostgreSQL: through the HNSW index, the vectors of `model` only.
     async fn search_pgvector(
         &self,
         scope: &MemoryScope,
         embedding: &[f32],
+        model: &str,
         k: u32,
-        filter: &MetadataFilter,
-    ) -> sqlx::Result<Vec<(Memory, f32)>> {
-        let mut n = 3;
-        let (filter_sql, filter_args) = filter_clause(Backend::Postgres, filter, &mut n);
+        filter: &MemoryFilter,
+    ) -> sqlx::Result<Vec<(Uuid, f32)>> {
+        let mut n = 4;
+        let (filter_sql, filter_args) = filter.sql(Backend::Postgres, "", &mut n);
         let mut q = sql(format!(
-            "SELECT {COLUMNS}, 1 - (embedding <=> $1::vector) AS score FROM memories \
-             WHERE org_id = $2 AND environment = $3{filter_sql} ORDER BY embedding <=> $1::vector LIMIT ${}",
+            "SELECT id, 1 - (embedding <=> $1::vector) AS score FROM memories \
+             WHERE org_id = $2 AND environment = $3 AND embedding_model = $4{filter_sql} \
+             ORDER BY embedding <=> $1::vector LIMIT ${}",
             n + 1
         ))
         .bind(Arg::Vector(Some(embedding.to_vec())))
         .bind(&scope.org_id)
-        .bind(scope.environment.as_str());
+        .bind(scope.environment.as_str())
+        .bind(model);
         for a in filter_args {
             q = q.bind(a);
         }
@@ -310,49 +430,176 @@ impl MemoryStore {
         sql("SET LOCAL hnsw.iterative_scan = relaxed_order").execute(&mut tx).await?;
         let rows = q.bind(k as i64).fetch_all(&mut tx).await?;
         tx.commit().await?;
-        rows.iter().map(|r| Ok((memory_from(r)?, (r.get::<f64>("score")? as f32).clamp(0.0, 1.0)))).collect()
+        rows.iter().map(|r| Ok((r.uuid("id")?, (r.get::<f64>("score")? as f32).clamp(0.0, 1.0)))).collect()
     }
 
     /// SQLite: an exact scan of the scope's vectors, loaded on first use.
+    #[allow(clippy::too_many_arguments)]
     async fn search_in_process(
         &self,
         index: &VectorIndex,
         scope: &MemoryScope,
         query: Vec<f32>,
+        model: &str,
         k: u32,
         threshold: f32,
-        filter: &MetadataFilter,
-    ) -> sqlx::Result<Vec<(Memory, f32)>> {
-        let slot = index.slot(scope);
-        let mut guard = slot.clone().read_owned().await;
-        if guard.is_none() {
-            drop(guard);
-            let mut write = slot.clone().write_owned().await;
-            if write.is_none() {
-                *write = Some(self.load_vectors(scope).await?);
-            }
-            guard = write.downgrade();
-        }
+        filter: &MemoryFilter,
+    ) -> sqlx::Result<Vec<(Uuid, f32)>> {
+        let guard = self.loaded_vectors(index, scope).await?;
         let filter = filter.clone();
-        // The scan is CPU work: keep it off the async worker threads.
-        let hits = tokio::task::spawn_blocking(move || {
-            guard.as_ref().map_or_else(Vec::new, |v| v.search(&query, k as usize, threshold, &filter))
+        let model = model.to_string();
+        // The scan is CPU work: keep it off the async worker threads. It
+        // ranks by int8 codes: take twice as many, then rescore exactly.
+        let wide = (k as usize).saturating_mul(2).max(k as usize + 16);
+        let (approx, query) = tokio::task::spawn_blocking(move || {
+            let hits = guard.as_ref().map_or_else(Vec::new, |v| v.search(&query, &model, wide, threshold, &filter));
+            (hits, query)
         })
         .await
         .map_err(|e| sqlx::Error::Protocol(format!("search task failed: {e}")))?;
-        let ids: Vec<Uuid> = hits.iter().map(|h| h.0).collect();
-        let mut rows = self.fetch_many(scope, &ids).await?;
-        Ok(hits
+        let ids: Vec<Uuid> = approx.iter().map(|h| h.0).collect();
+        let mut exact: Vec<(Uuid, f32)> = self
+            .vectors_of(scope, &ids)
+            .await?
             .into_iter()
-            .filter_map(|(id, score)| {
-                let i = rows.iter().position(|m| m.id == id)?;
-                Some((rows.swap_remove(i), score))
-            })
-            .collect())
+            .map(|(id, v)| (id, crate::providers::embedding::dot(&query, &v).clamp(0.0, 1.0)))
+            .collect();
+        exact.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        exact.truncate(k as usize);
+        Ok(exact)
+    }
+
+    /// The stored (exact) vectors of some memories.
+    async fn vectors_of(&self, scope: &MemoryScope, ids: &[Uuid]) -> sqlx::Result<Vec<(Uuid, Vec<f32>)>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let placeholders = (3..ids.len() + 3).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ");
+        let mut q = sql(format!(
+            "SELECT id, embedding FROM memories WHERE org_id = $1 AND environment = $2 AND id IN ({placeholders})"
+        ))
+        .bind(&scope.org_id)
+        .bind(scope.environment.as_str());
+        for id in ids {
+            q = q.bind(*id);
+        }
+        let mut tx = self.db.tenant_reads(&scope.org_id).await?;
+        let rows = q.fetch_all(&mut tx).await?;
+        tx.commit().await?;
+        rows.iter().map(|r| Ok((r.uuid("id")?, r.vector("embedding")?))).collect()
+    }
+
+    /// The scope's in-process vectors, loading them on first use.
+    async fn loaded_vectors(
+        &self,
+        index: &VectorIndex,
+        scope: &MemoryScope,
+    ) -> sqlx::Result<tokio::sync::OwnedRwLockReadGuard<Option<OrgVectors>>> {
+        let slot = index.slot(scope);
+        let guard = slot.clone().read_owned().await;
+        if guard.is_some() {
+            return Ok(guard);
+        }
+        drop(guard);
+        let mut write = slot.clone().write_owned().await;
+        if write.is_none() {
+            *write = Some(self.load_vectors(scope).await?);
+        }
+        Ok(write.downgrade())
+    }
+
+    /// Cosine similarity of the given memories to the query (each memory
+    /// against the query vector of its own model), for candidates the
+    /// vector list did not hold.
+    pub async fn similarities(
+        &self,
+        scope: &MemoryScope,
+        ids: &[Uuid],
+        queries: &[(String, Vec<f32>)],
+    ) -> sqlx::Result<Vec<(Uuid, f32)>> {
+        if ids.is_empty() || queries.is_empty() {
+            return Ok(Vec::new());
+        }
+        if let Some(index) = &self.vectors {
+            let guard = self.loaded_vectors(index, scope).await?;
+            return Ok(guard.as_ref().map_or_else(Vec::new, |v| v.similarities(ids, queries)));
+        }
+        let mut out = Vec::with_capacity(ids.len());
+        for (model, vector) in queries {
+            let placeholders = (5..ids.len() + 5).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ");
+            let mut q = sql(format!(
+                "SELECT id, 1 - (embedding <=> $1::vector) AS score FROM memories \
+                 WHERE org_id = $2 AND environment = $3 AND embedding_model = $4 AND id IN ({placeholders})"
+            ))
+            .bind(Arg::Vector(Some(vector.clone())))
+            .bind(&scope.org_id)
+            .bind(scope.environment.as_str())
+            .bind(model);
+            for id in ids {
+                q = q.bind(*id);
+            }
+            let mut tx = self.db.tenant_reads(&scope.org_id).await?;
+            let rows = q.fetch_all(&mut tx).await?;
+            tx.commit().await?;
+            for r in &rows {
+                out.push((r.uuid("id")?, (r.get::<f64>("score")? as f32).clamp(0.0, 1.0)));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Full-text search: the `n` best memories of the scope containing any
+    /// of `terms` (plain lowercase words, see `ranking::keyword_terms`),
+    /// best first, as (id, score; higher is better). SQLite ranks by FTS5's
+    /// BM25, PostgreSQL by `ts_rank` over the English `tsvector`.
+    pub async fn keyword_candidates(
+        &self,
+        scope: &MemoryScope,
+        terms: &[String],
+        n: u32,
+        filter: &MemoryFilter,
+    ) -> sqlx::Result<Vec<(Uuid, f32)>> {
+        if terms.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut p = 3;
+        let prefix = if self.db.backend() == Backend::Sqlite { "m." } else { "" };
+        let (filter_sql, filter_args) = filter.sql(self.db.backend(), prefix, &mut p);
+        let (text, query) = match self.db.backend() {
+            // Each term quoted: a phrase of one word, never an FTS5 operator.
+            Backend::Sqlite => (
+                format!(
+                    "SELECT m.id AS id, -bm25(memories_fts) AS score FROM memories_fts \
+                     JOIN memories m ON m.rowid = memories_fts.rowid \
+                     WHERE memories_fts MATCH $1 AND m.org_id = $2 AND m.environment = $3{} \
+                     ORDER BY bm25(memories_fts) LIMIT ${}",
+                    filter_sql,
+                    p + 1
+                ),
+                terms.iter().map(|t| format!("\"{t}\"")).collect::<Vec<_>>().join(" OR "),
+            ),
+            Backend::Postgres => (
+                format!(
+                    "SELECT id, ts_rank(text_search, q)::float8 AS score FROM memories, to_tsquery('english', $1) q \
+                     WHERE org_id = $2 AND environment = $3 AND text_search @@ q{filter_sql} \
+                     ORDER BY score DESC, id DESC LIMIT ${}",
+                    p + 1
+                ),
+                terms.join(" | "),
+            ),
+        };
+        let mut q = sql(text).bind(query).bind(&scope.org_id).bind(scope.environment.as_str());
+        for a in filter_args {
+            q = q.bind(a);
+        }
+        let mut tx = self.db.tenant_reads(&scope.org_id).await?;
+        let rows = q.bind(n as i64).fetch_all(&mut tx).await?;
+        tx.commit().await?;
+        rows.iter().map(|r| Ok((r.uuid("id")?, r.get::<f64>("score")? as f32))).collect()
     }
 
     /// Rows by id, in any order.
-    async fn fetch_many(&self, scope: &MemoryScope, ids: &[Uuid]) -> sqlx::Result<Vec<Memory>> {
+    pub async fn fetch_many(&self, scope: &MemoryScope, ids: &[Uuid]) -> sqlx::Result<Vec<Memory>> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -374,14 +621,18 @@ impl MemoryStore {
     /// Every vector of a scope, for the in-process index.
     async fn load_vectors(&self, scope: &MemoryScope) -> sqlx::Result<OrgVectors> {
         let mut index = OrgVectors::default();
-        sql("SELECT id, metadata, embedding FROM memories WHERE org_id = $1 AND environment = $2")
-            .bind(&scope.org_id)
-            .bind(scope.environment.as_str())
-            .for_each(&self.db, |r| {
-                index.upsert(r.uuid("id")?, &r.vector("embedding")?, Arc::new(r.json("metadata")?));
-                Ok(())
-            })
-            .await?;
+        sql(format!(
+            "SELECT {COLUMNS}, embedding, embedding_model FROM memories WHERE org_id = $1 AND environment = $2"
+        ))
+        .bind(&scope.org_id)
+        .bind(scope.environment.as_str())
+        .for_each(&self.db, |r| {
+            let model: String = r.get("embedding_model")?;
+            let memory = memory_from(&r)?;
+            index.upsert(memory.id, &r.vector("embedding")?, &model, Arc::new(attributes(&memory)));
+            Ok(())
+        })
+        .await?;
         Ok(index)
     }
 }
@@ -431,34 +682,14 @@ async fn record(tx: &mut Tx, scope: &MemoryScope, changes: &[Change<'_>]) -> sql
     Ok(())
 }
 
-/// ` AND …` per filter pair, numbering parameters after `n`, with their
-/// values. A pair matches a scalar whose text form equals the value (see
-/// `filter.rs`); the engines spell that differently.
-fn filter_clause(backend: Backend, filter: &MetadataFilter, n: &mut usize) -> (String, Vec<Arg>) {
-    let mut text = String::new();
-    let mut args = Vec::new();
-    for (key, value) in filter.pairs() {
-        let (k, v) = (*n + 1, *n + 2);
-        *n += 2;
-        match backend {
-            Backend::Postgres => {
-                text.push_str(&format!(
-                    " AND jsonb_typeof(metadata -> ${k}) IN ('string', 'number', 'boolean') AND metadata ->> ${k} = ${v}"
-                ));
-                args.push(Arg::from(key.as_str()));
-            }
-            Backend::Sqlite => {
-                text.push_str(&format!(
-                    " AND json_type(metadata, ${k}) IN ('text', 'integer', 'real', 'true', 'false') \
-                     AND (CASE json_type(metadata, ${k}) WHEN 'true' THEN 'true' WHEN 'false' THEN 'false' \
-                     ELSE CAST(json_extract(metadata, ${k}) AS TEXT) END) = ${v}"
-                ));
-                args.push(Arg::from(sqlite_path(key)));
-            }
-        }
-        args.push(Arg::from(value.as_str()));
+/// What the in-process vector scan filters on.
+fn attributes(m: &Memory) -> Attributes {
+    Attributes {
+        metadata: m.metadata.clone(),
+        scopes: m.scopes.clone(),
+        created_at: m.created_at,
+        updated_at: m.updated_at,
     }
-    (text, args)
 }
 
 fn memory_from(r: &Row) -> sqlx::Result<Memory> {
@@ -466,6 +697,12 @@ fn memory_from(r: &Row) -> sqlx::Result<Memory> {
         id: r.uuid("id")?,
         text: r.get("text")?,
         metadata: r.json("metadata")?,
+        scopes: Scopes {
+            user_id: r.get("user_id")?,
+            agent_id: r.get("agent_id")?,
+            app_id: r.get("app_id")?,
+            run_id: r.get("run_id")?,
+        },
         created_at: r.time("created_at")?,
         updated_at: r.time("updated_at")?,
     })

@@ -1,6 +1,12 @@
-//! Embedding providers: a deterministic local embedder that needs no model
-//! download, and any OpenAI-compatible `/embeddings` endpoint.
+//! Embedding providers: the local semantic model (`semantic.rs`), a
+//! deterministic hashing embedder that needs no model download, and any
+//! OpenAI-compatible `/embeddings` endpoint; and [`Embedders`], the one the
+//! server uses now, switchable while it runs.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::json;
@@ -23,11 +29,95 @@ pub trait Embedder: Send + Sync {
     fn is_remote(&self) -> bool;
 }
 
-pub fn from_config(config: &ProviderConfig) -> anyhow::Result<Box<dyn Embedder>> {
+/// The model name of the hashing embedder; `[embeddings] model = "hash"`
+/// selects it too.
+pub const HASH_MODEL: &str = "memhost-local-hash-384";
+
+/// What `[embeddings]` asks for.
+pub enum Wanted {
+    /// The hashing embedder.
+    Hash,
+    /// A local model by name (installed under the models directory, or to pull).
+    Local(String),
+    Remote(Box<dyn Embedder>),
+}
+
+pub fn wanted(config: &ProviderConfig) -> anyhow::Result<Wanted> {
     Ok(match config.provider {
-        ProviderKind::Local => Box::new(LocalEmbedder),
-        ProviderKind::Openai => Box::new(OpenAiEmbedder::new(config)?),
+        ProviderKind::Local => match config.model.as_deref() {
+            Some("hash") | Some(HASH_MODEL) => Wanted::Hash,
+            Some(name) => Wanted::Local(name.to_string()),
+            None => Wanted::Local(super::models::DEFAULT_MODEL.to_string()),
+        },
+        ProviderKind::Openai => Wanted::Remote(Box::new(OpenAiEmbedder::new(config)?)),
     })
+}
+
+/// The embedder new vectors are made with, switchable at run time (the local
+/// model may arrive after start), and every embedder this process has had,
+/// by model name, so vectors made before a switch can still be queried
+/// until they are re-embedded.
+pub struct Embedders {
+    current: ArcSwap<Arc<dyn Embedder>>,
+    /// The current model's name, for [`Embedder::model`] (which lends a `&str`).
+    current_name: ArcSwap<&'static str>,
+    known: Mutex<HashMap<String, Arc<dyn Embedder>>>,
+}
+
+/// Model names live as long as the process: a handful per run, so leaking
+/// each once is the simple way to lend them out.
+fn interned(name: &str) -> &'static str {
+    static NAMES: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
+    let mut names = NAMES.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(n) = names.iter().find(|n| **n == name) {
+        return n;
+    }
+    let leaked: &'static str = Box::leak(name.to_string().into_boxed_str());
+    names.push(leaked);
+    leaked
+}
+
+impl Embedders {
+    pub fn new(initial: Arc<dyn Embedder>) -> Embedders {
+        let mut known: HashMap<String, Arc<dyn Embedder>> = HashMap::new();
+        known.insert(HASH_MODEL.to_string(), Arc::new(LocalEmbedder));
+        known.insert(initial.model().to_string(), initial.clone());
+        Embedders {
+            current_name: ArcSwap::from_pointee(interned(initial.model())),
+            current: ArcSwap::from_pointee(initial),
+            known: Mutex::new(known),
+        }
+    }
+
+    pub fn current(&self) -> Arc<dyn Embedder> {
+        self.current.load().as_ref().clone()
+    }
+
+    /// New vectors come from `embedder` from now on.
+    pub fn switch_to(&self, embedder: Arc<dyn Embedder>) {
+        self.known.lock().unwrap_or_else(|e| e.into_inner()).insert(embedder.model().to_string(), embedder.clone());
+        self.current_name.store(Arc::new(interned(embedder.model())));
+        self.current.store(Arc::new(embedder));
+    }
+
+    /// The embedder that made vectors of `model`, if this process has it.
+    pub fn for_model(&self, model: &str) -> Option<Arc<dyn Embedder>> {
+        self.known.lock().unwrap_or_else(|e| e.into_inner()).get(model).cloned()
+    }
+}
+
+/// Plugins and anything else that just wants "the embedder" get the current one.
+#[async_trait]
+impl Embedder for Embedders {
+    async fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, ProviderError> {
+        self.current().embed(texts).await
+    }
+    fn model(&self) -> &str {
+        **self.current_name.load()
+    }
+    fn is_remote(&self) -> bool {
+        self.current().is_remote()
+    }
 }
 
 /// Feature hashing of words, word pairs and character trigrams into a signed

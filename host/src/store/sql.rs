@@ -50,6 +50,7 @@ impl Backend {
 pub enum Arg {
     Text(Option<String>),
     Int(Option<i64>),
+    Float(Option<f64>),
     Bool(Option<bool>),
     Time(Option<DateTime<Utc>>),
     Uuid(Option<Uuid>),
@@ -96,6 +97,7 @@ arg_from!(Int:
     u64 => |v: u64| Some(i64::try_from(v).unwrap_or(i64::MAX)),
 );
 arg_from!(Bool: bool => Some, Option<bool> => |v| v);
+arg_from!(Float: f64 => Some, Option<f64> => |v| v);
 arg_from!(Time: DateTime<Utc> => Some, Option<DateTime<Utc>> => |v| v);
 arg_from!(Uuid: Uuid => Some, Option<Uuid> => |v| v);
 arg_from!(Bytes: Vec<u8> => Some, &[u8] => |v: &[u8]| Some(v.to_vec()));
@@ -237,6 +239,7 @@ impl Sql {
             q = match a {
                 Arg::Text(v) => q.bind(v.as_deref()),
                 Arg::Int(v) => q.bind(*v),
+                Arg::Float(v) => q.bind(*v),
                 Arg::Bool(v) => q.bind(*v),
                 Arg::Time(v) => q.bind(v.map(sqlite_time)),
                 Arg::Uuid(v) => q.bind(v.map(|u| u.to_string())),
@@ -254,6 +257,7 @@ impl Sql {
             q = match a {
                 Arg::Text(v) => q.bind(v.as_deref()),
                 Arg::Int(v) => q.bind(*v),
+                Arg::Float(v) => q.bind(*v),
                 Arg::Bool(v) => q.bind(*v),
                 Arg::Time(v) => q.bind(*v),
                 Arg::Uuid(v) => q.bind(*v),

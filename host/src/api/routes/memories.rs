@@ -12,8 +12,8 @@ use crate::api::envelope::{ApiOk, Ctx, Envelope, ErrorEnvelope};
 use crate::api::error::ApiError;
 use crate::api::extract::{ApiJson, Auth};
 use crate::auth::Scope;
-use crate::memories::filter::MetadataFilter;
-use crate::memories::{Actor, Memory, MemoryEvent, MemoryPage, MemoryScope};
+use crate::memories::filter::{Entity, MemoryFilter};
+use crate::memories::{Actor, Memory, MemoryEvent, MemoryPage, MemoryScope, Scopes};
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -24,6 +24,12 @@ pub struct CreateMemory {
     /// Any JSON object; filterable by top-level keys.
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<Map<String, Value>>,
+    /// Whom or what the memory is about (mem0's entity scopes): indexed,
+    /// filterable, listable; 1 to 128 characters each.
+    pub user_id: Option<String>,
+    pub agent_id: Option<String>,
+    pub app_id: Option<String>,
+    pub run_id: Option<String>,
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -62,8 +68,11 @@ pub async fn create(
     ApiJson(body): ApiJson<CreateMemory>,
 ) -> Result<ApiOk<Memory>, ApiError> {
     let principal = auth.require(Scope::Write)?;
-    let memory =
-        state.memories.create(&principal.into(), body.text, body.metadata, &actor(&ctx, &auth), &ctx.0.usage).await?;
+    let scopes = Scopes { user_id: body.user_id, agent_id: body.agent_id, app_id: body.app_id, run_id: body.run_id };
+    let memory = state
+        .memories
+        .create(&principal.into(), body.text, body.metadata, scopes, &actor(&ctx, &auth), &ctx.0.usage)
+        .await?;
     Ok(ApiOk::created(memory))
 }
 
@@ -135,6 +144,8 @@ pub async fn history(
         ("limit" = Option<u32>, Query, description = "1 to 100, default 20", minimum = 1, maximum = 100),
         ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
         ("metadata.<key>" = Option<String>, Query, description = "only memories whose metadata `<key>` equals this value; repeatable with other keys"),
+        ("user_id" = Option<String>, Query, description = "only this user's memories (also `agent_id`, `app_id`, `run_id`)"),
+        ("filters" = Option<String>, Query, description = "a filter in the JSON grammar of `POST /v1/retrieve` (AND, OR, NOT, operators), URL-encoded"),
     ),
     responses((status = 200, body = Envelope<MemoryPage>), (status = 400, body = ErrorEnvelope)))]
 pub async fn list(
@@ -165,6 +176,8 @@ pub async fn list(
     params(
         ("confirm" = bool, Query, description = "must be `true`"),
         ("metadata.<key>" = Option<String>, Query, description = "only memories whose metadata `<key>` equals this value"),
+        ("user_id" = Option<String>, Query, description = "only this user's memories (also `agent_id`, `app_id`, `run_id`)"),
+        ("filters" = Option<String>, Query, description = "a filter in the JSON grammar of `POST /v1/retrieve`, URL-encoded"),
     ),
     responses((status = 200, body = Envelope<Deleted>), (status = 400, body = ErrorEnvelope)))]
 pub async fn delete_all(
@@ -187,11 +200,12 @@ pub async fn delete_all(
     Ok(ApiOk(StatusCode::OK, Deleted { deleted }))
 }
 
-/// Query parameters split into known single values and `metadata.*` filters;
-/// anything else is refused so a typo does not silently widen a query.
+/// Query parameters split into known single values and filters
+/// (`metadata.*`, the entity ids, `filters`); anything else is refused so a
+/// typo does not silently widen a query.
 struct ListQuery {
     single: HashMap<String, String>,
-    filter: MetadataFilter,
+    filter: MemoryFilter,
 }
 
 impl ListQuery {
@@ -199,8 +213,8 @@ impl ListQuery {
         let mut single = HashMap::new();
         let mut pairs = Vec::new();
         for (k, v) in params {
-            if let Some(key) = k.strip_prefix("metadata.") {
-                pairs.push((key.to_string(), v));
+            if k.starts_with("metadata.") || k == "filters" || Entity::parse(&k).is_some() {
+                pairs.push((k, v));
             } else if known.contains(&k.as_str()) {
                 if single.insert(k.clone(), v).is_some() {
                     return Err(ApiError::invalid_field(k.clone(), format!("`{k}` given more than once")));
@@ -208,11 +222,15 @@ impl ListQuery {
             } else {
                 return Err(ApiError::invalid_field(
                     k.clone(),
-                    format!("unknown query parameter `{k}` (expected {}, or metadata.<key>)", known.join(", ")),
+                    format!(
+                        "unknown query parameter `{k}` (expected {}, user_id, agent_id, app_id, run_id, filters or \
+                         metadata.<key>)",
+                        known.join(", ")
+                    ),
                 ));
             }
         }
-        let filter = MetadataFilter::checked(pairs).map_err(|e| ApiError::invalid_field("metadata", e.0))?;
+        let filter = MemoryFilter::from_query(&pairs).map_err(|e| ApiError::invalid_field("filters", e.0))?;
         Ok(ListQuery { single, filter })
     }
 }

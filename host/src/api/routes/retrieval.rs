@@ -2,14 +2,15 @@
 
 use axum::extract::State;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::api::AppState;
 use crate::api::envelope::{ApiOk, Ctx, Envelope, ErrorEnvelope};
 use crate::api::error::ApiError;
 use crate::api::extract::{ApiJson, Auth};
 use crate::auth::Scope;
-use crate::memories::filter::MetadataFilter;
+use crate::memories::filter::MemoryFilter;
+use crate::memories::ranking::Mode;
 use crate::memories::{AnswerResult, DEFAULT_RESULTS, DEFAULT_THRESHOLD, ScoredMemory, SearchParams};
 
 /// A retrieval request. `context` (or its alias `query`) is the text to match.
@@ -25,32 +26,34 @@ pub struct RetrievalRequest {
     /// 0 to 1, default 0.05: memories scoring below are left out.
     #[schema(minimum = 0.0, maximum = 1.0)]
     pub relevance_threshold: Option<f32>,
-    /// Exact matches on top-level metadata keys (string, number or boolean values).
-    #[schema(value_type = Option<std::collections::HashMap<String, FilterValue>>)]
-    pub filters: Option<Map<String, Value>>,
-}
-
-/// A filter value, for the OpenAPI description only: filters are parsed from
-/// JSON by [`MetadataFilter::from_json`], which names a bad value's key.
-#[derive(utoipa::ToSchema)]
-#[allow(dead_code)]
-pub enum FilterValue {
-    Text(String),
-    Number(f64),
-    Boolean(bool),
+    /// mem0's v2 filter grammar: `{"user_id": "alice"}`, `{"AND": [...]}`,
+    /// `{"OR": [...]}`, `{"NOT": {...}}`, operators `eq ne in nin gt gte lt
+    /// lte contains icontains` and `"*"` over `user_id`, `agent_id`,
+    /// `app_id`, `run_id`, `created_at`, `updated_at` and metadata keys
+    /// (bare, or `metadata.<key>`). See docs/retrieval.md.
+    #[schema(value_type = Option<Object>)]
+    pub filters: Option<Value>,
+    /// `hybrid` (default): nearest embeddings and full-text search, fused by
+    /// reciprocal rank; `vector` or `keyword`: one list only.
+    pub mode: Option<Mode>,
+    /// Reorder the best candidates with the server's reranker (a
+    /// cross-encoder behind `[rerank]`); 400 when none is configured.
+    pub rerank: Option<bool>,
 }
 
 impl RetrievalRequest {
     fn params(self) -> Result<SearchParams, ApiError> {
         let filter = match &self.filters {
-            Some(f) => MetadataFilter::from_json(f).map_err(|e| ApiError::invalid_field("filters", e.0))?,
-            None => MetadataFilter::default(),
+            Some(f) => MemoryFilter::from_json(f, "filters").map_err(|e| ApiError::invalid_field("filters", e.0))?,
+            None => MemoryFilter::all(),
         };
         Ok(SearchParams {
             query: self.context,
             max_memories: self.max_memories.unwrap_or(DEFAULT_RESULTS),
             relevance_threshold: self.relevance_threshold.unwrap_or(DEFAULT_THRESHOLD),
             filter,
+            mode: self.mode.unwrap_or_default(),
+            rerank: self.rerank.unwrap_or(false),
         })
     }
 }
