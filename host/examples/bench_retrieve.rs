@@ -28,7 +28,8 @@ const QUESTIONS: &[&str] = &[
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let org = args.get(1).ok_or_else(|| anyhow::anyhow!("usage: bench_retrieve <org_id> [queries] [mode] [filters]"))?;
+    let org =
+        args.get(1).ok_or_else(|| anyhow::anyhow!("usage: bench_retrieve <org_id> [queries] [mode] [filters]"))?;
     let n: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(200);
     let mode = match args.get(3).map(String::as_str) {
         Some("vector") => Mode::Vector,
@@ -56,7 +57,8 @@ async fn main() -> anyhow::Result<()> {
     let mut found = 0;
     for i in 0..n {
         let started = Instant::now();
-        let hits = state.memories.search(&scope, &params(QUESTIONS[i % QUESTIONS.len()]), &RequestUsage::default()).await?;
+        let hits =
+            state.memories.search(&scope, &params(QUESTIONS[i % QUESTIONS.len()]), &RequestUsage::default()).await?;
         times.push(ms(started));
         found += hits.len();
     }

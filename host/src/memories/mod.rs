@@ -400,7 +400,12 @@ impl MemoryService {
                 self.store.keyword_candidates(scope, &terms, n, &params.filter).await?
             }
         };
-        let mut fused = ranking::fuse(&self.ranking, &vector, &keyword);
+        let vector_weight = if queries[0].0 == crate::providers::embedding::HASH_MODEL {
+            self.ranking.hashing_vector_weight
+        } else {
+            self.ranking.vector_weight
+        };
+        let mut fused = ranking::fuse(&self.ranking, vector_weight, &vector, &keyword);
         // Keyword-only candidates: their similarity decides the threshold too.
         let unknown: Vec<Uuid> = fused.iter().filter(|f| f.semantic.is_none()).map(|f| f.id).collect();
         if !unknown.is_empty() {

@@ -35,6 +35,10 @@ pub enum Mode {
 pub struct RankingPolicy {
     /// Weight of the vector list in the fusion.
     pub vector_weight: f32,
+    /// Its weight when the vectors come from the hashing embedder, which is
+    /// lexical (words and trigrams, like the keyword list but coarser). At 0
+    /// the keywords decide and the vector list only adds what they missed.
+    pub hashing_vector_weight: f32,
     /// Weight of the keyword list.
     pub keyword_weight: f32,
     /// The `k` of reciprocal rank fusion: larger flattens the rank curve.
@@ -64,6 +68,7 @@ impl Default for RankingPolicy {
     fn default() -> Self {
         RankingPolicy {
             vector_weight: 1.0,
+            hashing_vector_weight: 0.0,
             keyword_weight: 1.0,
             rrf_k: 60.0,
             min_candidates: 50,
@@ -87,7 +92,14 @@ impl RankingPolicy {
         }
         let file: File = serde_yaml_ng::from_str(yaml).map_err(|e| anyhow::anyhow!("retrieval policy: {e}"))?;
         let p = file.ranking;
-        let finite = [p.vector_weight, p.keyword_weight, p.rrf_k, p.recency_weight, p.recency_half_life_days];
+        let finite = [
+            p.vector_weight,
+            p.hashing_vector_weight,
+            p.keyword_weight,
+            p.rrf_k,
+            p.recency_weight,
+            p.recency_half_life_days,
+        ];
         if finite.iter().any(|v| !v.is_finite() || *v < 0.0) {
             anyhow::bail!("retrieval policy: weights, rrf_k and the half-life must be finite and not negative");
         }
@@ -144,8 +156,10 @@ pub struct Fused {
     pub keyword: Option<f32>,
 }
 
-/// Fuses the two lists (each best first). Ties keep the vector list's order.
-pub fn fuse(policy: &RankingPolicy, vector: &[(Uuid, f32)], keyword: &[(Uuid, f32)]) -> Vec<Fused> {
+/// Fuses the two lists (each best first), the vector list at `vector_weight`
+/// (the policy's, for the embedder that made them). Ties keep the vector
+/// list's order.
+pub fn fuse(policy: &RankingPolicy, vector_weight: f32, vector: &[(Uuid, f32)], keyword: &[(Uuid, f32)]) -> Vec<Fused> {
     let mut by_id: HashMap<Uuid, Fused> = HashMap::with_capacity(vector.len() + keyword.len());
     let mut order = Vec::with_capacity(vector.len() + keyword.len());
     for (rank, (id, cosine)) in vector.iter().enumerate() {
@@ -153,7 +167,7 @@ pub fn fuse(policy: &RankingPolicy, vector: &[(Uuid, f32)], keyword: &[(Uuid, f3
             order.push(*id);
             Fused { id: *id, fused: 0.0, semantic: None, keyword: None }
         });
-        f.fused += policy.vector_weight / (policy.rrf_k + rank as f32 + 1.0);
+        f.fused += vector_weight / (policy.rrf_k + rank as f32 + 1.0);
         f.semantic = Some(*cosine);
     }
     for (rank, (id, score)) in keyword.iter().enumerate() {
@@ -346,15 +360,18 @@ mod tests {
         let [a, b, c] = [Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7()];
         let p = RankingPolicy::default();
         // a: first in vectors only; b: second in both; c: first in keywords only
-        let fused = fuse(&p, &[(a, 0.9), (b, 0.8)], &[(c, 12.0), (b, 9.0)]);
+        let fused = fuse(&p, 1.0, &[(a, 0.9), (b, 0.8)], &[(c, 12.0), (b, 9.0)]);
         assert_eq!(fused.iter().map(|f| f.id).collect::<Vec<_>>(), vec![b, a, c]);
         assert_eq!(fused[0].semantic, Some(0.8));
         assert_eq!(fused[0].keyword, Some(9.0));
         assert_eq!(fused[2].semantic, None);
         // keyword weight 0: the vector order alone
         let p = RankingPolicy { keyword_weight: 0.0, ..RankingPolicy::default() };
-        let fused = fuse(&p, &[(a, 0.9), (b, 0.8)], &[(c, 12.0), (b, 9.0)]);
+        let fused = fuse(&p, 1.0, &[(a, 0.9), (b, 0.8)], &[(c, 12.0), (b, 9.0)]);
         assert_eq!(fused.iter().map(|f| f.id).take(2).collect::<Vec<_>>(), vec![a, b]);
+        // a low vector weight: keywords lead
+        let fused = fuse(&RankingPolicy::default(), 0.25, &[(a, 0.9), (b, 0.8)], &[(c, 12.0), (b, 9.0)]);
+        assert_eq!(fused.iter().map(|f| f.id).collect::<Vec<_>>(), vec![b, c, a]);
     }
 
     #[test]
