@@ -528,14 +528,15 @@ impl MemoryService {
         let mut idle = std::time::Duration::from_millis(500);
         loop {
             let current = self.embedders.current();
-            let stale_models = self.store.models_in_use().into_iter().any(|m| m != current.model());
+            let old = self.store.models_in_use().into_iter().find(|m| m != current.model());
             let mut progressed = false;
-            if stale_models {
-                match self.reembed_batch(&current, BATCH).await {
+            if let Some(old) = old {
+                match self.reembed_batch(&current, &old, BATCH).await {
                     Ok(0) => {
-                        // Caught up: the old models are gone.
+                        // Caught up with this model: read what is left.
                         let _ = self.store.refresh_models().await;
-                        tracing::info!(model = current.model(), "re-embedding done");
+                        tracing::info!(model = current.model(), from = %old, "re-embedding done");
+                        progressed = true;
                     }
                     Ok(_) => progressed = true,
                     Err(e) => tracing::warn!(error = %e, "re-embedding failed; retrying"),
@@ -554,13 +555,14 @@ impl MemoryService {
         }
     }
 
-    /// Re-embeds up to `limit` stale memories; returns how many were stale.
+    /// Re-embeds up to `limit` memories of `old_model`; returns how many it found.
     async fn reembed_batch(
         &self,
         embedder: &Arc<dyn crate::providers::Embedder>,
+        old_model: &str,
         limit: u32,
     ) -> Result<usize, MemoryError> {
-        let stale = self.store.stale(embedder.model(), limit).await?;
+        let stale = self.store.stale(old_model, limit).await?;
         if stale.is_empty() {
             return Ok(0);
         }

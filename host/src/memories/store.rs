@@ -84,11 +84,12 @@ impl MemoryStore {
         Ok(models)
     }
 
-    /// Up to `limit` memories (any org) whose vectors are not `model`'s.
-    pub async fn stale(&self, model: &str, limit: u32) -> sqlx::Result<Vec<Stale>> {
+    /// Up to `limit` memories (any org) whose vectors `old_model` made
+    /// (an equality, so the index finds them however many are done).
+    pub async fn stale(&self, old_model: &str, limit: u32) -> sqlx::Result<Vec<Stale>> {
         let rows = sql("SELECT id, org_id, environment, text, embedding_model FROM memories \
-                        WHERE embedding_model <> $1 LIMIT $2")
-        .bind(model)
+                        WHERE embedding_model = $1 LIMIT $2")
+        .bind(old_model)
         .bind(limit as i64)
         .fetch_all(self.db.read())
         .await?;
@@ -569,8 +570,11 @@ impl MemoryStore {
             // Each term quoted: a phrase of one word, never an FTS5 operator.
             Backend::Sqlite => (
                 format!(
+                    // CROSS JOIN: SQLite keeps the full-text match as the
+                    // outer loop (a plain join may walk the org's memories
+                    // and run the match once per row).
                     "SELECT m.id AS id, -bm25(memories_fts) AS score FROM memories_fts \
-                     JOIN memories m ON m.rowid = memories_fts.rowid \
+                     CROSS JOIN memories m ON m.rowid = memories_fts.rowid \
                      WHERE memories_fts MATCH $1 AND m.org_id = $2 AND m.environment = $3{} \
                      ORDER BY bm25(memories_fts) LIMIT ${}",
                     filter_sql,
