@@ -373,9 +373,13 @@ impl MemoryStore {
         filter: &MemoryFilter,
     ) -> sqlx::Result<Vec<(Uuid, f32)>> {
         let mut lists = Vec::with_capacity(queries.len());
+        // Only while re-embedding do the vectors of several models live side
+        // by side; otherwise a model predicate would steer PostgreSQL away
+        // from the HNSW index (onto the embedding_model index and a sort).
+        let by_model = queries.len() > 1;
         for (model, vector) in queries {
             let mut hits = match &self.vectors {
-                None => self.search_pgvector(scope, vector, model, n, filter).await?,
+                None => self.search_pgvector(scope, vector, by_model.then_some(model.as_str()), n, filter).await?,
                 Some(index) => {
                     self.search_in_process(index, scope, vector.clone(), model, n, threshold, filter).await?
                 }
@@ -399,20 +403,21 @@ impl MemoryStore {
         Ok(merged)
     }
 
-    /// PostgreSQL: through the HNSW index, the vectors of `model` only.
+    /// PostgreSQL: through the HNSW index; the vectors of `model` only when given.
     async fn search_pgvector(
         &self,
         scope: &MemoryScope,
         embedding: &[f32],
-        model: &str,
+        model: Option<&str>,
         k: u32,
         filter: &MemoryFilter,
     ) -> sqlx::Result<Vec<(Uuid, f32)>> {
         let mut n = 4;
         let (filter_sql, filter_args) = filter.sql(Backend::Postgres, "", &mut n);
+        let model_sql = if model.is_some() { " AND embedding_model = $4" } else { " AND $4::text IS NULL" };
         let mut q = sql(format!(
             "SELECT id, 1 - (embedding <=> $1::vector) AS score FROM memories \
-             WHERE org_id = $2 AND environment = $3 AND embedding_model = $4{filter_sql} \
+             WHERE org_id = $2 AND environment = $3{model_sql}{filter_sql} \
              ORDER BY embedding <=> $1::vector LIMIT ${}",
             n + 1
         ))
