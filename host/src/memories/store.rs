@@ -477,12 +477,18 @@ impl MemoryStore {
 
     /// The stored (exact) vectors of some memories.
     async fn vectors_of(&self, scope: &MemoryScope, ids: &[Uuid]) -> sqlx::Result<Vec<(Uuid, Vec<f32>)>> {
+        let rows = self.rows_by_id(scope, "id, embedding", ids).await?;
+        rows.iter().map(|r| Ok((r.uuid("id")?, r.vector("embedding")?))).collect()
+    }
+
+    /// `columns` of the scope's memories with these ids, in any order.
+    async fn rows_by_id(&self, scope: &MemoryScope, columns: &str, ids: &[Uuid]) -> sqlx::Result<Vec<Row>> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
         let placeholders = (3..ids.len() + 3).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ");
         let mut q = sql(format!(
-            "SELECT id, embedding FROM memories WHERE org_id = $1 AND environment = $2 AND id IN ({placeholders})"
+            "SELECT {columns} FROM memories WHERE org_id = $1 AND environment = $2 AND id IN ({placeholders})"
         ))
         .bind(&scope.org_id)
         .bind(scope.environment.as_str());
@@ -492,7 +498,7 @@ impl MemoryStore {
         let mut tx = self.db.tenant_reads(&scope.org_id).await?;
         let rows = q.fetch_all(&mut tx).await?;
         tx.commit().await?;
-        rows.iter().map(|r| Ok((r.uuid("id")?, r.vector("embedding")?))).collect()
+        Ok(rows)
     }
 
     /// The scope's in-process vectors, loading them on first use.
@@ -609,22 +615,7 @@ impl MemoryStore {
 
     /// Rows by id, in any order.
     pub async fn fetch_many(&self, scope: &MemoryScope, ids: &[Uuid]) -> sqlx::Result<Vec<Memory>> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let placeholders = (3..ids.len() + 3).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ");
-        let mut q = sql(format!(
-            "SELECT {COLUMNS} FROM memories WHERE org_id = $1 AND environment = $2 AND id IN ({placeholders})"
-        ))
-        .bind(&scope.org_id)
-        .bind(scope.environment.as_str());
-        for id in ids {
-            q = q.bind(*id);
-        }
-        let mut tx = self.db.tenant_reads(&scope.org_id).await?;
-        let rows = q.fetch_all(&mut tx).await?;
-        tx.commit().await?;
-        rows.iter().map(memory_from).collect()
+        self.rows_by_id(scope, COLUMNS, ids).await?.iter().map(memory_from).collect()
     }
 
     /// Every vector of a scope, for the in-process index.
