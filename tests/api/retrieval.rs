@@ -8,7 +8,8 @@ both_backends!(
     query_and_answer,
     limits_and_threshold,
     keyword_search_follows_the_text,
-    filters_follow_the_grammar
+    filters_follow_the_grammar,
+    common_words_leave_the_match_over_the_budget
 );
 
 const CORPUS: &[&str] = &[
@@ -165,6 +166,56 @@ async fn keyword_search_follows_the_text(backend: Backend) {
     assert_eq!(texts(r.assert_ok(200))[0], CORPUS[1]);
     let r = s.post("/v1/retrieve", &key, json!({"context": "x", "mode": "bm42"})).await;
     r.assert_error(400, "INVALID_REQUEST");
+}
+
+/// `keyword_match_budget`: when the terms together match more rows than
+/// the budget, the common ones leave the match and the rarest stays (with
+/// the default budget, and with 0, every term matches).
+async fn common_words_leave_the_match_over_the_budget(backend: Backend) {
+    let policies = tempfile::tempdir().unwrap();
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for f in std::fs::read_dir(repo.join("policies")).unwrap() {
+        let f = f.unwrap().path();
+        if f.extension().is_some_and(|e| e == "yaml") {
+            std::fs::copy(&f, policies.path().join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    std::fs::write(policies.path().join("retrieval.yaml"), "ranking:\n  keyword_match_budget: 3\n").unwrap();
+    let dir = policies.path().display().to_string();
+    let tight = TestServer::start_with(backend, &[("MEMHOST_POLICIES_DIR", &dir)]).await;
+    let open = TestServer::start(backend).await;
+    for s in [&tight, &open] {
+        let (_, key) = s.tenant();
+        for t in ["Coffee at nine.", "Coffee with Ann.", "Coffee beans from Kenya.", "Coffee is cold.", "Coffee again."]
+        {
+            s.add(&key, t, json!({})).await;
+        }
+        let zebra = s.add(&key, "A zebra print coffee mug.", json!({})).await;
+        let stripes = s.add(&key, "The zebra has stripes.", json!({})).await;
+        // PostgreSQL reads term frequencies from ANALYZE's statistics.
+        if backend == Backend::Postgres {
+            s.sql_exec("ANALYZE memories").await.unwrap();
+        }
+        let r = s
+            .post("/v1/retrieve", &key, json!({"context": "zebra coffee", "mode": "keyword", "relevance_threshold": 0}))
+            .await;
+        let mut found = ids(r.assert_ok(200));
+        if std::ptr::eq(s, &tight) {
+            // "coffee" (6 rows) is over the budget of 3: only "zebra" matches.
+            found.sort();
+            let mut expected = vec![zebra.clone(), stripes.clone()];
+            expected.sort();
+            assert_eq!(found, expected, "{:?}", r.body);
+        } else {
+            // Every term matches; the rare one still ranks first.
+            assert_eq!(found.len(), 7, "{:?}", r.body);
+            let mut top = found[..2].to_vec();
+            top.sort();
+            let mut expected = vec![zebra.clone(), stripes.clone()];
+            expected.sort();
+            assert_eq!(top, expected, "{:?}", r.body);
+        }
+    }
 }
 
 /// mem0's v2 filter grammar, on retrieval (both lists), list and delete-all:

@@ -4,7 +4,7 @@
 //! [`MemoryScope`] (an org and its live or test environment).
 
 pub mod filter;
-mod index;
+pub mod index;
 mod quantized;
 pub mod ranking;
 mod store;
@@ -389,17 +389,25 @@ impl MemoryService {
         let k = params.max_memories;
         let n = self.ranking.candidates(k);
         let queries = self.query_vectors(&params.query, usage).await?;
-        let vector = match params.mode {
-            Mode::Keyword => Vec::new(),
-            _ => self.store.vector_candidates(scope, &queries, n, params.relevance_threshold, &params.filter).await?,
-        };
-        let keyword = match params.mode {
-            Mode::Vector => Vec::new(),
-            _ => {
-                let terms = ranking::keyword_terms(&params.query);
-                self.store.keyword_candidates(scope, &terms, n, &params.filter).await?
+        // The two lists at once: the vector scan runs on the blocking pool
+        // (or in PostgreSQL), the full-text query on a database connection.
+        let vector = async {
+            match params.mode {
+                Mode::Keyword => Ok(Vec::new()),
+                _ => self.store.vector_candidates(scope, &queries, n, params.relevance_threshold, &params.filter).await,
             }
         };
+        let keyword = async {
+            match params.mode {
+                Mode::Vector => Ok(Vec::new()),
+                _ => {
+                    let terms = ranking::keyword_terms(&params.query);
+                    let budget = self.ranking.keyword_match_budget;
+                    self.store.keyword_candidates(scope, &terms, n, &params.filter, budget).await
+                }
+            }
+        };
+        let (vector, keyword) = tokio::try_join!(vector, keyword)?;
         let vector_weight = if queries[0].0 == crate::providers::embedding::HASH_MODEL {
             self.ranking.hashing_vector_weight
         } else {

@@ -46,6 +46,12 @@ pub struct RankingPolicy {
     /// Candidates taken from each list: `max(min_candidates, candidates_per_result × max_memories)`.
     pub min_candidates: u32,
     pub candidates_per_result: u32,
+    /// Rows a keyword query may match before its most common terms are left
+    /// out of the match (they still count in PostgreSQL's rank). Full-text
+    /// engines score every matching row before the LIMIT, and a common word
+    /// matches a large share of the memories while weighing little in BM25
+    /// (low IDF). 0: always match every term.
+    pub keyword_match_budget: u64,
     /// Newer memories first, all else equal: the fused score is multiplied by
     /// `1 - recency_weight + recency_weight × 0.5^(age / recency_half_life_days)`.
     /// 0 turns it off.
@@ -73,6 +79,7 @@ impl Default for RankingPolicy {
             rrf_k: 60.0,
             min_candidates: 50,
             candidates_per_result: 5,
+            keyword_match_budget: 5000,
             recency_weight: 0.0,
             recency_half_life_days: 30.0,
             boosts: Vec::new(),
@@ -351,6 +358,29 @@ pub fn keyword_terms(query: &str) -> Vec<String> {
     terms
 }
 
+/// The terms a keyword query matches on, given how many rows each matches
+/// (`docs[i]` for `terms[i]`): all of them while their counts add up to at
+/// most `budget` (0: no budget); otherwise the rarest first for as long as
+/// they fit, and always at least the rarest one. Order as in `terms`.
+pub fn match_terms(terms: &[String], docs: &[u64], budget: u64) -> Vec<String> {
+    let total: u64 = docs.iter().sum();
+    if budget == 0 || total <= budget || terms.len() < 2 {
+        return terms.to_vec();
+    }
+    let mut by_rarity: Vec<usize> = (0..terms.len()).collect();
+    by_rarity.sort_by_key(|&i| (docs[i], i));
+    let mut keep = vec![false; terms.len()];
+    let mut used = 0u64;
+    for &i in &by_rarity {
+        if used > 0 && used.saturating_add(docs[i]) > budget {
+            break;
+        }
+        used = used.saturating_add(docs[i]);
+        keep[i] = true;
+    }
+    terms.iter().zip(keep).filter(|(_, k)| *k).map(|(t, _)| t.clone()).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -380,6 +410,21 @@ mod tests {
         assert_eq!(keyword_terms("\"OR\" NEAR(x) *:- café"), vec!["near", "x", "café"]);
         assert_eq!(keyword_terms("who is it"), vec!["who", "is", "it"]);
         assert!(keyword_terms("?!").is_empty());
+    }
+
+    #[test]
+    fn common_terms_leave_the_match_over_budget() {
+        let t = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let terms = t(&["likes", "kyoto", "tea", "morning"]);
+        // within budget, or no budget: every term
+        assert_eq!(match_terms(&terms, &[10, 1, 5, 20], 100), terms);
+        assert_eq!(match_terms(&terms, &[9000, 10, 500, 40000], 0), terms);
+        // over: rarest first while they fit, in the query's order
+        assert_eq!(match_terms(&terms, &[9000, 10, 500, 40000], 5000), t(&["kyoto", "tea"]));
+        // even the rarest over budget: it alone
+        assert_eq!(match_terms(&terms, &[9000, 7000, 6000, 40000], 5000), t(&["tea"]));
+        // a term nothing matches costs nothing
+        assert_eq!(match_terms(&terms, &[9000, 0, 6000, 40000], 5000), t(&["kyoto", "tea"]));
     }
 
     #[test]

@@ -49,7 +49,11 @@ pub struct MemoryStore {
     /// The models stored vectors come from (all orgs): one, except while a
     /// change of embedder is being caught up with.
     models: Arc<std::sync::RwLock<Vec<String>>>,
+    /// PostgreSQL only: lexeme frequencies, when they were read.
+    lexeme_stats: Arc<std::sync::Mutex<Option<LexemeStats>>>,
 }
+
+type LexemeStats = (std::time::Instant, Arc<std::collections::HashMap<String, u64>>);
 
 /// A memory whose vector another model made, to re-embed.
 pub struct Stale {
@@ -62,7 +66,7 @@ pub struct Stale {
 impl MemoryStore {
     pub fn new(db: Database) -> MemoryStore {
         let vectors = (db.backend() == Backend::Sqlite).then(Default::default);
-        MemoryStore { db, vectors, models: Default::default() }
+        MemoryStore { db, vectors, models: Default::default(), lexeme_stats: Default::default() }
     }
 
     pub fn models_in_use(&self) -> Vec<String> {
@@ -563,22 +567,32 @@ impl MemoryStore {
     /// Full-text search: the `n` best memories of the scope containing any
     /// of `terms` (plain lowercase words, see `ranking::keyword_terms`),
     /// best first, as (id, score; higher is better). SQLite ranks by FTS5's
-    /// BM25, PostgreSQL by `ts_rank` over the English `tsvector`.
+    /// BM25, PostgreSQL by `ts_rank` over the English `tsvector`. When the
+    /// terms together match more than `budget` rows, the most common ones
+    /// are left out of the match (`ranking::match_terms`); PostgreSQL still
+    /// ranks the rows by every term.
     pub async fn keyword_candidates(
         &self,
         scope: &MemoryScope,
         terms: &[String],
         n: u32,
         filter: &MemoryFilter,
+        budget: u64,
     ) -> sqlx::Result<Vec<(Uuid, f32)>> {
         if terms.is_empty() {
             return Ok(Vec::new());
         }
+        let mut tx = self.db.tenant_reads(&scope.org_id).await?;
+        let matched = if budget > 0 && terms.len() > 1 {
+            let docs = self.term_docs(&mut tx, terms, budget).await?;
+            super::ranking::match_terms(terms, &docs, budget)
+        } else {
+            terms.to_vec()
+        };
         let mut p = 3;
         let prefix = if self.db.backend() == Backend::Sqlite { "m." } else { "" };
         let (filter_sql, filter_args) = filter.sql(self.db.backend(), prefix, &mut p);
         let (text, query) = match self.db.backend() {
-            // Each term quoted: a phrase of one word, never an FTS5 operator.
             Backend::Sqlite => (
                 format!(
                     // CROSS JOIN: SQLite keeps the full-text match as the
@@ -591,26 +605,77 @@ impl MemoryStore {
                     filter_sql,
                     p + 1
                 ),
-                terms.iter().map(|t| format!("\"{t}\"")).collect::<Vec<_>>().join(" OR "),
+                fts5_any(&matched),
             ),
             Backend::Postgres => (
                 format!(
-                    "SELECT id, ts_rank(text_search, q)::float8 AS score FROM memories, to_tsquery('english', $1) q \
-                     WHERE org_id = $2 AND environment = $3 AND text_search @@ q{filter_sql} \
+                    "SELECT id, ts_rank(text_search, to_tsquery('english', ${}))::float8 AS score FROM memories \
+                     WHERE org_id = $2 AND environment = $3 AND text_search @@ to_tsquery('english', $1){filter_sql} \
                      ORDER BY score DESC, id DESC LIMIT ${}",
+                    p + 2,
                     p + 1
                 ),
-                terms.join(" | "),
+                matched.join(" | "),
             ),
         };
         let mut q = sql(text).bind(query).bind(&scope.org_id).bind(scope.environment.as_str());
         for a in filter_args {
             q = q.bind(a);
         }
-        let mut tx = self.db.tenant_reads(&scope.org_id).await?;
-        let rows = q.bind(n as i64).fetch_all(&mut tx).await?;
+        q = q.bind(n as i64);
+        if self.db.backend() == Backend::Postgres {
+            q = q.bind(terms.join(" | "));
+        }
+        let rows = q.fetch_all(&mut tx).await?;
         tx.commit().await?;
         rows.iter().map(|r| Ok((r.uuid("id")?, r.get::<f64>("score")? as f32))).collect()
+    }
+
+    /// How many rows (of all orgs: the engines' statistics are global) each
+    /// term matches, as far as it matters against `budget`. SQLite counts
+    /// in the full-text index, stopping past the budget; PostgreSQL reads
+    /// the lexeme frequencies `ANALYZE` keeps for the `tsvector` column (a
+    /// term absent from them is rarer than every term there, counted 0).
+    async fn term_docs(&self, tx: &mut Tx, terms: &[String], budget: u64) -> sqlx::Result<Vec<u64>> {
+        match self.db.backend() {
+            Backend::Sqlite => {
+                let mut docs = Vec::with_capacity(terms.len());
+                for t in terms {
+                    let row = sql("SELECT count(*) AS n FROM \
+                         (SELECT 1 FROM memories_fts WHERE memories_fts MATCH $1 LIMIT $2)")
+                    .bind(fts5_any(std::slice::from_ref(t)))
+                    .bind(budget.saturating_add(1).min(i64::MAX as u64) as i64)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    docs.push(row.get::<i64>("n")?.max(0) as u64);
+                }
+                Ok(docs)
+            }
+            Backend::Postgres => {
+                let stats = self.lexeme_stats().await?;
+                if stats.is_empty() {
+                    return Ok(vec![0; terms.len()]);
+                }
+                // The English configuration's lexemes of each term (its stem;
+                // none for a stop word).
+                let rows = sql(
+                    "SELECT t.i, array_to_string(tsvector_to_array(to_tsvector('english', t.term)), ' ') AS lexemes \
+                     FROM regexp_split_to_table($1, ' ') WITH ORDINALITY AS t(term, i)",
+                )
+                .bind(terms.join(" "))
+                .fetch_all(&mut *tx)
+                .await?;
+                let mut docs = vec![0u64; terms.len()];
+                for r in &rows {
+                    let i = r.get::<i64>("i")? as usize;
+                    let lexemes: String = r.get("lexemes")?;
+                    if let Some(d) = docs.get_mut(i.wrapping_sub(1)) {
+                        *d = lexemes.split(' ').filter_map(|l| stats.get(l)).copied().max().unwrap_or(0);
+                    }
+                }
+                Ok(docs)
+            }
+        }
     }
 
     /// Rows by id, in any order.
@@ -635,6 +700,47 @@ impl MemoryStore {
         .await?;
         Ok(index)
     }
+
+    /// PostgreSQL: rows per lexeme for the lexemes `ANALYZE` found most
+    /// common in `memories.text_search` (empty before the first
+    /// `ANALYZE`). `pg_stats` takes milliseconds to read, so the figures
+    /// are kept for [`LEXEME_STATS_TTL`]; they only change at the next
+    /// `ANALYZE` anyway. Read as the service's own role, not in a tenant's
+    /// transaction: `pg_stats` hides the statistics of a table whose
+    /// row-level security applies to the reader (they are global figures,
+    /// and only their counts are used).
+    async fn lexeme_stats(&self) -> sqlx::Result<Arc<std::collections::HashMap<String, u64>>> {
+        if let Some((at, stats)) = self.lexeme_stats.lock().unwrap_or_else(|e| e.into_inner()).as_ref()
+            && at.elapsed() < LEXEME_STATS_TTL
+        {
+            return Ok(stats.clone());
+        }
+        let rows = sql("SELECT u.elem, u.freq::float8 * greatest(c.reltuples, 0)::float8 AS docs \
+             FROM pg_stats s \
+             CROSS JOIN (SELECT reltuples FROM pg_class WHERE oid = 'memories'::regclass) c \
+             CROSS JOIN unnest(s.most_common_elems::text::text[], s.most_common_elem_freqs) AS u(elem, freq) \
+             WHERE s.schemaname = current_schema() AND s.tablename = 'memories' AND s.attname = 'text_search' \
+               AND u.elem IS NOT NULL")
+        .fetch_all(self.db.read())
+        .await?;
+        let mut stats = std::collections::HashMap::with_capacity(rows.len());
+        for r in &rows {
+            let docs = r.get::<f64>("docs")?;
+            stats.insert(r.get::<String>("elem")?, if docs.is_finite() { docs.max(0.0) as u64 } else { 0 });
+        }
+        let stats = Arc::new(stats);
+        *self.lexeme_stats.lock().unwrap_or_else(|e| e.into_inner()) = Some((std::time::Instant::now(), stats.clone()));
+        Ok(stats)
+    }
+}
+
+/// How long PostgreSQL's lexeme statistics are reused (see `lexeme_stats`).
+const LEXEME_STATS_TTL: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// An FTS5 query matching any of `terms`, each quoted: a phrase of one
+/// word, never an operator.
+fn fts5_any(terms: &[String]) -> String {
+    terms.iter().map(|t| format!("\"{t}\"")).collect::<Vec<_>>().join(" OR ")
 }
 
 async fn select_one(tx: &mut Tx, scope: &MemoryScope, id: Uuid, lock: &str) -> sqlx::Result<Option<Memory>> {
