@@ -175,6 +175,19 @@ impl Database {
     }
 }
 
+impl Database {
+    /// Reads as the service itself, outside row-level security, read-only:
+    /// only for a statement whose own `WHERE org_id = …` confines it and
+    /// which row-level security would make slow (see the full-text search
+    /// in `memories::store`). SQLite: the read pool, as `tenant_reads`.
+    pub async fn service_reads(&self) -> sqlx::Result<Tx> {
+        Ok(Tx(match self {
+            Database::Sqlite(s) => TxInner::SqliteRead(s.read.clone()),
+            Database::Postgres(p) => TxInner::Pg(super::begin_pg(p, Some("BEGIN READ ONLY".into())).await?),
+        }))
+    }
+}
+
 /// A transaction (or, for SQLite tenant reads, the read pool). Dropped
 /// without [`Tx::commit`], it rolls back.
 pub struct Tx(TxInner);
