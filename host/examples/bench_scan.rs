@@ -7,8 +7,10 @@
 //! k-th best (so ties count as found). The shortlist size is thereby
 //! measured, not assumed.
 //!
-//! `cargo run --release --example bench_scan -- <count> [queries] [k] [shortlists, e.g. 4000,16000]`
-//! (the shortlists default to the one searches use for k).
+//! `cargo run --release --example bench_scan -- <count> [queries] [k] [shortlists, e.g. 4000,16000] [model dir]`
+//! (the shortlists default to the one searches use for k). With a model
+//! directory (e.g. all-MiniLM-L6-v2) the vectors are that model's, embedded
+//! on two threads: slow (~100 texts/s a core), so for tens of thousands.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -39,15 +41,37 @@ fn main() -> anyhow::Result<()> {
         created_at: now,
         updated_at: now,
     });
+    let model =
+        args.get(5).map(|dir| memhost_semantic::SentenceEncoder::load(std::path::Path::new(dir))).transpose()?;
+    let embed = |texts: &[String]| -> Vec<Vec<f32>> {
+        match &model {
+            None => texts.iter().map(|t| LocalEmbedder::embed_one(t)).collect(),
+            Some(encoder) => std::thread::scope(|scope| {
+                let half = texts.len().div_ceil(2).max(1);
+                let parts: Vec<_> = texts
+                    .chunks(half)
+                    .map(|part| {
+                        scope.spawn(move || {
+                            part.chunks(32)
+                                .flat_map(|c| encoder.encode(&c.iter().map(String::as_str).collect::<Vec<_>>()))
+                                .collect::<Vec<_>>()
+                        })
+                    })
+                    .collect();
+                parts.into_iter().flat_map(|p| p.join().expect("embedding thread")).collect()
+            }),
+        }
+    };
     let started = Instant::now();
     let mut index = OrgVectors::default();
     let mut rng = Lcg(0x5ca1);
-    for _ in 0..count {
-        index.upsert(Uuid::now_v7(), &LocalEmbedder::embed_one(&text(&mut rng)), "hash", attributes.clone());
+    let texts: Vec<String> = (0..count).map(|_| text(&mut rng)).collect();
+    for v in embed(&texts) {
+        index.upsert(Uuid::now_v7(), &v, "hash", attributes.clone());
     }
     eprintln!("filled {count} vectors in {:.1} s", started.elapsed().as_secs_f64());
     let mut rng = Lcg(0x9e77);
-    let qs: Vec<Vec<f32>> = (0..queries).map(|_| LocalEmbedder::embed_one(&text(&mut rng))).collect();
+    let qs = embed(&(0..queries).map(|_| text(&mut rng)).collect::<Vec<_>>());
     let all = MemoryFilter::all();
     let shortlists: Vec<usize> = match args.get(4) {
         Some(list) => list.split(',').map(str::parse).collect::<Result<_, _>>()?,
@@ -63,7 +87,8 @@ fn main() -> anyhow::Result<()> {
             hits
         })
         .collect();
-    println!("{count} vectors, {queries} queries, k {k}");
+    let which = if model.is_some() { "semantic model" } else { "hashing embedder" };
+    println!("{count} vectors ({which}), {queries} queries, k {k}");
     println!("int8 scan:                      {}", summary(&mut int8));
     for shortlist in shortlists {
         let mut times = Vec::new();
