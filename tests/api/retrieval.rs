@@ -186,9 +186,10 @@ async fn common_words_leave_the_match_over_the_budget(backend: Backend) {
     let open = TestServer::start(backend).await;
     for s in [&tight, &open] {
         let (_, key) = s.tenant();
+        let mut coffee = Vec::new();
         for t in ["Coffee at nine.", "Coffee with Ann.", "Coffee beans from Kenya.", "Coffee is cold.", "Coffee again."]
         {
-            s.add(&key, t, json!({})).await;
+            coffee.push(s.add(&key, t, json!({})).await);
         }
         let zebra = s.add(&key, "A zebra print coffee mug.", json!({})).await;
         let stripes = s.add(&key, "The zebra has stripes.", json!({})).await;
@@ -204,6 +205,19 @@ async fn common_words_leave_the_match_over_the_budget(backend: Backend) {
             // "coffee" (6 rows) is over the budget of 3: only "zebra" matches.
             found.sort();
             let mut expected = vec![zebra.clone(), stripes.clone()];
+            expected.sort();
+            assert_eq!(found, expected, "{:?}", r.body);
+            // One term over the budget on its own: SQLite ranks the newest
+            // `budget` (3) of its matches; PostgreSQL all of them.
+            let r = s
+                .post("/v1/retrieve", &key, json!({"context": "coffee", "mode": "keyword", "relevance_threshold": 0}))
+                .await;
+            let mut found = ids(r.assert_ok(200));
+            found.sort();
+            let mut expected = match backend {
+                Backend::Sqlite => vec![coffee[3].clone(), coffee[4].clone(), zebra.clone()],
+                Backend::Postgres => coffee.iter().cloned().chain([zebra.clone()]).collect(),
+            };
             expected.sort();
             assert_eq!(found, expected, "{:?}", r.body);
         } else {

@@ -50,7 +50,9 @@ pub struct RankingPolicy {
     /// out of the match (they still count in PostgreSQL's rank). Full-text
     /// engines score every matching row before the LIMIT, and a common word
     /// matches a large share of the memories while weighing little in BM25
-    /// (low IDF). 0: always match every term.
+    /// (low IDF). In SQLite, when even the rarest term matches more than
+    /// this many of the org's memories, the newest this-many are ranked.
+    /// 0: always match and rank everything.
     pub keyword_match_budget: u64,
     /// Newer memories first, all else equal: the fused score is multiplied by
     /// `1 - recency_weight + recency_weight × 0.5^(age / recency_half_life_days)`.

@@ -570,7 +570,9 @@ impl MemoryStore {
     /// BM25, PostgreSQL by `ts_rank` over the English `tsvector`. When the
     /// terms together match more than `budget` rows, the most common ones
     /// are left out of the match (`ranking::match_terms`); PostgreSQL still
-    /// ranks the rows by every term.
+    /// ranks the rows by every term. In SQLite, when even the rarest term
+    /// matches more than `budget` of the scope's rows (after filters), only
+    /// the newest `budget` of them are ranked.
     pub async fn keyword_candidates(
         &self,
         scope: &MemoryScope,
@@ -588,15 +590,42 @@ impl MemoryStore {
         // ms at 100 000). The statement confines itself: `org_id = $2` and
         // `environment = $3` come from the authenticated scope, as in SQLite.
         let mut tx = self.db.service_reads().await?;
-        let matched = if budget > 0 && terms.len() > 1 {
+        // One term: nothing to leave out; only SQLite's newest window needs its count.
+        let (matched, over_budget) = if budget > 0 && (terms.len() > 1 || self.db.backend() == Backend::Sqlite) {
             let docs = self.term_docs(&mut tx, terms, budget).await?;
-            super::ranking::match_terms(terms, &docs, budget)
+            let matched = super::ranking::match_terms(terms, &docs, budget);
+            let used: u64 = terms.iter().zip(&docs).filter(|(t, _)| matched.contains(t)).map(|(_, d)| d).sum();
+            (matched, used > budget)
         } else {
-            terms.to_vec()
+            (terms.to_vec(), false)
         };
         let mut p = 3;
         let prefix = if self.db.backend() == Backend::Sqlite { "m." } else { "" };
         let (filter_sql, filter_args) = filter.sql(self.db.backend(), prefix, &mut p);
+        // SQLite, when even the rarest term matches more than the budget:
+        // BM25 ranks the newest `budget` matches of this org and filter
+        // only (found newest first through the index, without scoring).
+        let newest_window = if over_budget && self.db.backend() == Backend::Sqlite {
+            let mut p2 = 3;
+            let (window_filter, window_args) = filter.sql(Backend::Sqlite, "m.", &mut p2);
+            let mut q = sql(format!(
+                "SELECT memories_fts.rowid AS r FROM memories_fts \
+                 CROSS JOIN memories m ON m.rowid = memories_fts.rowid \
+                 WHERE memories_fts MATCH $1 AND m.org_id = $2 AND m.environment = $3{window_filter} \
+                 ORDER BY memories_fts.rowid DESC LIMIT 1 OFFSET ${}",
+                p2 + 1
+            ))
+            .bind(fts5_any(&matched))
+            .bind(&scope.org_id)
+            .bind(scope.environment.as_str());
+            for a in window_args {
+                q = q.bind(a);
+            }
+            let offset = budget.saturating_sub(1).min(i64::MAX as u64) as i64;
+            q.bind(offset).fetch_optional(&mut tx).await?.map(|r| r.get::<i64>("r")).transpose()?
+        } else {
+            None
+        };
         let (text, query) = match self.db.backend() {
             Backend::Sqlite => (
                 format!(
@@ -605,9 +634,14 @@ impl MemoryStore {
                     // and run the match once per row).
                     "SELECT m.id AS id, -bm25(memories_fts) AS score FROM memories_fts \
                      CROSS JOIN memories m ON m.rowid = memories_fts.rowid \
-                     WHERE memories_fts MATCH $1 AND m.org_id = $2 AND m.environment = $3{} \
+                     WHERE memories_fts MATCH $1 AND m.org_id = $2 AND m.environment = $3{}{} \
                      ORDER BY bm25(memories_fts) LIMIT ${}",
                     filter_sql,
+                    if newest_window.is_some() {
+                        format!(" AND memories_fts.rowid >= ${}", p + 2)
+                    } else {
+                        String::new()
+                    },
                     p + 1
                 ),
                 fts5_any(&matched),
@@ -633,6 +667,9 @@ impl MemoryStore {
         q = q.bind(n as i64);
         if self.db.backend() == Backend::Postgres {
             q = q.bind(terms.join(" | "));
+        }
+        if let Some(from) = newest_window {
+            q = q.bind(from);
         }
         let rows = q.fetch_all(&mut tx).await?;
         tx.commit().await?;
