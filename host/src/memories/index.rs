@@ -183,11 +183,8 @@ impl OrgVectors {
         threshold: f32,
         filter: &MemoryFilter,
     ) -> Vec<(Uuid, f32)> {
-        if self.ids.len() > SIGN_PASS_ABOVE {
-            self.search_with(query, model, k, threshold, filter, Some(shortlist_len(k)))
-        } else {
-            self.search_with(query, model, k, threshold, filter, None)
-        }
+        let shortlist = (self.ids.len() > SIGN_PASS_ABOVE).then(|| shortlist_len(k));
+        self.search_with(query, model, k, threshold, filter, shortlist)
     }
 
     /// [`Self::search`], with the sign pass (shortlisting `shortlist`

@@ -602,23 +602,26 @@ impl MemoryStore {
         let mut p = 3;
         let prefix = if self.db.backend() == Backend::Sqlite { "m." } else { "" };
         let (filter_sql, filter_args) = filter.sql(self.db.backend(), prefix, &mut p);
+        // SQLite: the matches of this org and filter. CROSS JOIN keeps the
+        // full-text match as the outer loop (a plain join may walk the org's
+        // memories and run the match once per row).
+        let sqlite_matches = format!(
+            "FROM memories_fts CROSS JOIN memories m ON m.rowid = memories_fts.rowid \
+             WHERE memories_fts MATCH $1 AND m.org_id = $2 AND m.environment = $3{filter_sql}"
+        );
+        let fts_query = fts5_any(&matched);
         // SQLite, when even the rarest term matches more than the budget:
         // BM25 ranks the newest `budget` matches of this org and filter
         // only (found newest first through the index, without scoring).
         let newest_window = if over_budget && self.db.backend() == Backend::Sqlite {
-            let mut p2 = 3;
-            let (window_filter, window_args) = filter.sql(Backend::Sqlite, "m.", &mut p2);
             let mut q = sql(format!(
-                "SELECT memories_fts.rowid AS r FROM memories_fts \
-                 CROSS JOIN memories m ON m.rowid = memories_fts.rowid \
-                 WHERE memories_fts MATCH $1 AND m.org_id = $2 AND m.environment = $3{window_filter} \
-                 ORDER BY memories_fts.rowid DESC LIMIT 1 OFFSET ${}",
-                p2 + 1
+                "SELECT memories_fts.rowid AS r {sqlite_matches} ORDER BY memories_fts.rowid DESC LIMIT 1 OFFSET ${}",
+                p + 1
             ))
-            .bind(fts5_any(&matched))
+            .bind(fts_query.clone())
             .bind(&scope.org_id)
             .bind(scope.environment.as_str());
-            for a in window_args {
+            for a in filter_args.iter().cloned() {
                 q = q.bind(a);
             }
             let offset = budget.saturating_sub(1).min(i64::MAX as u64) as i64;
@@ -629,14 +632,8 @@ impl MemoryStore {
         let (text, query) = match self.db.backend() {
             Backend::Sqlite => (
                 format!(
-                    // CROSS JOIN: SQLite keeps the full-text match as the
-                    // outer loop (a plain join may walk the org's memories
-                    // and run the match once per row).
-                    "SELECT m.id AS id, -bm25(memories_fts) AS score FROM memories_fts \
-                     CROSS JOIN memories m ON m.rowid = memories_fts.rowid \
-                     WHERE memories_fts MATCH $1 AND m.org_id = $2 AND m.environment = $3{}{} \
+                    "SELECT m.id AS id, -bm25(memories_fts) AS score {sqlite_matches}{} \
                      ORDER BY bm25(memories_fts) LIMIT ${}",
-                    filter_sql,
                     if newest_window.is_some() {
                         format!(" AND memories_fts.rowid >= ${}", p + 2)
                     } else {
@@ -644,7 +641,7 @@ impl MemoryStore {
                     },
                     p + 1
                 ),
-                fts5_any(&matched),
+                fts_query,
             ),
             Backend::Postgres => (
                 format!(
