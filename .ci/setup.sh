@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what a fresh machine of this kind lacks for the full test suite:
-# build dependencies of the host, the pgvector extension for PostgreSQL, and
-# redis-server (the limits tests start private ones and share the local one).
+# build dependencies of the host, the pgvector extension for PostgreSQL, the
+# Python and JavaScript plugin toolchains, and redis-server (the limits tests start private ones and share the local one).
 # Idempotent and quick when everything is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +21,10 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 bash .ci/install-pgvector.sh
+
+# Python (componentize-py) and JavaScript (jco) plugin toolchains, for the
+# tests that build the templates in those languages.
+bash .ci/install-guest-toolchains.sh
 
 # The plugins build for wasm32-wasip2. rust-toolchain.toml lists the target,
 # but rustup adds listed targets only when it installs the toolchain, not to

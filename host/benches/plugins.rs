@@ -24,9 +24,11 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, criterion_group};
 use memhost::plugins::pricing::{RatingInput, UsageQuantity};
 use memhost::plugins::wit::{Prepared, WitVersion};
-use memhost::plugins::{ActivateRequest, LimitOverrides, PluginKind, PluginService, PluginsConfig, Runtime};
+use memhost::plugins::{ActivateRequest, LimitOverrides, PluginKind, PluginsConfig, Runtime};
 use serde::Deserialize;
 use wasmtime::component::Component;
+
+mod support;
 
 const PRICING_WASM: &[u8] = include_bytes!(concat!(env!("MEMHOST_PLUGINS_DIR"), "/pricing_tiered.wasm"));
 const FLAT_WASM: &[u8] = include_bytes!(concat!(env!("MEMHOST_PLUGINS_DIR"), "/pricing_flat.wasm"));
@@ -213,36 +215,10 @@ fn rhai_eval(engine: &rhai::Engine, ast: &rhai::AST, plan: &Plan, api_calls: i64
     engine.eval_ast_with_scope::<i64>(&mut scope, ast).unwrap()
 }
 
-/// A copy of `wasm` with a custom section appended: a new digest, so the
-/// upload is new each time (custom sections may sit anywhere in a component).
-fn with_nonce(wasm: &[u8], n: u64) -> Vec<u8> {
-    let name = b"bench-nonce";
-    let payload = n.to_le_bytes();
-    let body_len = 1 + name.len() + payload.len();
-    let mut out = wasm.to_vec();
-    out.push(0);
-    out.push(body_len as u8); // < 128: one LEB128 byte
-    out.push(name.len() as u8);
-    out.extend_from_slice(name);
-    out.extend_from_slice(&payload);
-    out
-}
-
 fn bench_upload_to_active(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let config = memhost::config::Config { data_dir: dir.path().join("data"), ..Default::default() };
-    let service = rt.block_on(async {
-        let db = memhost::store::Database::connect(&config.store()).await.expect("database");
-        PluginService::start(
-            db,
-            PluginsConfig::default(),
-            dir.path().join("cache"),
-            memhost::providers::Providers::offline(),
-        )
-        .await
-        .expect("plugins")
-    });
+    let service = support::plugin_service(&rt, dir.path());
     let counter = AtomicU64::new(0);
     let mut g = c.benchmark_group("plugins");
     g.sample_size(20).measurement_time(Duration::from_secs(20));
@@ -250,7 +226,7 @@ fn bench_upload_to_active(c: &mut Criterion) {
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
-                let wasm = with_nonce(FLAT_WASM, counter.fetch_add(1, Ordering::Relaxed));
+                let wasm = support::with_nonce(FLAT_WASM, counter.fetch_add(1, Ordering::Relaxed));
                 total += rt.block_on(async {
                     let start = Instant::now();
                     let up = service

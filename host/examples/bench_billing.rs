@@ -87,7 +87,7 @@ async fn run(backend: &str, url: Option<&str>, dir: &std::path::Path, orgs: usiz
             .await?;
     let tiered = plugins.list(Some(PluginKind::Pricing)).await?.into_iter().find(|p| p.plugin.name == "pricing-tiered");
     let tiered = tiered.expect("the built-in pricing plugin").plugin.id;
-    let request = ActivateRequest { target: None, canary_percent: None, config: Some(pricing_config(49.0)) };
+    let request = ActivateRequest { config: Some(pricing_config(49.0)), ..Default::default() };
     plugins.activate(&tiered, request, "bench").await?;
     let meter = UsageMeter::new(db.clone(), PolicySource::Bundled)?;
     let billing = BillingService::new(plugins, meter.clone());

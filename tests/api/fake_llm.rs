@@ -98,6 +98,10 @@ async fn chat(State(fake): State<Fake>, headers: axum::http::HeaderMap, Json(bod
     tokio::time::sleep(fake.chat_delay).await;
     fake.seen.lock().unwrap().chats_in_flight -= 1;
     let prompt = body["messages"][1]["content"].as_str().unwrap_or("").to_string();
+    let system = body["messages"][0]["content"].as_str().unwrap_or("");
+    if system.contains("MEMORY OPERATIONS") {
+        return Json(completion(&body, &extraction_answer(&prompt)));
+    }
     let question = prompt.rsplit("Question: ").next().unwrap_or("").to_string();
     Json(json!({
         "id": "chatcmpl-1",
@@ -105,4 +109,42 @@ async fn chat(State(fake): State<Fake>, headers: axum::http::HeaderMap, Json(bod
         "choices": [{"index": 0, "message": {"role": "assistant", "content": format!("FAKE ANSWER to: {question}")}}],
         "usage": {"prompt_tokens": 30, "completion_tokens": 12, "total_tokens": 42}
     }))
+}
+
+fn completion(body: &Value, content: &str) -> Value {
+    json!({
+        "id": "chatcmpl-1",
+        "model": body["model"],
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}}],
+        "usage": {"prompt_tokens": 30, "completion_tokens": 12, "total_tokens": 42}
+    })
+}
+
+/// What a memory-extraction model would answer `extract-llm`'s prompt
+/// ("Existing memories:\n[id] text…\n\nConversation:\nrole: text…"), by
+/// rules: "moved from X to Y" updates the memory naming X; "I like …" is
+/// added; a turn saying MALFORMED gets prose instead of JSON.
+fn extraction_answer(prompt: &str) -> String {
+    let (memories, conversation) = prompt.split_once("\nConversation:\n").unwrap_or(("", prompt));
+    if conversation.contains("MALFORMED") {
+        return "Sure! The user seems to like many things.".into();
+    }
+    let existing: Vec<(&str, &str)> = memories.lines().filter_map(|l| l.strip_prefix('[')?.split_once("] ")).collect();
+    let mut ops = Vec::new();
+    for line in conversation.lines().filter_map(|l| l.strip_prefix("user: ")) {
+        if let Some(rest) = line.split("moved from ").nth(1)
+            && let Some((from, to)) = rest.split_once(" to ")
+        {
+            let to = to.split(['.', ' ']).next().unwrap_or(to);
+            match existing.iter().find(|(_, text)| text.contains(from)) {
+                Some((id, _)) => ops.push(json!({"op": "update", "id": id, "text": format!("Lives in {to}.")})),
+                None => ops.push(json!({"op": "add", "text": format!("Lives in {to}.")})),
+            }
+        } else if line.contains("I like") {
+            ops.push(json!({"op": "add", "text": line.trim()}));
+        } else {
+            ops.push(json!({"op": "none"}));
+        }
+    }
+    format!("```json\n{}\n```", json!({"operations": ops}))
 }

@@ -10,7 +10,12 @@ use serde_json::{Value, json};
 use crate::both_backends;
 use crate::common::{Backend, TestServer, hot_swap, plugin_wasm};
 
-both_backends!(admin_needs_operator_admin_key, builtins_are_active_on_a_fresh_start, upload_activate_rollback);
+both_backends!(
+    admin_needs_operator_admin_key,
+    builtins_are_active_on_a_fresh_start,
+    upload_activate_rollback,
+    canary_routing_rules
+);
 
 /// What the built-in pricing plugin charges the starter plan for the
 /// self-check fixture's usage: 49 USD base + 2 000 calls over at 0.50/1000.
@@ -207,10 +212,36 @@ async fn active_pricing(server: &TestServer, key: &str) -> Value {
     r.assert_ok(200).clone()
 }
 
+/// Sends `wasm` as a chunked upload (no Content-Length) over a raw
+/// connection; the status line's code, or None if the server reset the
+/// connection before answering.
+async fn chunked_upload_status(server: &TestServer, key: &str, wasm: &[u8]) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = server.base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /admin/plugins HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\n\
+         Content-Type: application/wasm\r\nTransfer-Encoding: chunked\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.ok()?;
+    for chunk in wasm.chunks(64 << 10) {
+        let framed = [format!("{:x}\r\n", chunk.len()).as_bytes(), chunk, b"\r\n"].concat();
+        if stream.write_all(&framed).await.is_err() {
+            break; // the server answered and closed; read what it said
+        }
+    }
+    let _ = stream.write_all(b"0\r\n\r\n").await;
+    let mut answer = vec![0u8; 512];
+    let n = stream.read(&mut answer).await.ok()?;
+    let text = String::from_utf8_lossy(&answer[..n]);
+    text.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// Bad uploads: each refused with its exact reason.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uploads_are_refused_with_the_reason() {
-    let server = TestServer::start(Backend::Sqlite).await;
+    // A 4 MiB plugin cap, so "too large" needs no 32 MiB test bodies.
+    let server = TestServer::start_with(Backend::Sqlite, &[("MEMHOST_PLUGINS__MAX_PLUGIN_BYTES", "4194304")]).await;
     let (_, key) = server.operator();
     let refuse = |wasm: Vec<u8>, query: &'static str, code: &'static str| {
         let server = &server;
@@ -242,18 +273,26 @@ async fn uploads_are_refused_with_the_reason() {
     let m = refuse(plugin_wasm("missing-describe"), "", "MISSING_EXPORT").await;
     assert!(m.contains("meta"), "{m}");
 
+    // Over the cap: 413 PLUGIN_TOO_LARGE naming both sizes, whether the
+    // client declared the length or streamed the body without one.
     let mut big = b"\0asm\x0d\0\x01\0".to_vec();
-    big.resize(11 << 20, 0);
-    let m = refuse(big, "", "PLUGIN_TOO_LARGE").await;
-    assert!(m.contains("10 MiB"), "{m}");
+    big.resize(5 << 20, 0);
+    let r = server.upload_plugin(&key, big.clone(), "").await;
+    r.assert_error(413, "PLUGIN_TOO_LARGE");
+    assert_eq!(r.body["error"]["details"]["size_bytes"], 5 << 20, "{}", r.body);
+    assert_eq!(r.body["error"]["details"]["limit_bytes"], 4 << 20, "{}", r.body);
+    let m = r.body["error"]["message"].as_str().unwrap();
+    assert!(m.contains("5.0 MiB") && m.contains("4.0 MiB") && m.contains("max_plugin_bytes"), "{m}");
+    // Chunked, without a length: refused as soon as the cap is passed.
+    assert_eq!(chunked_upload_status(&server, &key, &big[..(4 << 20) + 1]).await, Some(413));
+    let once = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
     let mut huge = b"\0asm\x0d\0\x01\0".to_vec();
-    huge.resize(17 << 20, 0);
+    huge.resize(40 << 20, 0);
     // The server answers 413 without reading the whole body and closes the
     // connection; a client still sending may see the reset instead of the
     // answer, so try a few times for the answer.
     // A client of its own, so no connection the server closed goes back to
     // the shared pool.
-    let once = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
     let mut answered = None;
     for _ in 0..5 {
         let request = once
@@ -269,7 +308,7 @@ async fn uploads_are_refused_with_the_reason() {
     }
     let (status, connection, body) = answered.expect("an answer to an oversized upload");
     assert_eq!(status, 413, "{body}");
-    assert!(body.contains("PAYLOAD_TOO_LARGE"), "{body}");
+    assert!(body.contains("PLUGIN_TOO_LARGE") && body.contains(&(40u64 << 20).to_string()), "{body}");
     assert_eq!(connection.as_deref(), Some("close"), "a 413 must close the connection");
 
     server.upload_plugin(&key, Vec::new(), "").await.assert_error(400, "INVALID_REQUEST");
@@ -277,9 +316,10 @@ async fn uploads_are_refused_with_the_reason() {
     server.upload_plugin(&key, plugin_wasm("pricing-flat"), "fuel=0").await.assert_error(400, "INVALID_REQUEST");
     server.upload_plugin(&key, plugin_wasm("pricing-flat"), "bogus=1").await.assert_error(400, "INVALID_REQUEST");
 
-    // Nothing refused was stored.
+    // Nothing refused was stored: only the built-ins are there.
     let list = server.get("/admin/plugins", &key).await;
-    assert_eq!(list.assert_ok(200)["plugins"].as_array().unwrap().len(), 4, "{}", list.body);
+    let plugins = list.assert_ok(200)["plugins"].as_array().unwrap().clone();
+    assert!(plugins.iter().all(|p| p["uploaded_by"] == "builtin"), "{}", list.body);
 }
 
 /// Hostile guests: stored (they behave on the self-check input), then
@@ -411,4 +451,181 @@ async fn other_instances_follow_activations() {
     a.post(&format!("/admin/plugins/{id}/rollback"), &key, json!({})).await.assert_ok(200);
     let followed = wait_for("pricing-tiered").await;
     assert!(followed < Duration::from_secs(1), "instance b followed the rollback after {followed:?}");
+}
+
+/// Uploads compile in the background: with `wait=0` the answer is 202 with
+/// the phase and a Location; polling shows `ready` (then the plugin itself)
+/// or `refused` with the reason the synchronous answer would have given.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_compile_in_the_background() {
+    let server = TestServer::start(Backend::Sqlite).await;
+    let (_, key) = server.operator();
+    let poll = |id: String| {
+        let (server, key) = (&server, key.clone());
+        async move {
+            for _ in 0..600 {
+                let r = server.get(&format!("/admin/plugins/{id}"), &key).await;
+                let data = r.assert_ok(200).clone();
+                if !matches!(data["state"].as_str(), Some("queued" | "compiling")) {
+                    return data;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            panic!("upload {id} still compiling after a minute");
+        }
+    };
+
+    let r = server.upload_plugin(&key, plugin_wasm("pricing-flat"), "wait=0").await;
+    let id = if r.status.as_u16() == 202 {
+        let pending = r.assert_ok(202);
+        assert!(matches!(pending["state"].as_str(), Some("queued" | "compiling")), "{pending}");
+        assert!(pending["elapsed_ms"].as_i64().is_some(), "{pending}");
+        let id = pending["id"].as_str().unwrap().to_string();
+        assert_eq!(r.headers["location"], format!("/admin/plugins/{id}").as_str());
+        id
+    } else {
+        // A small plugin may already be done: that is the 201 answer.
+        r.assert_ok(201)["id"].as_str().unwrap().to_string()
+    };
+    let ready = poll(id.clone()).await;
+    assert_eq!(ready["state"], "ready", "{ready}");
+    assert_eq!(ready["name"], "pricing-flat", "{ready}");
+    assert_eq!(ready["id"], id.as_str());
+    // Stored: the same bytes again are a 200 with nothing changed.
+    let again = server.upload_plugin(&key, plugin_wasm("pricing-flat"), "").await;
+    assert_eq!(again.assert_ok(200)["created"], false);
+
+    // A refusal found only after compiling is shown to the poller.
+    let r = server.upload_plugin(&key, plugin_wasm("missing-describe"), "wait=0").await;
+    let refused = if r.status.as_u16() == 202 {
+        poll(r.data()["id"].as_str().unwrap().to_string()).await
+    } else {
+        r.assert_error(422, "MISSING_EXPORT");
+        let id = hex_sha256(&plugin_wasm("missing-describe"));
+        poll(id).await
+    };
+    assert_eq!(refused["state"], "refused", "{refused}");
+    assert_eq!(refused["error"]["code"], "MISSING_EXPORT", "{refused}");
+    assert!(refused["error"]["message"].as_str().unwrap().contains("meta"), "{refused}");
+    // Waiting (the default) gives the refusal itself.
+    server.upload_plugin(&key, plugin_wasm("missing-describe"), "").await.assert_error(422, "MISSING_EXPORT");
+    server.upload_plugin(&key, plugin_wasm("pricing-flat"), "wait=61").await.assert_error(400, "INVALID_REQUEST");
+}
+
+fn hex_sha256(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// Runs the active pricing plugin as for an org (its plan) and a key environment.
+async fn price_as(server: &TestServer, key: &str, org: &str, env: &str) -> Value {
+    let body = json!({"input": rate_input(), "org_id": org, "env": env});
+    server.post("/admin/plugins/active/pricing/run", key, body).await.assert_ok(200).clone()
+}
+
+/// A canary chosen by a Rhai rule over org, plan, environment and bucket,
+/// stored with the activation, refused with the reason when bad.
+async fn canary_routing_rules(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let (_, key) = server.operator();
+    let up = server.upload_plugin(&key, plugin_wasm("pricing-flat"), "").await;
+    let id = up.assert_ok(201)["id"].as_str().unwrap().to_string();
+    let starter = server.create_org("starter");
+    let free = server.create_org("free");
+
+    let activate = |body: Value| {
+        let (server, key, id) = (&server, &key, &id);
+        async move { server.post(&format!("/admin/plugins/{id}/activate"), key, body).await }
+    };
+    // Refused with the reason: a misspelt variable, not a bool, rules off-canary.
+    let r = activate(json!({"target": "canary", "rule": "plna == \"starter\"", "config": {"fee_micros": 1}})).await;
+    r.assert_error(400, "INVALID_ROUTING_RULE");
+    assert!(r.body["error"]["details"]["reason"].as_str().unwrap().contains("plna"), "{}", r.body);
+    let r = activate(json!({"target": "canary", "rule": "plan", "config": {"fee_micros": 1}})).await;
+    r.assert_error(400, "INVALID_ROUTING_RULE");
+    let r = activate(json!({"target": "global", "rule": "true", "config": {"fee_micros": 1}})).await;
+    r.assert_error(400, "INVALID_REQUEST");
+
+    let rule = r#"plan == "starter" && env == "live""#;
+    let r = activate(json!({"target": "canary", "rule": rule, "config": {"fee_micros": 5000000}})).await;
+    let activation = r.assert_ok(200).clone();
+    assert_eq!(activation["routing_rule"], rule, "{activation}");
+    assert!(activation["canary_percent"].is_null());
+
+    // Live starter calls go to the canary; test keys and other plans do not.
+    let canary = price_as(&server, &key, &starter, "live").await;
+    assert_eq!(canary["plugin_id"], id.as_str(), "{canary}");
+    assert_eq!(canary["ok"]["total_micros"], 5_000_000);
+    let test_env = price_as(&server, &key, &starter, "test").await;
+    assert_ne!(test_env["plugin_id"], id.as_str(), "{test_env}");
+    assert_eq!(test_env["ok"]["total_micros"], STARTER_TOTAL);
+    let other_plan = price_as(&server, &key, &free, "live").await;
+    assert_ne!(other_plan["plugin_id"], id.as_str(), "{other_plan}");
+
+    // `bucket` is the org's stable bucket, the one `hash` gives for its id.
+    let bucket_rule = format!(r#"plan == "starter" && bucket == hash("{starter}")"#);
+    activate(json!({"target": "canary", "rule": bucket_rule, "config": {"fee_micros": 6000000}})).await.assert_ok(200);
+    assert_eq!(price_as(&server, &key, &starter, "live").await["ok"]["total_micros"], 6_000_000);
+
+    // Shown in the plugin's history; a rollback keeps the rule it had.
+    let detail = server.get(&format!("/admin/plugins/{id}"), &key).await.assert_ok(200).clone();
+    let history = detail["history"].as_array().unwrap();
+    assert!(history.iter().any(|a| a["routing_rule"] == rule), "{detail}");
+    let r = server.get("/admin/plugins?kind=pricing", &key).await;
+    assert!(r.assert_ok(200)["plugins"].as_array().unwrap().iter().any(|p| p["id"] == id.as_str()));
+    // Ends the canary: starter is priced by the global version again.
+    server.post(&format!("/admin/plugins/{id}/deactivate"), &key, json!({"target": "canary"})).await.assert_ok(200);
+    assert_eq!(price_as(&server, &key, &starter, "live").await["ok"]["total_micros"], STARTER_TOTAL);
+}
+
+/// The server keeps the last calls of each plugin; `plugin fixtures pull`
+/// saves them, and `plugin test` replays them against the .wasm.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recorded_calls_become_fixtures() {
+    let server = TestServer::start_with(Backend::Sqlite, &[("MEMHOST_PLUGINS__RECORDED_CALLS", "3")]).await;
+    let (_, key) = server.operator();
+    let list = server.get("/admin/plugins?kind=rate-limit", &key).await;
+    let limiter = list.assert_ok(200)["plugins"].as_array().unwrap()[0]["id"].as_str().unwrap().to_string();
+    // Real traffic: each request class the limiter has not answered yet is a call.
+    let (_, tenant) = server.tenant();
+    for path in ["/v1/memories", "/v1/usage", "/v1/account", "/v1/invoices"] {
+        server.get(path, &tenant).await;
+    }
+    let r = server.get(&format!("/admin/plugins/{limiter}/calls"), &key).await;
+    let calls = r.assert_ok(200)["calls"].as_array().unwrap().clone();
+    assert_eq!(calls.len(), 3, "the last 3 only: {}", r.body);
+    for call in &calls {
+        assert_eq!(call["input"]["function"], "rules", "{call}");
+        assert!(call["expect"]["ok"].is_array(), "{call}");
+        assert!(call["config"].is_object(), "rate-limit configs are kept: {call}");
+    }
+    // The oldest were dropped (this request itself may be the newest).
+    let routes: Vec<&str> = calls.iter().map(|c| c["input"]["route"].as_str().unwrap()).collect();
+    assert!(routes.contains(&"/v1/invoices") && !routes.contains(&"/v1/memories"), "{routes:?}");
+    let times: Vec<&str> = calls.iter().map(|c| c["at"].as_str().unwrap()).collect();
+    assert!(times.windows(2).all(|w| w[0] >= w[1]), "newest first: {times:?}");
+    server.get("/admin/plugins/ffffffffffff/calls", &key).await.assert_error(404, "PLUGIN_NOT_FOUND");
+
+    let dir = tempfile::tempdir().unwrap();
+    let fixtures = dir.path().join("fixtures");
+    let out = std::process::Command::new(crate::common::BIN)
+        .args(["plugin", "fixtures", "pull", &limiter[..12], "--dir", fixtures.to_str().unwrap()])
+        .env("MEMHOST_URL", &server.base)
+        .env("MEMHOST_API_KEY", &key)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("3 fixture(s)"), "{stdout}");
+    let wasm = dir.path().join("limiter.wasm");
+    std::fs::write(&wasm, plugin_wasm("ratelimit-tiered")).unwrap();
+    let out = std::process::Command::new(crate::common::BIN)
+        .args(["plugin", "test", wasm.to_str().unwrap(), fixtures.to_str().unwrap()])
+        .env_remove("DATABASE_URL")
+        .env("MEMHOST_DATA_DIR", dir.path().join("data"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("3 fixtures: 3 passed, 0 failed"), "{stdout}");
 }

@@ -363,7 +363,12 @@ pub async fn idempotency<N: Next>(state: AppState, request: Request, next: N) ->
     // The body is read here (it is part of what makes two requests the
     // same) and handed on unchanged.
     let (parts, body) = request.into_parts();
-    let limit = state.config.max_body_bytes.max(crate::api::routes::plugins::UPLOAD_BODY_LIMIT);
+    // Plugin uploads have their own, larger limit; every other body the API's.
+    let limit = if parts.uri.path() == "/admin/plugins" {
+        state.config.max_body_bytes.max(state.config.plugins.max_plugin_bytes as usize)
+    } else {
+        state.config.max_body_bytes
+    };
     let bytes = match axum::body::to_bytes(body, limit).await {
         Ok(b) => b,
         Err(_) => return ApiError::PayloadTooLarge.into_response(),

@@ -177,7 +177,7 @@ fn priced_by(active: &Active) -> PricedBy {
 /// A plugin's refusal as its message and code; any other failure as itself.
 pub(super) fn failure_text(f: &PluginFailure) -> String {
     match f {
-        PluginFailure::Guest(g) => format!("{} ({})", g.message, g.code),
+        PluginFailure::Guest(g, _) => format!("{} ({})", g.message, g.code),
         other => other.to_string(),
     }
 }

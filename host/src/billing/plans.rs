@@ -312,8 +312,12 @@ impl BillingService {
             }
             tx.commit().await?;
         }
-        let request =
-            ActivateRequest { target: Some("global".into()), canary_percent: None, config: Some(new.clone()) };
+        let request = ActivateRequest {
+            target: Some("global".into()),
+            canary_percent: None,
+            rule: None,
+            config: Some(new.clone()),
+        };
         let activation = match self.inner.plugins.activate(&active.plugin.record.id, request, &actor.0).await {
             Ok(a) => a,
             Err(e) => {

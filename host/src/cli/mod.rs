@@ -6,6 +6,7 @@ mod invoices;
 mod models;
 mod plugin;
 mod pricing;
+mod project;
 mod ratelimit;
 mod scaffold;
 mod usage;

@@ -21,12 +21,16 @@ use crate::plugins::{LimitOverrides, PluginKind, Runtime};
 
 #[derive(Subcommand)]
 pub enum PluginCommand {
-    /// Create a plugin crate that builds as is (SDK and WIT vendored).
+    /// Create a plugin project that builds as is (WIT vendored; for Rust
+    /// the SDK; for Python and JS the pinned toolchain).
     New {
         /// pricing, rate-limit, alert-channel or extractor.
         kind: String,
         /// Crate and plugin name (a-z, 0-9, `-`).
         name: String,
+        /// rust, python or js.
+        #[arg(long, default_value = "rust")]
+        lang: String,
         /// Where to create it (default: ./<name>).
         #[arg(long)]
         dir: Option<PathBuf>,
@@ -63,9 +67,14 @@ pub enum PluginCommand {
     },
     /// Run a .wasm on every golden fixture in a directory and compare
     /// (`{"input": call, "expect": {"ok": …} or {"error": {"code": …}}, "config"?: …}`).
+    /// `plugin test DIR` in a plugin project: its built .wasm, its `fixtures/`
+    /// and its `config.example.json`.
     Test {
+        /// The .wasm, or a plugin project directory (default: here).
+        #[arg(default_value = ".")]
         file: PathBuf,
-        fixtures: PathBuf,
+        /// The fixtures directory (default: the project's `fixtures/`).
+        fixtures: Option<PathBuf>,
         /// The config for fixtures without their own (JSON or YAML file).
         #[arg(long)]
         plugin_config: Option<PathBuf>,
@@ -123,6 +132,10 @@ pub enum PluginCommand {
         /// For `--target canary`: share of orgs, 1–100.
         #[arg(long)]
         canary_percent: Option<i32>,
+        /// For `--target canary`: a Rhai routing rule over org, plan, env,
+        /// bucket and hash(text), e.g. `plan == "starter" && bucket < 20`.
+        #[arg(long)]
+        rule: Option<String>,
         /// The plugin's config (JSON or YAML file); default: the replaced
         /// activation's.
         #[arg(long)]
@@ -144,6 +157,11 @@ pub enum PluginCommand {
         #[command(flatten)]
         out: Output,
     },
+    /// Fixtures from real traffic: the last calls a server made to a plugin.
+    Fixtures {
+        #[command(subcommand)]
+        command: FixturesCommand,
+    },
     /// Stop using a plugin for a target on a running server.
     Deactivate {
         id: String,
@@ -153,6 +171,25 @@ pub enum PluginCommand {
         server: ServerArgs,
         #[command(flatten)]
         out: Output,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum FixturesCommand {
+    /// Save the server's recorded calls of a plugin (redacted per kind) as
+    /// fixtures, each expecting the answer the plugin gave; `plugin test`
+    /// then runs them against a new build.
+    Pull {
+        /// Plugin id or unique prefix (8+ characters).
+        id: String,
+        /// Where to write them (default: ./fixtures).
+        #[arg(long, default_value = "fixtures")]
+        dir: PathBuf,
+        /// At most this many, newest first.
+        #[arg(long)]
+        limit: Option<usize>,
+        #[command(flatten)]
+        server: ServerArgs,
     },
 }
 
@@ -207,11 +244,12 @@ fn parse_kind(s: &str) -> anyhow::Result<PluginKind> {
 
 pub async fn run(config: Config, cmd: PluginCommand) -> anyhow::Result<()> {
     match cmd {
-        PluginCommand::New { kind, name, dir } => {
+        PluginCommand::New { kind, name, lang, dir } => {
             let kind = parse_kind(&kind)?;
+            let lang = super::project::Lang::parse(&lang)?;
             let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
-            let files = super::scaffold::create(kind, &name, &dir)?;
-            println!("created {} ({} files): a {kind} plugin", dir.display(), files.len());
+            let files = super::scaffold::create(kind, &name, lang, &dir)?;
+            println!("created {} ({} files): a {kind} plugin in {lang:?}", dir.display(), files.len());
             println!("next: cd {} && memhost plugin build", dir.display());
             Ok(())
         }
@@ -221,6 +259,14 @@ pub async fn run(config: Config, cmd: PluginCommand) -> anyhow::Result<()> {
             run_local(&config, &file, &input, plugin_config.as_deref(), limits).await
         }
         PluginCommand::Test { file, fixtures, plugin_config, limits } => {
+            let (file, fixtures, plugin_config) = if file.is_dir() {
+                let project = super::project::Project::open(&file)?;
+                let config = plugin_config.or_else(|| project.example_config());
+                (project.artifact(), fixtures.unwrap_or_else(|| file.join("fixtures")), config)
+            } else {
+                let fixtures = fixtures.context("give the fixtures directory after the .wasm file")?;
+                (file, fixtures, plugin_config)
+            };
             test_local(&config, &file, &fixtures, plugin_config.as_deref(), limits).await
         }
         PluginCommand::Simulate { file, periods, orgs, plugin_config, limit, out } => {
@@ -240,6 +286,9 @@ pub async fn run(config: Config, cmd: PluginCommand) -> anyhow::Result<()> {
             if let Some(k) = kind {
                 query.push(("kind", parse_kind(&k)?.as_str().to_string()));
             }
+            // A short wait, then polling with a spinner: a Python or JS
+            // guest compiles for seconds, and that should not look like a hang.
+            query.push(("wait", "2".to_string()));
             let request = client()?
                 .post(format!(
                     "{}/admin/plugins?{}",
@@ -249,7 +298,7 @@ pub async fn run(config: Config, cmd: PluginCommand) -> anyhow::Result<()> {
                 .bearer_auth(&server.key)
                 .header("content-type", "application/wasm")
                 .body(wasm);
-            let data = send(request).await?;
+            let data = wait_until_stored(&server, send(request).await?).await?;
             if out.json {
                 println!("{}", serde_json::to_string_pretty(&data)?);
             } else {
@@ -301,13 +350,16 @@ pub async fn run(config: Config, cmd: PluginCommand) -> anyhow::Result<()> {
             println!("{t}");
             Ok(())
         }
-        PluginCommand::Activate { id, target, canary_percent, plugin_config, server, out } => {
+        PluginCommand::Activate { id, target, canary_percent, rule, plugin_config, server, out } => {
             let mut body = json!({});
             if let Some(t) = target {
                 body["target"] = json!(t);
             }
             if let Some(p) = canary_percent {
                 body["canary_percent"] = json!(p);
+            }
+            if let Some(r) = rule {
+                body["rule"] = json!(r);
             }
             if let Some(path) = plugin_config {
                 body["config"] = read_config(&path)?;
@@ -319,6 +371,9 @@ pub async fn run(config: Config, cmd: PluginCommand) -> anyhow::Result<()> {
             let body = json!({ "target": target, "to": to });
             let data = post(&server, &format!("/admin/plugins/{id}/rollback"), strip_nulls(body)).await?;
             print_activation(&data, out, "rolled back to")
+        }
+        PluginCommand::Fixtures { command: FixturesCommand::Pull { id, dir, limit, server } } => {
+            pull_fixtures(&id, &dir, limit, &server).await
         }
         PluginCommand::Deactivate { id, target, server, out } => {
             let body = json!({ "target": target });
@@ -336,6 +391,53 @@ pub async fn run(config: Config, cmd: PluginCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Writes each recorded call as `recorded-<when>-<function>.json`, never
+/// over an existing file.
+async fn pull_fixtures(id: &str, dir: &Path, limit: Option<usize>, server: &ServerArgs) -> anyhow::Result<()> {
+    let request = client()?
+        .get(format!("{}/admin/plugins/{id}/calls", server.server.trim_end_matches('/')))
+        .bearer_auth(&server.key);
+    let data = send(request).await?;
+    let calls = data["calls"].as_array().cloned().unwrap_or_default();
+    if calls.is_empty() {
+        println!(
+            "no recorded calls for {id} on this server yet (it keeps the last `plugins.recorded_calls` per plugin since it started)"
+        );
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut written = 0;
+    for call in calls.iter().take(limit.unwrap_or(usize::MAX)) {
+        let function = call["input"]["function"].as_str().unwrap_or("call");
+        let at = call["at"].as_str().unwrap_or("");
+        let stamp: String = at.chars().filter(char::is_ascii_digit).take(17).collect();
+        let mut path = dir.join(format!("recorded-{stamp}-{function}.json"));
+        let mut n = 1;
+        while path.exists() {
+            n += 1;
+            path = dir.join(format!("recorded-{stamp}-{function}-{n}.json"));
+        }
+        let redacted: Vec<&str> = call["redacted"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+        let mut description = format!("Recorded {at} ({}).", call["target"].as_str().unwrap_or("?"));
+        if call["fallback"] == true {
+            description.push_str(" The sandbox stopped this version; the previous one answered.");
+        }
+        if !redacted.is_empty() {
+            description.push_str(&format!(" Redacted: {}.", redacted.join("; ")));
+        }
+        let mut fixture = json!({"description": description, "input": call["input"], "expect": call["expect"]});
+        if let Some(config) = call.get("config").filter(|c| !c.is_null()) {
+            fixture["config"] = config.clone();
+        }
+        std::fs::write(&path, serde_json::to_string_pretty(&fixture)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("{}", path.display());
+        written += 1;
+    }
+    println!("{written} fixture(s) in {}; run them with `memhost plugin test`", dir.display());
+    Ok(())
 }
 
 fn short_id(v: &Value) -> String {
@@ -361,6 +463,59 @@ fn print_activation(data: &Value, out: Output, verb: &str) -> anyhow::Result<()>
         );
     }
     Ok(())
+}
+
+/// Follows an upload the server is still compiling (`state` `queued` or
+/// `compiling`) until it is stored or refused, with a spinner on a terminal.
+async fn wait_until_stored(server: &ServerArgs, mut data: Value) -> anyhow::Result<Value> {
+    use std::io::{IsTerminal, Write};
+    let tty = std::io::stderr().is_terminal();
+    let started = std::time::Instant::now();
+    let spinner = ['|', '/', '-', '\\'];
+    let mut tick = 0;
+    while matches!(data["state"].as_str(), Some("queued" | "compiling")) {
+        let id = data["id"].as_str().unwrap_or_default().to_string();
+        for _ in 0..5 {
+            if tty {
+                let phase = data["state"].as_str().unwrap_or("?");
+                eprint!(
+                    "\r{} {phase} {} ({:.0} s)   ",
+                    spinner[tick % 4],
+                    &id[..12.min(id.len())],
+                    started.elapsed().as_secs_f64()
+                );
+                let _ = std::io::stderr().flush();
+            }
+            tick += 1;
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        let request = client()?
+            .get(format!("{}/admin/plugins/{id}", server.server.trim_end_matches('/')))
+            .bearer_auth(&server.key);
+        data = send(request).await?;
+    }
+    if tick > 0 {
+        if tty {
+            eprintln!();
+        }
+        if data["state"] == "ready" {
+            // Stored by this upload's job (the poll answers the plugin itself).
+            data["created"] = Value::Bool(true);
+        }
+    }
+    if data["state"] == "refused" {
+        let error = &data["error"];
+        let mut message = format!(
+            "{}: {}",
+            error["code"].as_str().unwrap_or("REFUSED"),
+            error["message"].as_str().unwrap_or("the upload was refused")
+        );
+        if let Some(details) = error.get("details").filter(|d| !d.is_null()) {
+            message.push_str(&format!("\ndetails: {details}"));
+        }
+        bail!(message);
+    }
+    Ok(data)
 }
 
 fn client() -> anyhow::Result<reqwest::Client> {
@@ -406,30 +561,24 @@ pub(super) fn read_config(path: &Path) -> anyhow::Result<Value> {
 /// In memhost's `plugins/` workspace: every plugin, the host build's way.
 /// Elsewhere: the crate in `dir`.
 fn build(dir: &Path) -> anyhow::Result<()> {
+    let is_memhost_plugins = dir.join("sdk/Cargo.toml").is_file() && dir.join("Cargo.toml").is_file();
+    if !is_memhost_plugins {
+        let artifact = super::project::Project::open(dir)?.build()?;
+        let size = std::fs::metadata(&artifact).map(|m| m.len()).unwrap_or(0);
+        println!("{:>9} bytes  {}", size, artifact.display());
+        return Ok(());
+    }
     build_plan::ensure_target();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let is_memhost_plugins = dir.join("sdk/Cargo.toml").is_file() && dir.join("Cargo.toml").is_file();
-    let commands = if is_memhost_plugins {
-        let target_dir = dir.join("../target/plugins");
-        build_plan::commands(&cargo, dir, &target_dir, false)?
-    } else {
-        if !dir.join("Cargo.toml").is_file() {
-            bail!("no Cargo.toml in {}; run this in a plugin crate (see `memhost plugin new`)", dir.display());
-        }
-        let mut cmd = std::process::Command::new(&cargo);
-        cmd.current_dir(dir).args(["build", "--release", "--target", build_plan::TARGET]);
-        vec![cmd]
-    };
-    for mut cmd in commands {
+    let target_dir = dir.join("../target/plugins");
+    for mut cmd in build_plan::commands(&cargo, dir, &target_dir, false)? {
         let status = cmd.status().context("running cargo")?;
         if !status.success() {
             bail!("build failed: {cmd:?}");
         }
     }
     // Report what was built.
-    let release = if is_memhost_plugins { dir.join("../target/plugins") } else { dir.join("target") }
-        .join(build_plan::TARGET)
-        .join("release");
+    let release = target_dir.join(build_plan::TARGET).join("release");
     let mut built: Vec<_> = std::fs::read_dir(&release)
         .map(|d| {
             d.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "wasm")).collect()
@@ -511,7 +660,8 @@ impl LocalPlugin {
         let runtime = Runtime::new(config.plugins.clone())?;
         let overrides = limits.overrides();
         runtime.config().check_overrides(&overrides).map_err(anyhow::Error::msg)?;
-        validate::check_header(&wasm).map_err(|e| anyhow::anyhow!("{}: {e}", e.code()))?;
+        validate::check_header(&wasm, runtime.config().max_plugin_bytes)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", e.code()))?;
         let component = wasmtime::component::Component::new(runtime.engine(), &wasm)
             .map_err(|e| anyhow::anyhow!("INVALID_COMPONENT: {e:#}"))?;
         let inspection = validate::inspect(runtime.engine(), &component, &wasm, kind)
@@ -600,21 +750,47 @@ async fn test_local(
     if paths.is_empty() {
         bail!("no fixtures (*.json) in {}", dir.display());
     }
-    let plugin = LocalPlugin::load(config, file, None, limits)?;
+    let mut plugin = LocalPlugin::load(config, file, None, limits)?;
+    // Fixtures are deterministic: an alert channel's outbound HTTP answers
+    // 200 without leaving the machine, as in the upload self-check.
+    plugin.http = HttpGate::dry_run();
     let mut failed = 0;
+    let width = paths.iter().filter_map(|p| p.file_stem()).map(|s| s.len()).max().unwrap_or(0);
     for path in &paths {
         let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         let fixture = calls::Fixture::read(path)?;
-        let outcome = match plugin.call(fixture.config.as_ref().unwrap_or(&default_config), fixture.input.clone()).await
-        {
-            Ok(report) => fixture.mismatch(&report.answer()),
-            Err(e) => Some(format!("call failed: {e}")),
+        let started = std::time::Instant::now();
+        let result = plugin.call(fixture.config.as_ref().unwrap_or(&default_config), fixture.input.clone()).await;
+        // A sandbox stop is an answer too: `{"error": {"code": "out_of_fuel", …}}`
+        // (the codes of `details.trap`), so a fixture can expect one.
+        let (answer, cost) = match &result {
+            Ok(report) => {
+                let s = &report.stats;
+                let cost = format!(
+                    "fuel {:>11}  mem {:>9}  {:>8.3} ms",
+                    s.fuel_used,
+                    format!("{:.1} MiB", s.peak_memory_bytes as f64 / (1u64 << 20) as f64),
+                    s.duration_us as f64 / 1000.0
+                );
+                (report.answer(), cost)
+            }
+            Err(calls::RunError::Call(e)) => (
+                json!({"error": {"code": e.code(), "message": e.to_string(), "trap": true}}),
+                format!("stopped after {:.3} ms", started.elapsed().as_secs_f64() * 1000.0),
+            ),
+            Err(e) => (json!({"error": {"code": "bad_input", "message": e.to_string()}}), String::new()),
         };
-        match outcome {
-            None => println!("ok    {name}"),
+        match fixture.mismatch(&answer) {
+            None => println!("ok    {name:<width$}  {cost}"),
             Some(why) => {
                 failed += 1;
-                println!("FAIL  {name}: {why}");
+                println!("FAIL  {name:<width$}  {cost}");
+                println!("      {why}");
+                let pretty = |v: &Value| serde_json::to_string_pretty(v).unwrap_or_default();
+                let actual = calls::project(&fixture.expect, &answer);
+                for line in calls::line_diff(&pretty(&fixture.expect), &pretty(&actual)).lines() {
+                    println!("      {line}");
+                }
             }
         }
     }

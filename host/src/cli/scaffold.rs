@@ -1,16 +1,75 @@
-//! `memhost plugin new <kind> <name>`: a plugin crate that builds as is.
+//! `memhost plugin new <kind> <name> [--lang rust|python|js]`: a plugin
+//! project that builds as is.
 //!
-//! The scaffold vendors the SDK and the WIT package it was written against
-//! (both compiled into this binary), as component projects conventionally
-//! vendor their WIT: the project builds anywhere, with no checkout of memhost
-//! and no registry beyond crates.io.
+//! The scaffold vendors the WIT package it was written against (and, for
+//! Rust, the SDK), both compiled into this binary, as component projects
+//! conventionally vendor their WIT: the project builds anywhere, with no
+//! checkout of memhost. Python and JavaScript projects pin their toolchain
+//! (componentize-py from PyPI; jco and the preview2-shim from npm), which
+//! `memhost plugin build` installs into the project on first use. Every
+//! language gets the same behaviour per kind, the same `fixtures/` and
+//! `config.example.json`, so `memhost plugin test` checks any of them.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 
+use super::project::{Lang, MANIFEST};
 use crate::plugins::PluginKind;
 use crate::plugins::calls::fixture_json;
+
+/// Pinned guest toolchains: the versions the templates were built and
+/// tested with (docs/plugins.md, "Other languages").
+pub const COMPONENTIZE_PY: &str = "0.25.0";
+pub const JCO: &str = "1.35.0";
+/// jco 1.35 pulls preview2-shim 0.26, which breaks every `--wit` path
+/// ("failed to get path metadata"); 0.25 works.
+pub const PREVIEW2_SHIM: &str = "0.25.0";
+
+/// Per kind: the shared config example and fixtures, and the source in
+/// each guest language (Rust's is below, with the SDK).
+struct KindTemplate {
+    config: &'static str,
+    fixtures: &'static [(&'static str, &'static str)],
+    python: &'static str,
+    js: &'static str,
+}
+
+macro_rules! fixtures {
+    ($kind:literal: $($file:literal),* $(,)?) => {
+        &[$(($file, include_str!(concat!("templates/fixtures/", $kind, "/", $file)))),*]
+    };
+}
+
+fn template(kind: PluginKind) -> KindTemplate {
+    match kind {
+        PluginKind::Pricing => KindTemplate {
+            config: include_str!("templates/config/pricing.json"),
+            fixtures: fixtures!("pricing": "starter-overage.json", "free-within-quota.json", "unknown-plan.json",
+                "limits-free.json", "limits-starter.json"),
+            python: include_str!("templates/python/pricing.py"),
+            js: include_str!("templates/js/pricing.js"),
+        },
+        PluginKind::RateLimit => KindTemplate {
+            config: include_str!("templates/config/rate-limit.json"),
+            fixtures: fixtures!("rate-limit": "starter.json", "unknown-plan.json"),
+            python: include_str!("templates/python/rate-limit.py"),
+            js: include_str!("templates/js/rate-limit.js"),
+        },
+        PluginKind::AlertChannel => KindTemplate {
+            config: include_str!("templates/config/alert-channel.json"),
+            fixtures: fixtures!("alert-channel": "deliver.json", "no-url.json"),
+            python: include_str!("templates/python/alert-channel.py"),
+            js: include_str!("templates/js/alert-channel.js"),
+        },
+        PluginKind::Extractor => KindTemplate {
+            config: include_str!("templates/config/extractor.json"),
+            fixtures: fixtures!("extractor": "first-person.json", "default-prefix.json"),
+            python: include_str!("templates/python/extractor.py"),
+            js: include_str!("templates/js/extractor.js"),
+        },
+    }
+}
 
 const SDK_LIB: &str = include_str!("../../../plugins/sdk/src/lib.rs");
 /// The WIT version the scaffold vendors: the newest the host speaks (a
@@ -37,25 +96,46 @@ pub fn check_name(name: &str) -> anyhow::Result<()> {
 }
 
 /// Writes the scaffold into `dir` (which must not exist or be empty).
-pub fn create(kind: PluginKind, name: &str, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+pub fn create(kind: PluginKind, name: &str, lang: Lang, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     check_name(name)?;
     if dir.exists() && dir.read_dir().map(|mut d| d.next().is_some()).unwrap_or(true) {
         bail!("{} already exists and is not empty", dir.display());
     }
-    let feature = kind.as_str();
-    let files: Vec<(PathBuf, String)> = vec![
-        (dir.join("Cargo.toml"), cargo_toml(name, feature)),
-        (dir.join("rust-toolchain.toml"), TOOLCHAIN.to_string()),
-        (dir.join(".gitignore"), "/target\n".to_string()),
-        (dir.join("src/lib.rs"), lib_rs(kind)),
+    let t = template(kind);
+    let lang_name = match lang {
+        Lang::Rust => "rust",
+        Lang::Python => "python",
+        Lang::Js => "js",
+    };
+    let mut files: Vec<(PathBuf, String)> = vec![
+        (dir.join(MANIFEST), manifest(kind, name, lang_name)),
+        (dir.join("config.example.json"), t.config.to_string()),
         (dir.join("fixture.json"), serde_json::to_string_pretty(&fixture_json(kind))? + "\n"),
-        (dir.join("README.md"), readme(kind, name)),
-        (dir.join("sdk/memhost-sdk/Cargo.toml"), SDK_MANIFEST.to_string()),
-        (dir.join("sdk/memhost-sdk/src/lib.rs"), SDK_LIB.to_string()),
-    ]
-    .into_iter()
-    .chain(WIT_FILES.iter().map(|(f, text)| (dir.join(format!("wit/{WIT_VERSION}/{f}")), text.to_string())))
-    .collect();
+        (dir.join("README.md"), readme(kind, name, lang)),
+    ];
+    files.extend(t.fixtures.iter().map(|(f, text)| (dir.join("fixtures").join(f), text.to_string())));
+    files.extend(WIT_FILES.iter().map(|(f, text)| (dir.join(format!("wit/{WIT_VERSION}/{f}")), text.to_string())));
+    let source = |text: &str| text.replace("{{name}}", name);
+    match lang {
+        Lang::Rust => files.extend([
+            (dir.join("Cargo.toml"), cargo_toml(name, kind.as_str())),
+            (dir.join("rust-toolchain.toml"), TOOLCHAIN.to_string()),
+            (dir.join(".gitignore"), "/target\n".to_string()),
+            (dir.join("src/lib.rs"), lib_rs(kind)),
+            (dir.join("sdk/memhost-sdk/Cargo.toml"), SDK_MANIFEST.to_string()),
+            (dir.join("sdk/memhost-sdk/src/lib.rs"), SDK_LIB.to_string()),
+        ]),
+        Lang::Python => files.extend([
+            (dir.join("app.py"), source(t.python)),
+            (dir.join("requirements.txt"), format!("componentize-py=={COMPONENTIZE_PY}\n")),
+            (dir.join(".gitignore"), format!("/.venv\n/{name}.wasm\n__pycache__/\n")),
+        ]),
+        Lang::Js => files.extend([
+            (dir.join("app.js"), source(t.js)),
+            (dir.join("package.json"), package_json(name)),
+            (dir.join(".gitignore"), format!("/node_modules\n/{name}.wasm\n")),
+        ]),
+    }
     let mut written = Vec::new();
     for (path, text) in files {
         if let Some(parent) = path.parent() {
@@ -65,6 +145,36 @@ pub fn create(kind: PluginKind, name: &str, dir: &Path) -> anyhow::Result<Vec<Pa
         written.push(path);
     }
     Ok(written)
+}
+
+fn manifest(kind: PluginKind, name: &str, lang: &str) -> String {
+    let backend = if lang == "js" {
+        "# QuickJS: ~1.6 MB, fast calls, `u64`/`s64` are Numbers. \"starlingmonkey\":\n\
+         # ~12.5 MB, `u64`/`s64` are BigInts (docs/plugins.md, \"Other languages\").\n\
+         js_backend = \"quickjs\"\n"
+    } else {
+        ""
+    };
+    format!(
+        "# A memhost plugin project: `memhost plugin build` and `memhost plugin test` read this.\n\
+         name = \"{name}\"\nkind = \"{kind}\"\nlang = \"{lang}\"\n{backend}"
+    )
+}
+
+fn package_json(name: &str) -> String {
+    let package = serde_json::json!({
+        "name": name,
+        "version": "0.1.0",
+        "private": true,
+        "type": "module",
+        "scripts": { "build": "memhost plugin build", "test": "memhost plugin test" },
+        "devDependencies": {
+            "@bytecodealliance/jco": JCO,
+            "@bytecodealliance/preview2-shim": PREVIEW2_SHIM,
+        },
+        "overrides": { "@bytecodealliance/preview2-shim": PREVIEW2_SHIM },
+    });
+    serde_json::to_string_pretty(&package).unwrap_or_default() + "\n"
 }
 
 const TOOLCHAIN: &str = r#"[toolchain]
@@ -125,20 +235,40 @@ panic = "abort"
     )
 }
 
-fn readme(kind: PluginKind, name: &str) -> String {
-    let file = name.replace('-', "_");
+fn readme(kind: PluginKind, name: &str, lang: Lang) -> String {
+    let (wasm, toolchain) = match lang {
+        Lang::Rust => (
+            format!("target/wasm32-wasip2/release/{}.wasm", name.replace('-', "_")),
+            "`sdk/memhost-sdk/` is the SDK that wraps the WIT package; `cargo` and the\n`wasm32-wasip2` target build it (`rust-toolchain.toml`).",
+        ),
+        Lang::Python => (
+            format!("{name}.wasm"),
+            "The first build makes `.venv/` and installs componentize-py (pinned in\n`requirements.txt`) from PyPI. Your code is `app.py`.",
+        ),
+        Lang::Js => (
+            format!("{name}.wasm"),
+            "The first build installs jco (pinned in `package.json`) from npm into\n`node_modules/`. Your code is `app.js`; the backend is set in\n`memhost-plugin.toml`.",
+        ),
+    };
     format!(
         r#"# {name}
 
 A memhost `{kind}` plugin.
 
-    memhost plugin build                         # -> target/wasm32-wasip2/release/{file}.wasm
-    memhost plugin check target/wasm32-wasip2/release/{file}.wasm
-    memhost plugin run target/wasm32-wasip2/release/{file}.wasm --input fixture.json
-    memhost plugin upload target/wasm32-wasip2/release/{file}.wasm
+    memhost plugin build                  # -> {wasm}
+    memhost plugin test                   # fixtures/*.json against the build
+    memhost plugin check {wasm}
+    memhost plugin run {wasm} --input fixture.json --plugin-config config.example.json
+    memhost plugin upload {wasm}
 
-`wit/{WIT_VERSION}/` is the WIT package this plugin implements and
-`sdk/memhost-sdk/` the SDK that wraps it, vendored by `memhost plugin new`.
+`wit/{WIT_VERSION}/` is the WIT package this plugin implements, vendored by
+`memhost plugin new`. {toolchain}
+
+Each file in `fixtures/` is a call (`input`), what it must answer
+(`expect`: `{{"ok": …}}` or `{{"error": {{"code": …}}}}`, only the fields
+named are compared) and optionally its own `config` (else
+`config.example.json`). `memhost plugin fixtures pull ID` saves real calls
+from a server as more fixtures.
 "#
     )
 }
@@ -154,8 +284,8 @@ fn lib_rs(kind: PluginKind) -> String {
 }
 
 const PRICING: &str = r##"
-//! A pricing plugin: a flat price per unit of each metric.
-//! Config: `{"currency": "USD", "unit_price_micros": {"api_calls": 1000}}`.
+//! A pricing plugin: a base price per plan, units included, the rest billed
+//! per unit, and hard limits. The config is `config.example.json`.
 use std::collections::BTreeMap;
 
 use memhost_sdk::pricing::*;
@@ -166,12 +296,39 @@ use serde::Deserialize;
 struct Config {
     #[serde(default = "usd")]
     currency: String,
+    plans: BTreeMap<String, Plan>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Plan {
     #[serde(default)]
-    unit_price_micros: BTreeMap<String, i64>,
+    base_micros: i64,
+    #[serde(default)]
+    metrics: BTreeMap<String, MetricRule>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MetricRule {
+    #[serde(default)]
+    included: u64,
+    #[serde(default)]
+    unit_price_micros: i64,
+    hard_limit: Option<u64>,
 }
 
 fn usd() -> String {
     "USD".into()
+}
+
+fn plan_of(config: &str, plan: &str) -> Result<(String, Plan), PluginError> {
+    let mut config: Config = parse_config(config)?;
+    let rules = config
+        .plans
+        .remove(plan)
+        .ok_or_else(|| PluginError::new("unknown-plan", format!("plan `{plan}` is not in the config")))?;
+    Ok((config.currency, rules))
 }
 
 struct Plugin;
@@ -181,36 +338,67 @@ impl Pricing for Plugin {
     const VERSION: &'static str = env!("CARGO_PKG_VERSION");
 
     fn config_schema() -> &'static str {
-        r#"{"type": "object", "additionalProperties": false, "properties": {
+        r#"{"type": "object", "required": ["plans"], "additionalProperties": false, "properties": {
             "currency": {"type": "string", "minLength": 3, "maxLength": 3},
-            "unit_price_micros": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0}}
+            "plans": {"type": "object", "additionalProperties": {
+                "type": "object", "additionalProperties": false, "properties": {
+                    "base_micros": {"type": "integer", "minimum": 0},
+                    "metrics": {"type": "object", "additionalProperties": {
+                        "type": "object", "additionalProperties": false, "properties": {
+                            "included": {"type": "integer", "minimum": 0},
+                            "unit_price_micros": {"type": "integer", "minimum": 0},
+                            "hard_limit": {"type": "integer", "minimum": 0}}}}}}}
         }}"#
     }
 
     fn rate(config: &str, input: RatingInput) -> Result<Invoice, PluginError> {
-        let config: Config = parse_config(config)?;
+        let (currency, plan) = plan_of(config, &input.plan)?;
         let mut lines = Vec::new();
+        if plan.base_micros > 0 {
+            lines.push(InvoiceLine {
+                kind: LineKind::Base,
+                metric: None,
+                reference: None,
+                description: format!("{} plan", input.plan),
+                quantity: 0,
+                amount: plan.base_micros,
+            });
+        }
         for usage in &input.usage {
-            let Some(price) = config.unit_price_micros.get(&usage.metric) else { continue };
-            let amount = price
-                .checked_mul(usage.quantity as i64)
-                .ok_or_else(|| PluginError::new("overflow", format!("{} × {price} overflows", usage.quantity)))?;
+            let Some(rule) = plan.metrics.get(&usage.metric) else { continue };
+            let billable = usage.quantity.saturating_sub(rule.included);
+            if billable == 0 || rule.unit_price_micros == 0 {
+                continue;
+            }
+            let amount = rule
+                .unit_price_micros
+                .checked_mul(billable as i64)
+                .ok_or_else(|| PluginError::new("overflow", format!("{billable} × {} overflows", rule.unit_price_micros)))?;
             lines.push(InvoiceLine {
                 kind: LineKind::Usage,
                 metric: Some(usage.metric.clone()),
                 reference: None,
-                description: format!("{} {}", usage.quantity, usage.metric),
-                quantity: usage.quantity,
+                description: format!("{billable} {} over the {} included", usage.metric, rule.included),
+                quantity: billable,
                 amount,
             });
         }
         let total = lines.iter().map(|l| l.amount).sum();
-        Ok(Invoice { currency: config.currency, lines, total })
+        Ok(Invoice { currency, lines, total })
     }
 
-    fn limits(_config: &str, _plan: &str, _plan_snapshot: Option<&str>, _overrides: &str) -> Result<Vec<MetricLimit>, PluginError> {
-        // No included amounts: everything is billed per unit.
-        Ok(Vec::new())
+    fn limits(config: &str, plan: &str, _plan_snapshot: Option<&str>, _overrides: &str) -> Result<Vec<MetricLimit>, PluginError> {
+        let (_, plan) = plan_of(config, plan)?;
+        Ok(plan
+            .metrics
+            .iter()
+            .map(|(metric, rule)| MetricLimit {
+                metric: metric.clone(),
+                included: rule.included,
+                hard_limit: rule.hard_limit,
+                overage_allowed: rule.unit_price_micros > 0,
+            })
+            .collect())
     }
 }
 
@@ -311,21 +499,42 @@ memhost_sdk::export_alert_channel!(Plugin);
 "##;
 
 const EXTRACTOR: &str = r##"
-//! An extractor: remembers every user sentence that starts with "I ".
+//! An extractor: remembers every user sentence that starts with one of the
+//! config's `prefixes` (default "I ") and is not already remembered.
 use memhost_sdk::extractor::*;
 
 struct Plugin;
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    #[serde(default = "default_prefixes")]
+    prefixes: Vec<String>,
+}
+
+fn default_prefixes() -> Vec<String> {
+    vec!["I ".into()]
+}
 
 impl Extractor for Plugin {
     const NAME: &'static str = env!("CARGO_PKG_NAME");
     const VERSION: &'static str = env!("CARGO_PKG_VERSION");
 
-    fn extract(_config: &str, input: ExtractInput) -> Result<Vec<MemoryOp>, PluginError> {
+    fn config_schema() -> &'static str {
+        r#"{"type": "object", "additionalProperties": false, "properties": {
+            "prefixes": {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1}}}}"#
+    }
+
+    fn extract(config: &str, input: ExtractInput) -> Result<Vec<MemoryOp>, PluginError> {
+        let config: Config = parse_config(config)?;
         let mut ops = Vec::new();
         for turn in input.turns.iter().filter(|t| t.role == "user") {
             for sentence in turn.content.split(['.', '!', '?']).map(str::trim) {
-                if sentence.starts_with("I ") && !input.existing.iter().any(|m| m.text == sentence) {
-                    ops.push(MemoryOp::Add(NewMemory { text: format!("{sentence}."), metadata: "{}".into() }));
+                let text = format!("{sentence}.");
+                let known = input.existing.iter().any(|m| m.text == text)
+                    || ops.iter().any(|op| matches!(op, MemoryOp::Add(m) if m.text == text));
+                if config.prefixes.iter().any(|p| sentence.starts_with(p.as_str())) && !known {
+                    ops.push(MemoryOp::Add(NewMemory { text, metadata: "{}".into() }));
                 }
             }
         }

@@ -573,11 +573,11 @@ impl LimitService {
     async fn rules_for(&self, facts: &RequestFacts<'_>) -> Result<Option<Arc<Vec<PlanRule>>>, Refusal> {
         let p = facts.principal;
         let plugins = self.inner.plugins.rate_limits();
-        let Some(active) = plugins.active(&p.org_id, &p.plan) else {
+        let live = p.environment == Environment::Live;
+        let Some(active) = plugins.active(&p.org_id, &p.plan, if live { "live" } else { "test" }) else {
             return Ok(None);
         };
         let scopes = scope_list(p);
-        let live = p.environment == Environment::Live;
         let cache_key = format!(
             "{}|{}|{}|{}|{}|{}|{}|{}",
             active.activation.id,

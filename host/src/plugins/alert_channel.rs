@@ -60,8 +60,10 @@ impl AlertChannels<'_> {
     pub async fn deliver(&self, active: &Active, alert: &Alert) -> Result<Answer<()>, PluginFailure> {
         let runtime = self.service.runtime();
         let host = self.service.host_calls();
-        with_fallback!(self.service, active, |p, config| runtime
+        let result = with_fallback!(self.service, active, |p, config| runtime
             .deliver(&p.prepared, &p.limits, &p.digest, host.clone(), config, alert)
-            .await)
+            .await);
+        self.service.recorder().deliver(active, alert, &result);
+        result
     }
 }

@@ -273,6 +273,66 @@ pub fn subset_mismatch(expected: &Value, actual: &Value, path: &str) -> Option<S
     }
 }
 
+/// `actual` cut down to the shape `expected` names (objects keep only the
+/// keys it names), so a diff of the two shows only what the fixture checks.
+/// An object sharing none of the expected keys (an `error` where `ok` was
+/// expected) is kept whole: that difference is the one to see.
+pub fn project(expected: &Value, actual: &Value) -> Value {
+    match (expected, actual) {
+        (Value::Object(e), Value::Object(a)) if e.keys().any(|k| a.contains_key(k)) => {
+            Value::Object(e.iter().filter_map(|(k, v)| a.get(k).map(|x| (k.clone(), project(v, x)))).collect())
+        }
+        (Value::Array(e), Value::Array(a)) => Value::Array(
+            a.iter().enumerate().map(|(i, x)| e.get(i).map_or_else(|| x.clone(), |v| project(v, x))).collect(),
+        ),
+        (_, a) => a.clone(),
+    }
+}
+
+/// A unified-style line diff of two texts (`-` expected, `+` actual, two
+/// lines of context), from their longest common subsequence of lines.
+pub fn line_diff(expected: &str, actual: &str) -> String {
+    let (e, a): (Vec<&str>, Vec<&str>) = (expected.lines().collect(), actual.lines().collect());
+    // lcs[i][j]: common lines of e[i..] and a[j..].
+    let mut lcs = vec![vec![0usize; a.len() + 1]; e.len() + 1];
+    for i in (0..e.len()).rev() {
+        for j in (0..a.len()).rev() {
+            lcs[i][j] = if e[i] == a[j] { lcs[i + 1][j + 1] + 1 } else { lcs[i + 1][j].max(lcs[i][j + 1]) };
+        }
+    }
+    let mut ops: Vec<(char, &str)> = Vec::new();
+    let (mut i, mut j) = (0, 0);
+    while i < e.len() || j < a.len() {
+        if i < e.len() && j < a.len() && e[i] == a[j] {
+            ops.push((' ', e[i]));
+            (i, j) = (i + 1, j + 1);
+        } else if i < e.len() && (j == a.len() || lcs[i + 1][j] >= lcs[i][j + 1]) {
+            ops.push(('-', e[i]));
+            i += 1;
+        } else {
+            ops.push(('+', a[j]));
+            j += 1;
+        }
+    }
+    const CONTEXT: usize = 2;
+    let near_change =
+        |k: usize| ops[k.saturating_sub(CONTEXT)..(k + CONTEXT + 1).min(ops.len())].iter().any(|(op, _)| *op != ' ');
+    let mut out = String::new();
+    let mut skipped = false;
+    for (k, (op, line)) in ops.iter().enumerate() {
+        if *op == ' ' && !near_change(k) {
+            skipped = true;
+            continue;
+        }
+        if skipped {
+            out.push_str("  …\n");
+            skipped = false;
+        }
+        out.push_str(&format!("{op} {line}\n"));
+    }
+    out
+}
+
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct PluginErrorJson {
     pub code: String,
@@ -404,7 +464,7 @@ pub fn invoice_json(inv: &Invoice) -> Value {
     })
 }
 
-fn rule_json(r: &LimiterRule) -> Value {
+pub(crate) fn rule_json(r: &LimiterRule) -> Value {
     let scope = match r.scope {
         LimiterScope::Global => "global",
         LimiterScope::Org => "org",
@@ -421,7 +481,7 @@ fn rule_json(r: &LimiterRule) -> Value {
            "window_ms": r.window_ms, "burst": r.burst, "cost": r.cost})
 }
 
-fn memory_op_json(op: &MemoryOp) -> Value {
+pub(crate) fn memory_op_json(op: &MemoryOp) -> Value {
     let meta = |s: &str| serde_json::from_str::<Value>(s).unwrap_or(Value::Null);
     match op {
         MemoryOp::Add { text, metadata } => json!({"op": "add", "text": text, "metadata": meta(metadata)}),
@@ -469,4 +529,33 @@ fn alert_id() -> String {
 }
 fn warning() -> String {
     "warning".into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn projection_keeps_what_the_fixture_names() {
+        let expected = json!({"ok": {"total_micros": 5, "lines": [{"amount_micros": 5}]}});
+        let actual = json!({"ok": {"total_micros": 6, "currency": "USD", "lines": [{"amount_micros": 6, "kind": "base"}, {"amount_micros": 0}]}});
+        assert_eq!(
+            project(&expected, &actual),
+            json!({"ok": {"total_micros": 6, "lines": [{"amount_micros": 6}, {"amount_micros": 0}]}})
+        );
+        // An error where an answer was expected is shown whole.
+        let error = json!({"error": {"code": "network", "message": "refused"}});
+        assert_eq!(project(&expected, &error), error);
+    }
+
+    #[test]
+    fn line_diff_marks_changes_with_context() {
+        let e = "a\nb\nc\nd\ne\nf\ng\n";
+        let a = "a\nb\nc\nD\ne\nf\ng\nh\n";
+        let diff = line_diff(e, a);
+        assert!(diff.contains("- d\n+ D\n"), "{diff}");
+        assert!(diff.contains("+ h\n"), "{diff}");
+        assert!(diff.starts_with("  …\n  b\n  c\n"), "lines far from a change are elided: {diff}");
+        assert_eq!(line_diff("same\n", "same\n"), "");
+    }
 }

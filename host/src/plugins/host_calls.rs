@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::runtime::CallState;
+use crate::metering::estimate_tokens;
 use crate::providers::{Completer, Completion, CompletionRequest, Embedder};
 
 /// An outbound HTTP request a plugin asks the host to send.
@@ -128,14 +129,34 @@ impl CallState {
         let Some(provider) = self.host.llm.clone() else {
             return Err("no LLM provider is configured on this server (`[completions]`)".into());
         };
-        provider.complete(&request).await.map_err(|e| e.to_string())
+        let completion = provider.complete(&request).await.map_err(|e| e.to_string())?;
+        // Reported tokens, else estimated (about 4 characters a token).
+        let (input_tokens, output_tokens) = if completion.tokens_reported {
+            (u64::from(completion.input_tokens), u64::from(completion.output_tokens))
+        } else {
+            let prompt: u64 = request.messages.iter().map(|m| estimate_tokens(&m.content)).sum();
+            (prompt, estimate_tokens(&completion.text))
+        };
+        self.host_usage.model_calls.push(super::runtime::ModelCall {
+            model: completion.model.clone(),
+            input_tokens,
+            output_tokens,
+        });
+        Ok(completion)
     }
 
     pub(super) async fn embed_texts(&mut self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, String> {
         match self.host.embedder.clone() {
             Some(embedder) => {
                 let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-                embedder.embed(&refs).await.map_err(|e| e.to_string())
+                let vectors = embedder.embed(&refs).await.map_err(|e| e.to_string())?;
+                let usage = &mut self.host_usage;
+                usage.embedded_texts += texts.len() as u64;
+                usage.embedding_tokens += texts.iter().map(|t| estimate_tokens(t)).sum::<u64>();
+                if embedder.is_remote() {
+                    usage.embedding_model = Some(embedder.model().to_string());
+                }
+                Ok(vectors)
             }
             None => Err("embeddings are not available to this call".into()),
         }

@@ -99,34 +99,39 @@ pub struct LimitOverrides {
 }
 
 impl Limits {
+    /// Sized for the guests the templates build (docs/plugins.md, "Limits"):
+    /// a Python guest's interpreter takes 12.4 MiB of linear memory before
+    /// any work, a StarlingMonkey guest 9.1 MiB and 2.8–4.5 M fuel per
+    /// pricing or rate-limit call; the defaults leave at least 2.5× memory
+    /// and 5× fuel over the heaviest of them.
     pub fn default_for(kind: PluginKind) -> Limits {
         const MIB: u64 = 1 << 20;
         match kind {
             PluginKind::Pricing => Limits {
-                fuel: 10_000_000,
+                fuel: 50_000_000,
                 deadline_ms: 200,
-                memory_bytes: 16 * MIB,
+                memory_bytes: 32 * MIB,
                 max_input_bytes: MIB,
                 max_output_bytes: MIB,
             },
             PluginKind::RateLimit => Limits {
-                fuel: 10_000_000,
+                fuel: 25_000_000,
                 deadline_ms: 50,
-                memory_bytes: 16 * MIB,
+                memory_bytes: 32 * MIB,
                 max_input_bytes: 256 * 1024,
                 max_output_bytes: 256 * 1024,
             },
             PluginKind::AlertChannel => Limits {
                 fuel: 50_000_000,
                 deadline_ms: 15_000,
-                memory_bytes: 16 * MIB,
+                memory_bytes: 32 * MIB,
                 max_input_bytes: MIB,
                 max_output_bytes: MIB,
             },
             PluginKind::Extractor => Limits {
                 fuel: 200_000_000,
                 deadline_ms: 60_000,
-                memory_bytes: 32 * MIB,
+                memory_bytes: 64 * MIB,
                 max_input_bytes: 4 * MIB,
                 max_output_bytes: 4 * MIB,
             },
@@ -167,6 +172,52 @@ pub struct PluginsConfig {
     pub max_memory_bytes: u64,
     /// Plugin instances alive at once (calls in flight); more calls wait.
     pub max_concurrent_calls: u32,
+    /// Largest `.wasm` accepted, in bytes; also the upload body's limit.
+    /// Python (componentize-py, ~18 MB) and JavaScript (jco's StarlingMonkey
+    /// backend, ~12.5 MB) guests carry their interpreter.
+    pub max_plugin_bytes: u64,
+    /// Uploads compiled at once (Cranelift uses every core for seconds on
+    /// a large guest); more wait their turn, visible as `queued`.
+    pub max_concurrent_compiles: u32,
+    /// Uploads waiting or compiling at once; past it, 503 with Retry-After.
+    pub max_pending_uploads: u32,
+    /// Per-component shape limits of the instance pool.
+    pub pool: PoolLimits,
+    /// Calls kept per plugin (newest), redacted per kind, for `memhost
+    /// plugin fixtures pull`; 0 keeps none.
+    pub recorded_calls: usize,
+    /// Keep extractors' dialogue and memory texts in recorded calls (masked
+    /// for e-mail addresses and long numbers). Off: only their lengths.
+    pub record_extractor_text: bool,
+    /// Accept components that carry the component-model async ABI's
+    /// built-ins (jco's QuickJS output without `--backend-qjs-disable-async`).
+    /// Off: they are refused at upload with `INVALID_COMPONENT`.
+    pub component_model_async: bool,
+}
+
+/// What one component instance may hold in the pooling allocator. A guest
+/// over a limit is refused at upload (`INVALID_COMPONENT`, naming it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PoolLimits {
+    /// Core module instances per component: componentize-py makes ~14, 38
+    /// with `--stub-wasi`; jco's guests fewer.
+    pub max_core_instances_per_component: u32,
+    pub max_memories_per_component: u32,
+    pub max_tables_per_component: u32,
+    /// Elements per table (componentize-py's is ~5 700).
+    pub max_table_elements: usize,
+}
+
+impl Default for PoolLimits {
+    fn default() -> Self {
+        PoolLimits {
+            max_core_instances_per_component: 64,
+            max_memories_per_component: 4,
+            max_tables_per_component: 32,
+            max_table_elements: 20_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -186,8 +237,15 @@ impl Default for PluginsConfig {
             fallback_to_previous: true,
             rate_limit_failure: RateLimitFailure::FailOpen,
             http_allow_hosts: Vec::new(),
-            max_memory_bytes: 64 << 20,
+            max_memory_bytes: 128 << 20,
             max_concurrent_calls: 64,
+            max_plugin_bytes: 32 << 20,
+            max_concurrent_compiles: 2,
+            max_pending_uploads: 8,
+            pool: PoolLimits::default(),
+            recorded_calls: 20,
+            record_extractor_text: false,
+            component_model_async: true,
         }
     }
 }

@@ -11,6 +11,8 @@
 //! - `validate`: upload checks; `calls`: JSON in and out of each kind's
 //!   functions (self-check, `run`); `host_calls`: what a kind may import.
 //! - `registry`: records and activations in the database.
+//! - `uploads`: uploads compiled in the background (queued, compiling,
+//!   ready or refused), bounded in number.
 //! - this file: [`PluginService`], which keeps the active set (swapped
 //!   atomically; in-flight calls finish on the version they started with),
 //!   falls back to a target's previous version when a call fails, compiles
@@ -25,9 +27,12 @@ pub mod host_calls;
 pub mod kind;
 pub mod pricing;
 pub mod rate_limit;
+pub mod recorder;
 pub mod registry;
+pub mod routing;
 pub mod runtime;
 pub mod types;
+pub mod uploads;
 pub mod validate;
 pub mod wit;
 
@@ -67,7 +72,7 @@ struct Builtin {
     policy: Option<&'static str>,
 }
 
-const BUILTINS: [Builtin; 4] = [
+const BUILTINS: [Builtin; 5] = [
     Builtin {
         kind: PluginKind::Pricing,
         wasm: include_bytes!(concat!(env!("MEMHOST_PLUGINS_DIR"), "/pricing_tiered.wasm")),
@@ -89,6 +94,13 @@ const BUILTINS: [Builtin; 4] = [
         wasm: include_bytes!(concat!(env!("MEMHOST_PLUGINS_DIR"), "/extract_rules.wasm")),
         policy: Some(include_str!("../../../policies/extraction.yaml")),
     },
+    Builtin {
+        kind: PluginKind::Extractor,
+        wasm: include_bytes!(concat!(env!("MEMHOST_PLUGINS_DIR"), "/extract_llm.wasm")),
+        // Needs an LLM provider (`[completions]`); an operator activates it
+        // per org, plan or globally.
+        policy: None,
+    },
 ];
 
 /// Failures of plugin operations, mapped once to the envelope in `api::error`.
@@ -102,10 +114,16 @@ pub enum PluginError {
     Ambiguous(String),
     #[error("{0}")]
     InvalidRequest(String),
+    /// A canary routing rule that does not compile or answer a bool.
+    #[error("routing rule: {0}")]
+    InvalidRule(String),
     #[error("config does not match the plugin's schema: {}", .0.join("; "))]
     InvalidConfig(Vec<String>),
     #[error("{0}")]
     Conflict(String),
+    /// Too many uploads in flight; the caller should retry shortly.
+    #[error("{0}")]
+    Busy(String),
     #[error("no active {0} plugin")]
     NoneActive(PluginKind),
     #[error(transparent)]
@@ -137,6 +155,8 @@ pub struct Active {
     /// After a failure, calls go straight to `previous` until then (ms since
     /// the epoch), so a broken version does not cost a deadline per call.
     failing_until_ms: AtomicU64,
+    /// A canary's routing rule, compiled.
+    routing: Option<routing::RoutingRule>,
 }
 
 /// The fallback of an [`Active`].
@@ -150,6 +170,8 @@ pub struct Previous {
 pub struct Answer<T> {
     pub value: T,
     pub fallback: bool,
+    /// Provider work the answering call caused through the host's imports.
+    pub host_usage: runtime::HostUsage,
 }
 
 /// Why a plugin call gave no answer.
@@ -158,9 +180,10 @@ pub enum PluginFailure {
     /// The sandbox stopped it (trap, fuel, deadline, memory, size).
     #[error(transparent)]
     Call(#[from] CallError),
-    /// The plugin answered with an error on purpose.
+    /// The plugin answered with an error on purpose, with the provider work
+    /// it caused through the host's imports before it did (to meter).
     #[error("{0}")]
-    Guest(GuestError),
+    Guest(GuestError, runtime::HostUsage),
     /// The answer breaks what the kind promises (an invoice whose lines do
     /// not add up to its total).
     #[error("{0}")]
@@ -215,6 +238,7 @@ const FAILING_FOR_MS: u64 = 5_000;
 struct Stats {
     failures: AtomicU64,
     fallbacks: AtomicU64,
+    routing_rule_errors: AtomicU64,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -223,6 +247,8 @@ pub struct PluginStats {
     pub failures: u64,
     /// Calls the previous version answered instead.
     pub fallbacks: u64,
+    /// Canary routing rules that failed when run (the call skipped the canary).
+    pub routing_rule_errors: u64,
 }
 
 /// Where an activation applies.
@@ -280,17 +306,37 @@ pub fn canary_bucket(org_id: &str) -> u8 {
 }
 
 impl ActiveSet {
-    /// Org, then plan, then canary (if the org's bucket is in the share),
-    /// then global.
-    fn resolve(&self, kind: PluginKind, org_id: Option<&str>, plan: Option<&str>) -> Option<Arc<Active>> {
+    /// Org, then plan, then canary (if the org's bucket is in the share and
+    /// the routing rule holds, where it has them), then global.
+    fn resolve(
+        &self,
+        kind: PluginKind,
+        org_id: Option<&str>,
+        plan: Option<&str>,
+        env: &str,
+        rule_errors: &AtomicU64,
+    ) -> Option<Arc<Active>> {
         let routes = self.kinds.get(&kind)?;
         org_id
             .and_then(|o| routes.orgs.get(o))
             .or_else(|| plan.and_then(|p| routes.plans.get(p)))
             .or_else(|| {
-                routes.canary.as_ref().filter(|c| {
-                    org_id.is_some_and(|o| (canary_bucket(o) as i32) < c.activation.canary_percent.unwrap_or(0))
-                })
+                let canary = routes.canary.as_ref()?;
+                let org_id = org_id?;
+                let in_share = canary.activation.canary_percent.is_none_or(|p| (canary_bucket(org_id) as i32) < p);
+                let rule_holds = || match (&canary.activation.routing_rule, &canary.routing) {
+                    (None, _) => true,
+                    (Some(_), None) => false,
+                    (Some(_), Some(rule)) => {
+                        let facts = routing::CallFacts { org_id, plan: plan.unwrap_or(""), env };
+                        rule.matches(facts).unwrap_or_else(|why| {
+                            rule_errors.fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!(activation = %canary.activation.id, %why, "canary routing rule failed");
+                            false
+                        })
+                    }
+                };
+                (in_share && rule_holds()).then_some(canary)
             })
             .or(routes.global.as_ref())
             .cloned()
@@ -315,6 +361,8 @@ struct Inner {
     /// Embeddings and completions for extractors' host calls.
     providers: Providers,
     stats: Stats,
+    uploads: uploads::Uploads,
+    recorder: recorder::CallRecorder,
 }
 
 /// A plugin with where it is active.
@@ -324,6 +372,9 @@ pub struct PluginView {
     pub plugin: PluginRecord,
     /// `active` if any target uses it now, else `inactive`.
     pub status: String,
+    /// Upload phase: always `ready` for a stored plugin (an upload still
+    /// compiling shows `queued` or `compiling`, a refused one `refused`).
+    pub state: &'static str,
     /// Current activations of this plugin.
     pub active_targets: Vec<ActivationRecord>,
 }
@@ -335,6 +386,8 @@ pub struct Uploaded {
     pub plugin: PluginRecord,
     /// false when these exact bytes were uploaded before (nothing changed).
     pub created: bool,
+    /// `ready`: stored and available to activate.
+    pub state: &'static str,
     /// What the self-check cost (absent when nothing was checked again).
     pub self_check: Option<CallStats>,
     pub imports: Vec<String>,
@@ -345,9 +398,15 @@ pub struct Uploaded {
 pub struct ActivateRequest {
     /// `global` (default), `plan:<plan>`, `org:<org id>` or `canary`.
     pub target: Option<String>,
-    /// Canary only: share of orgs (1–100) routed to this plugin.
+    /// Canary only: share of orgs (1–100) routed to this plugin, by a stable
+    /// hash of the org id.
     #[schema(minimum = 1, maximum = 100)]
     pub canary_percent: Option<i32>,
+    /// Canary only: a Rhai expression over `org`, `plan`, `env` (`live` or
+    /// `test`), `bucket` (the org's 0–99) and `hash(text)` that decides per
+    /// call whether the canary serves it, e.g. `plan == "starter" && bucket
+    /// < 20`. With `canary_percent` too, both must hold.
+    pub rule: Option<String>,
     /// The plugin's config; default: the config of the activation it replaces.
     #[schema(value_type = Option<Object>)]
     pub config: Option<serde_json::Value>,
@@ -393,6 +452,8 @@ impl PluginService {
         providers: Providers,
     ) -> anyhow::Result<PluginService> {
         let http = HttpGate::new(config.http_allow_hosts.clone())?;
+        let uploads = uploads::Uploads::new(config.max_concurrent_compiles, config.max_pending_uploads);
+        let recorder = recorder::CallRecorder::new(config.recorded_calls, config.record_extractor_text);
         let runtime = Runtime::new(config)?;
         let service = PluginService {
             inner: Arc::new(Inner {
@@ -405,6 +466,8 @@ impl PluginService {
                 http,
                 providers,
                 stats: Stats::default(),
+                uploads,
+                recorder,
             }),
         };
         service.install_builtins().await?;
@@ -414,6 +477,16 @@ impl PluginService {
 
     pub fn runtime(&self) -> &Runtime {
         &self.inner.runtime
+    }
+
+    /// The last calls the service made to a plugin, newest first.
+    pub async fn recorded_calls(&self, id: &str) -> Result<Vec<recorder::RecordedCall>, PluginError> {
+        let record = self.find(id).await?;
+        Ok(self.inner.recorder.recent(&record.id))
+    }
+
+    fn recorder(&self) -> &recorder::CallRecorder {
+        &self.inner.recorder
     }
 
     async fn install_builtins(&self) -> anyhow::Result<()> {
@@ -429,7 +502,7 @@ impl PluginService {
             if !ever {
                 let config: serde_json::Value = serde_yaml_ng::from_str(policy)
                     .map_err(|e| anyhow::anyhow!("policy for the built-in {} plugin: {e}", b.kind))?;
-                let request = ActivateRequest { target: None, canary_percent: None, config: Some(config) };
+                let request = ActivateRequest { target: None, canary_percent: None, rule: None, config: Some(config) };
                 self.activate(&up.plugin.id, request, "builtin")
                     .await
                     .map_err(|e| anyhow::anyhow!("activating the built-in {} plugin: {e}", b.kind))?;
@@ -446,7 +519,7 @@ impl PluginService {
         limits: LimitOverrides,
         uploaded_by: &str,
     ) -> Result<Uploaded, PluginError> {
-        validate::check_header(wasm)?;
+        validate::check_header(wasm, self.inner.runtime.config().max_plugin_bytes)?;
         self.inner.runtime.config().check_overrides(&limits).map_err(PluginError::InvalidRequest)?;
         let digest = hex::encode(Sha256::digest(wasm));
         if let Some(existing) = registry::find_plugins(&self.inner.db, &digest).await?.into_iter().next() {
@@ -462,7 +535,13 @@ impl PluginService {
                     serde_json::to_string(&existing.limits).unwrap_or_default()
                 )));
             }
-            return Ok(Uploaded { plugin: existing, created: false, self_check: None, imports: Vec::new() });
+            return Ok(Uploaded {
+                plugin: existing,
+                created: false,
+                state: "ready",
+                self_check: None,
+                imports: Vec::new(),
+            });
         }
         let digest_arc: Arc<str> = digest.clone().into();
         let (v, effective) =
@@ -487,7 +566,73 @@ impl PluginService {
             Arc::new(Loaded { record: record.clone(), digest: digest_arc, limits: effective, prepared: v.prepared });
         self.inner.loaded.lock().unwrap_or_else(|e| e.into_inner()).insert(digest, loaded);
         tracing::info!(plugin = %record.id, kind = %record.kind, name = %record.name, version = %record.version, "plugin uploaded");
-        Ok(Uploaded { plugin: record, created: true, self_check: Some(v.self_check), imports: v.inspection.imports })
+        Ok(Uploaded {
+            plugin: record,
+            created: true,
+            state: "ready",
+            self_check: Some(v.self_check),
+            imports: v.inspection.imports,
+        })
+    }
+
+    /// Starts an upload compiled in the background (or joins the one of the
+    /// same bytes already running); the ticket follows its phase. Bytes
+    /// already stored settle at once, as [`PluginService::upload`] would.
+    pub async fn start_upload(
+        &self,
+        wasm: Vec<u8>,
+        kind: Option<PluginKind>,
+        limits: LimitOverrides,
+        uploaded_by: &str,
+    ) -> Result<uploads::Ticket, PluginError> {
+        let max = self.inner.runtime.config().max_plugin_bytes;
+        validate::check_header(&wasm, max)?;
+        self.inner.runtime.config().check_overrides(&limits).map_err(PluginError::InvalidRequest)?;
+        let digest = hex::encode(Sha256::digest(&wasm));
+        let info = uploads::UploadInfo {
+            id: digest.clone(),
+            size_bytes: wasm.len() as u64,
+            kind,
+            uploaded_by: uploaded_by.to_string(),
+            started_at: Utc::now(),
+            limits,
+        };
+        if !registry::find_plugins(&self.inner.db, &digest).await?.is_empty() {
+            let outcome = self.upload(&wasm, kind, limits, uploaded_by).await?;
+            let (_, phase) = tokio::sync::watch::channel(uploads::Phase::Done(Ok(outcome)));
+            return Ok(uploads::Ticket { info, phase, started: false });
+        }
+        match self.inner.uploads.begin(info)? {
+            uploads::Begin::Joined(ticket)
+                if ticket.info.limits != limits || (kind.is_some() && ticket.info.kind != kind) =>
+            {
+                Err(PluginError::Conflict(format!(
+                    "plugin {} is being uploaded already with another kind or other limits; wait until it is \
+                     stored, then upload again to check them",
+                    short(&ticket.info.id)
+                )))
+            }
+            uploads::Begin::Joined(ticket) => Ok(ticket),
+            uploads::Begin::Started(ticket) => {
+                let service = self.clone();
+                let by = uploaded_by.to_string();
+                tokio::spawn(async move {
+                    let job = service.upload(&wasm, kind, limits, &by);
+                    service.inner.uploads.run(&digest, job).await;
+                });
+                Ok(ticket)
+            }
+        }
+    }
+
+    /// An upload still in flight or refused within the hour, by id or
+    /// unique prefix (stored plugins are found by [`PluginService::get`]).
+    pub fn upload_progress(&self, id: &str) -> Option<(uploads::UploadInfo, uploads::Phase)> {
+        let id = id.trim().to_ascii_lowercase();
+        if id.len() < 8 {
+            return None;
+        }
+        self.inner.uploads.find(&id)
     }
 
     pub async fn list(&self, kind: Option<PluginKind>) -> Result<Vec<PluginView>, PluginError> {
@@ -498,7 +643,7 @@ impl PluginService {
             .map(|p| {
                 let active_targets: Vec<_> = current.iter().filter(|a| a.plugin_id == p.id).cloned().collect();
                 let status = if active_targets.is_empty() { "inactive" } else { "active" }.to_string();
-                PluginView { plugin: p, status, active_targets }
+                PluginView { plugin: p, status, state: "ready", active_targets }
             })
             .collect())
     }
@@ -522,7 +667,7 @@ impl PluginService {
         let history = registry::activations_of(&self.inner.db, &plugin.id).await?;
         let active_targets: Vec<_> = history.iter().filter(|a| a.deactivated_at.is_none()).cloned().collect();
         let status = if active_targets.is_empty() { "inactive" } else { "active" }.to_string();
-        Ok((PluginView { plugin, status, active_targets }, history))
+        Ok((PluginView { plugin, status, state: "ready", active_targets }, history))
     }
 
     /// Makes a plugin the current one for a target, after validating its
@@ -532,18 +677,27 @@ impl PluginService {
     pub async fn activate(&self, id: &str, req: ActivateRequest, by: &str) -> Result<ActivationRecord, PluginError> {
         let plugin = self.find(id).await?;
         let target = Target::parse(req.target.as_deref().unwrap_or("global")).map_err(PluginError::InvalidRequest)?;
-        let canary_percent = match (&target, req.canary_percent) {
-            (Target::Canary, Some(p)) if (1..=100).contains(&p) => Some(p),
-            (Target::Canary, _) => {
+        let canary_percent = match (&target, req.canary_percent, &req.rule) {
+            (Target::Canary, Some(p), _) if (1..=100).contains(&p) => Some(p),
+            (Target::Canary, Some(_), _) => {
+                return Err(PluginError::InvalidRequest("canary_percent must be from 1 to 100".into()));
+            }
+            (Target::Canary, None, Some(_)) => None,
+            (Target::Canary, None, None) => {
                 return Err(PluginError::InvalidRequest(
-                    "a canary activation needs canary_percent from 1 to 100".into(),
+                    "a canary activation needs canary_percent (1 to 100), a routing rule, or both".into(),
                 ));
             }
-            (_, Some(_)) => {
-                return Err(PluginError::InvalidRequest("canary_percent applies only to target `canary`".into()));
+            (_, Some(_), _) | (_, _, Some(_)) => {
+                return Err(PluginError::InvalidRequest(
+                    "canary_percent and rule apply only to target `canary`".into(),
+                ));
             }
-            (_, None) => None,
+            (_, None, None) => None,
         };
+        if let Some(rule) = &req.rule {
+            routing::RoutingRule::compile(rule).map_err(PluginError::InvalidRule)?;
+        }
         let target_s = target.as_string();
         let config = match req.config {
             Some(c) => c,
@@ -557,6 +711,7 @@ impl PluginService {
             plugin_id: plugin.id.clone(),
             config,
             canary_percent,
+            routing_rule: req.rule,
             activated_by: by.to_string(),
             activated_at: Utc::now(),
             deactivated_at: None,
@@ -631,6 +786,7 @@ impl PluginService {
         let request = ActivateRequest {
             target: Some(target_s),
             canary_percent: earlier.canary_percent,
+            rule: earlier.routing_rule.clone(),
             config: Some(earlier.config.clone()),
         };
         let earlier_id = earlier.plugin_id.clone();
@@ -652,8 +808,22 @@ impl PluginService {
     }
 
     /// The active plugin of a kind for an org on a plan.
+    /// The activation that serves a call for an org on a plan, for a live
+    /// key (billing, alerts, extraction).
     pub fn active(&self, kind: PluginKind, org_id: Option<&str>, plan: Option<&str>) -> Option<Arc<Active>> {
-        self.inner.active.load().resolve(kind, org_id, plan)
+        self.active_in(kind, org_id, plan, "live")
+    }
+
+    /// As [`Self::active`], for a key environment (`live` or `test`), which a
+    /// canary routing rule may look at.
+    pub fn active_in(
+        &self,
+        kind: PluginKind,
+        org_id: Option<&str>,
+        plan: Option<&str>,
+        env: &str,
+    ) -> Option<Arc<Active>> {
+        self.inner.active.load().resolve(kind, org_id, plan, env, &self.inner.stats.routing_rule_errors)
     }
 
     /// The pricing plugins' facade.
@@ -690,6 +860,7 @@ impl PluginService {
         PluginStats {
             failures: self.inner.stats.failures.load(Ordering::Relaxed),
             fallbacks: self.inner.stats.fallbacks.load(Ordering::Relaxed),
+            routing_rule_errors: self.inner.stats.routing_rule_errors.load(Ordering::Relaxed),
         }
     }
 
@@ -719,7 +890,12 @@ impl PluginService {
         if fallback {
             self.inner.stats.fallbacks.fetch_add(1, Ordering::Relaxed);
         }
-        outcome.value.map(|value| Answer { value, fallback }).map_err(PluginFailure::Guest)
+        let host_usage = outcome.stats.host_usage;
+        match outcome.value {
+            Ok(value) => Ok(Answer { value, fallback, host_usage }),
+            // A deliberate error may come after provider work: keep it for metering.
+            Err(e) => Err(PluginFailure::Guest(e, host_usage)),
+        }
     }
 
     /// Runs a stored plugin on JSON input with a given config.
@@ -741,9 +917,10 @@ impl PluginService {
         kind: PluginKind,
         org_id: Option<&str>,
         plan: Option<&str>,
+        env: &str,
         input: CallInput,
     ) -> Result<RunReport, PluginError> {
-        let active = self.active(kind, org_id, plan).ok_or(PluginError::NoneActive(kind))?;
+        let active = self.active_in(kind, org_id, plan, env).ok_or(PluginError::NoneActive(kind))?;
         self.run_loaded(&active.plugin, Some(active.activation.id.clone()), &active.config, input).await
     }
 
@@ -796,7 +973,17 @@ impl PluginService {
                 },
                 None => None,
             };
+            // Stored rules compiled when they were activated; one that no
+            // longer does (an engine change) routes nothing to the canary.
+            let routing = a.routing_rule.as_deref().and_then(|rule| {
+                routing::RoutingRule::compile(rule)
+                    .inspect_err(
+                        |why| tracing::error!(activation = %a.id, %why, "canary routing rule does not compile"),
+                    )
+                    .ok()
+            });
             let active = Arc::new(Active {
+                routing,
                 config: a.config.to_string(),
                 activation: a,
                 plugin,
@@ -1017,11 +1204,11 @@ mod tests {
 
     #[test]
     fn headers_name_what_the_file_is() {
-        let code = |b: &[u8]| validate::check_header(b).unwrap_err().code();
+        let code = |b: &[u8]| validate::check_header(b, 1 << 20).unwrap_err().code();
         assert_eq!(code(b"\x7fELF\x02\x01\x01\0"), "NOT_A_COMPONENT");
         assert_eq!(code(b"\0asm\x01\0\0\0"), "NOT_A_COMPONENT");
         assert_eq!(code(b"hello world"), "NOT_A_COMPONENT");
-        assert_eq!(code(&vec![0u8; validate::MAX_PLUGIN_BYTES + 1]), "PLUGIN_TOO_LARGE");
-        assert!(validate::check_header(b"\0asm\x0d\0\x01\0").is_ok());
+        assert_eq!(code(&vec![0u8; (1 << 20) + 1]), "PLUGIN_TOO_LARGE");
+        assert!(validate::check_header(b"\0asm\x0d\0\x01\0", 1 << 20).is_ok());
     }
 }

@@ -175,15 +175,19 @@ impl Pricing<'_> {
         overrides: &str,
     ) -> Result<Answer<Vec<MetricLimit>>, PluginFailure> {
         let runtime = self.service.runtime();
-        with_fallback!(self.service, active, |p, config| runtime
+        let result = with_fallback!(self.service, active, |p, config| runtime
             .plan_limits(&p.prepared, &p.limits, &p.digest, config, plan, plan_snapshot, overrides)
-            .await)
+            .await);
+        self.service.recorder().limits(active, plan, plan_snapshot, overrides, &result);
+        result
     }
 
     /// Rates a period with exactly this activation: an invoice is never
     /// priced by another version behind the operator's back.
     pub async fn rate(&self, active: &Active, input: &RatingInput) -> Result<Invoice, PluginFailure> {
-        self.rate_with(&active.plugin, &active.config, input).await
+        let result = self.rate_with(&active.plugin, &active.config, input).await;
+        self.service.recorder().rate(active, input, &result);
+        result
     }
 
     /// Rates with a stored plugin (by id) and a given config, active or not:
@@ -200,7 +204,7 @@ impl Pricing<'_> {
             .rate(&p.prepared, &p.limits, &p.digest, config, input)
             .await
             .map_err(PluginFailure::Call)?;
-        let invoice = outcome.value.map_err(PluginFailure::Guest)?;
+        let invoice = outcome.value.map_err(|e| PluginFailure::Guest(e, outcome.stats.host_usage))?;
         let sum: i64 = invoice.lines.iter().map(|l| l.amount).sum();
         if sum != invoice.total {
             return Err(PluginFailure::BadAnswer(format!(

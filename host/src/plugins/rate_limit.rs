@@ -64,9 +64,10 @@ pub struct RateLimits<'a> {
 }
 
 impl RateLimits<'_> {
-    /// The activation that decides `org_id`'s rules on `plan`, if any.
-    pub fn active(&self, org_id: &str, plan: &str) -> Option<Arc<Active>> {
-        self.service.active(PluginKind::RateLimit, Some(org_id), Some(plan))
+    /// The activation that decides `org_id`'s rules on `plan` for a `live`
+    /// or `test` key, if any.
+    pub fn active(&self, org_id: &str, plan: &str, env: &str) -> Option<Arc<Active>> {
+        self.service.active_in(PluginKind::RateLimit, Some(org_id), Some(plan), env)
     }
 
     /// The rules for a request class. On a sandbox failure the previous
@@ -77,8 +78,10 @@ impl RateLimits<'_> {
         class: &RequestClass,
     ) -> Result<Answer<Vec<LimiterRule>>, PluginFailure> {
         let runtime = self.service.runtime();
-        with_fallback!(self.service, active, |p, config| runtime
+        let result = with_fallback!(self.service, active, |p, config| runtime
             .rules(&p.prepared, &p.limits, &p.digest, config, class)
-            .await)
+            .await);
+        self.service.recorder().rules(active, class, &result);
+        result
     }
 }

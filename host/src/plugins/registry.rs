@@ -41,6 +41,9 @@ pub struct ActivationRecord {
     pub config: serde_json::Value,
     /// Canary only: the share of orgs (0–100) routed to this plugin.
     pub canary_percent: Option<i32>,
+    /// Canary only: a Rhai expression deciding per call whether the canary
+    /// serves it (`plugins/routing.rs`), with `canary_percent` if both.
+    pub routing_rule: Option<String>,
     pub activated_by: String,
     pub activated_at: DateTime<Utc>,
     pub deactivated_at: Option<DateTime<Utc>>,
@@ -49,7 +52,7 @@ pub struct ActivationRecord {
 const PLUGIN_COLS: &str =
     "digest, kind, name, version, wit_version, sdk, config_schema, limits, size_bytes, uploaded_by, uploaded_at";
 const ACTIVATION_COLS: &str =
-    "id, kind, target, digest, config, canary_percent, activated_by, activated_at, deactivated_at";
+    "id, kind, target, digest, config, canary_percent, activated_by, activated_at, deactivated_at, routing_rule";
 /// The change feed other instances follow (see `PluginService::follow_changes`).
 pub const CHANGES: &str = "memhost_plugins";
 
@@ -81,6 +84,7 @@ fn activation_from(r: &Row) -> sqlx::Result<ActivationRecord> {
         plugin_id: r.get("digest")?,
         config: r.json("config")?,
         canary_percent: r.get("canary_percent")?,
+        routing_rule: r.get("routing_rule")?,
         activated_by: r.get("activated_by")?,
         activated_at: r.time("activated_at")?,
         deactivated_at: r.opt_time("deactivated_at")?,
@@ -184,17 +188,20 @@ const END_CURRENT: &str =
 pub async fn activate(db: &Database, a: &ActivationRecord) -> sqlx::Result<()> {
     let mut tx = db.begin().await?;
     sql(END_CURRENT).bind(a.activated_at).bind(a.kind.as_str()).bind(&a.target).execute(&mut tx).await?;
-    sql(format!("INSERT INTO plugin_activations ({ACTIVATION_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL)"))
-        .bind(&a.id)
-        .bind(a.kind.as_str())
-        .bind(&a.target)
-        .bind(&a.plugin_id)
-        .bind(a.config.to_string())
-        .bind(a.canary_percent)
-        .bind(&a.activated_by)
-        .bind(a.activated_at)
-        .execute(&mut tx)
-        .await?;
+    sql(format!(
+        "INSERT INTO plugin_activations ({ACTIVATION_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, $9)"
+    ))
+    .bind(&a.id)
+    .bind(a.kind.as_str())
+    .bind(&a.target)
+    .bind(&a.plugin_id)
+    .bind(a.config.to_string())
+    .bind(a.canary_percent)
+    .bind(&a.activated_by)
+    .bind(a.activated_at)
+    .bind(&a.routing_rule)
+    .execute(&mut tx)
+    .await?;
     tx.notify(CHANGES, a.kind.as_str()).await?;
     tx.commit().await
 }

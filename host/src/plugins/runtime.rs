@@ -65,6 +65,35 @@ pub struct CallStats {
     /// Wall-clock time of instantiate + call, in microseconds.
     pub duration_us: u64,
     pub logs: Vec<LogLine>,
+    /// What the call used through the host's imports (LLM, embeddings),
+    /// for the caller to meter against the org it called for.
+    #[serde(skip_serializing_if = "HostUsage::is_empty")]
+    pub host_usage: HostUsage,
+}
+
+/// Provider work a plugin call caused through the host's imports.
+#[derive(Debug, Clone, Default, Serialize, ToSchema)]
+pub struct HostUsage {
+    pub model_calls: Vec<ModelCall>,
+    /// Texts embedded, and their estimated tokens.
+    pub embedded_texts: u64,
+    pub embedding_tokens: u64,
+    /// The embedding model, when it is a remote provider's.
+    pub embedding_model: Option<String>,
+}
+
+impl HostUsage {
+    pub fn is_empty(&self) -> bool {
+        self.model_calls.is_empty() && self.embedded_texts == 0
+    }
+}
+
+/// One LLM completion a plugin asked for.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ModelCall {
+    pub model: String,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
 }
 
 /// A call the sandbox stopped or refused. The host keeps serving; the kind's
@@ -117,6 +146,8 @@ impl CallError {
 struct MemoryLimiter {
     limit: u64,
     peak: u64,
+    /// The pool's per-table element cap.
+    table_elements: usize,
 }
 
 /// Raised from inside `memory.grow`; wasmtime turns it into the call's error.
@@ -138,12 +169,9 @@ impl ResourceLimiter for MemoryLimiter {
     }
 
     fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        Ok(desired <= TABLE_ELEMENTS)
+        Ok(desired <= self.table_elements)
     }
 }
-
-/// Per-table element cap (componentize-py needs about 5 700).
-const TABLE_ELEMENTS: usize = 20_000;
 
 /// Everything a call's `Store` holds. Created fresh for each call and dropped
 /// after it, so nothing is shared between calls or tenants.
@@ -157,6 +185,7 @@ pub struct CallState {
     digest: Arc<str>,
     pub(super) host: HostCalls,
     pub(super) deadline: Instant,
+    pub(super) host_usage: HostUsage,
 }
 
 impl WasiView for CallState {
@@ -307,13 +336,18 @@ impl Runtime {
         let state = CallState {
             wasi: wasi.build(),
             table: ResourceTable::new(),
-            limiter: MemoryLimiter { limit: limits.memory_bytes, peak: 0 },
+            limiter: MemoryLimiter {
+                limit: limits.memory_bytes,
+                peak: 0,
+                table_elements: self.config.pool.max_table_elements,
+            },
             stderr,
             logs: Vec::new(),
             logs_dropped: 0,
             digest: digest.clone(),
             host,
             deadline: Instant::now() + Duration::from_millis(limits.deadline_ms),
+            host_usage: HostUsage::default(),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -385,6 +419,7 @@ impl Runtime {
                 output_bytes,
                 duration_us,
                 logs,
+                host_usage: state.host_usage,
             },
         })
     }
@@ -478,23 +513,31 @@ pub fn wasmtime_version() -> &'static str {
 fn engine_config(config: &PluginsConfig) -> anyhow::Result<wasmtime::Config> {
     let mut c = wasmtime::Config::new();
     c.wasm_component_model(true);
+    // jco's QuickJS backend emits the async ABI's intrinsics (`task.cancel`
+    // …) unless built with `--backend-qjs-disable-async`; accepting them
+    // lets such guests run. Their exports must still be synchronous: an
+    // async-lifted export fails the self-check at upload.
+    c.wasm_component_model_async(config.component_model_async);
     c.consume_fuel(true);
     c.epoch_interruption(true);
     c.max_wasm_stack(512 * 1024);
     c.cranelift_opt_level(wasmtime::OptLevel::Speed);
 
-    // Sized so components from componentize-py (≥ 14 core instances, tables
-    // of ~5 700 elements, ≥ 13 MB memory) and jco fit (DESIGN.md).
+    // Per-component shapes from `[plugins.pool]`, sized by default so
+    // componentize-py's and jco's guests fit (docs/plugins.md, "Limits").
+    // Totals allow every call slot a component of the largest shape, so a
+    // burst of Python calls cannot exhaust the pool while slots are free.
     let calls = config.max_concurrent_calls.max(1);
+    let shape = config.pool;
     let mut pool = PoolingAllocationConfig::default();
     pool.total_component_instances(calls)
-        .total_core_instances(calls * 16)
-        .max_core_instances_per_component(32)
-        .total_memories(calls * 2)
-        .max_memories_per_component(4)
-        .total_tables(calls * 4)
-        .max_tables_per_component(16)
-        .table_elements(TABLE_ELEMENTS)
+        .total_core_instances(calls * shape.max_core_instances_per_component)
+        .max_core_instances_per_component(shape.max_core_instances_per_component)
+        .total_memories(calls * shape.max_memories_per_component)
+        .max_memories_per_component(shape.max_memories_per_component)
+        .total_tables(calls * shape.max_tables_per_component)
+        .max_tables_per_component(shape.max_tables_per_component)
+        .table_elements(shape.max_table_elements)
         .max_memory_size(config.max_memory_bytes as usize)
         .total_stacks(calls)
         .max_component_instance_size(4 << 20)

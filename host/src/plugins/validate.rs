@@ -20,15 +20,13 @@ use super::runtime::{CallError, Runtime};
 use super::types::PluginInfo;
 use super::wit::{Prepared, Unsupported, Version, WitVersion};
 
-/// Largest plugin accepted.
-pub const MAX_PLUGIN_BYTES: usize = 10 * 1024 * 1024;
 const WIT_PACKAGE: &str = "memhost:plugin/";
 
 /// Why an upload was refused. Each maps to 422 with a stable code.
 #[derive(Debug, thiserror::Error)]
 pub enum UploadError {
-    #[error("plugin is {size} bytes; the limit is {limit} bytes (10 MiB)")]
-    TooLarge { size: usize, limit: usize },
+    #[error("plugin is {} ({size} bytes); the limit is {} ({limit} bytes, `plugins.max_plugin_bytes`)", mib(*.size), mib(*.limit))]
+    TooLarge { size: u64, limit: u64 },
     #[error("not a WebAssembly component: {0}")]
     NotAComponent(String),
     #[error("invalid component: {0}")]
@@ -61,6 +59,10 @@ pub enum UploadError {
     SelfCheck(CallError),
     #[error("self-check failed: {0}")]
     SelfCheckOutput(String),
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
 }
 
 impl UploadError {
@@ -111,10 +113,23 @@ pub struct Validated {
     pub self_check: super::runtime::CallStats,
 }
 
-/// First bytes: a component, a core module, a precompiled artifact, or junk.
-pub fn check_header(bytes: &[u8]) -> Result<(), UploadError> {
-    if bytes.len() > MAX_PLUGIN_BYTES {
-        return Err(UploadError::TooLarge { size: bytes.len(), limit: MAX_PLUGIN_BYTES });
+/// Size and first bytes: a component, a core module, a precompiled artifact,
+/// or junk.
+/// A compile error with what to do about the known causes.
+fn compile_error(text: String) -> String {
+    if text.contains("component model async feature") {
+        format!(
+            "{text}: the component uses the component-model async ABI, which this server's \
+             `plugins.component_model_async` turns off (jco: build with `--backend-qjs-disable-async`)"
+        )
+    } else {
+        text
+    }
+}
+
+pub fn check_header(bytes: &[u8], max_bytes: u64) -> Result<(), UploadError> {
+    if bytes.len() as u64 > max_bytes {
+        return Err(UploadError::TooLarge { size: bytes.len() as u64, limit: max_bytes });
     }
     if bytes.starts_with(b"\x7fELF") {
         return Err(UploadError::NotAComponent(
@@ -243,13 +258,13 @@ pub async fn validate(
     limits: &Limits,
     digest: &Arc<str>,
 ) -> Result<Validated, UploadError> {
-    check_header(bytes)?;
+    check_header(bytes, runtime.config().max_plugin_bytes)?;
     let engine = runtime.engine().clone();
     let owned = bytes.to_vec();
     let component = tokio::task::spawn_blocking(move || Component::new(&engine, &owned))
         .await
         .map_err(|e| UploadError::Invalid(format!("compilation task failed: {e}")))?
-        .map_err(|e| UploadError::Invalid(format!("{e:#}")))?;
+        .map_err(|e| UploadError::Invalid(compile_error(format!("{e:#}"))))?;
     let inspection = inspect(runtime.engine(), &component, bytes, expected)?;
     let version = inspection.wit.unwrap_or(WitVersion::NEWEST);
     let prepared = runtime.prepare(version, inspection.kind, &component).map_err(|e| link_error(e, inspection.kind))?;

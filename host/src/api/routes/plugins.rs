@@ -3,8 +3,12 @@
 //! path's `require_operator` layer): plugins decide every tenant's prices
 //! and limits.
 
-use axum::body::Bytes;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
 use crate::api::AppState;
@@ -13,14 +17,12 @@ use crate::api::error::ApiError;
 use crate::api::extract::{ApiJson, ApiQuery, Auth, RawBody};
 use crate::audit::{self, Actor, NewEntry};
 use crate::auth::Principal;
+use crate::plugins::uploads::{Phase, UploadInfo};
+use crate::plugins::validate::UploadError;
 use crate::plugins::{
-    ActivateRequest, ActivationRecord, CallInput, DeactivateRequest, LimitOverrides, PluginKind, PluginView,
-    RollbackRequest, RunReport, Uploaded,
+    ActivateRequest, ActivationRecord, CallInput, DeactivateRequest, LimitOverrides, PluginError, PluginKind,
+    PluginView, RollbackRequest, RunReport, Uploaded,
 };
-
-/// Uploads may be larger than ordinary bodies so that a plugin over the
-/// 10 MiB plugin limit gets the precise `PLUGIN_TOO_LARGE` answer.
-pub const UPLOAD_BODY_LIMIT: usize = 16 << 20;
 
 fn who(p: &Principal) -> String {
     format!("{}/{}", p.org_id, p.key_id)
@@ -47,7 +49,13 @@ pub struct UploadParams {
     pub memory_bytes: Option<u64>,
     pub max_input_bytes: Option<u64>,
     pub max_output_bytes: Option<u64>,
+    /// Seconds to wait for the compile and checks (0–60, default 10); past
+    /// it the answer is 202 and `GET /admin/plugins/{id}` shows the phase.
+    pub wait: Option<u64>,
 }
+
+const DEFAULT_UPLOAD_WAIT_SECS: u64 = 10;
+const MAX_UPLOAD_WAIT_SECS: u64 = 60;
 
 fn parse_kind(s: &str, field: &str) -> Result<PluginKind, ApiError> {
     PluginKind::parse(s).ok_or_else(|| {
@@ -58,29 +66,104 @@ fn parse_kind(s: &str, field: &str) -> Result<PluginKind, ApiError> {
     })
 }
 
-/// Upload a plugin: the `.wasm` component as the raw body. It is validated
-/// (component, world, WIT version, imports, `describe`, self-check) and
-/// stored by SHA-256; uploading the same bytes again changes nothing.
+/// An upload not (yet) stored: where it stands.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct UploadStatus {
+    #[serde(flatten)]
+    pub upload: UploadInfo,
+    /// `queued` (waiting for a compile slot), `compiling` (compile and
+    /// checks), `ready` (stored: `GET` it again for the plugin) or `refused`.
+    pub state: &'static str,
+    pub elapsed_ms: i64,
+    /// Why it was refused, as the upload's own answer would have said.
+    #[schema(value_type = Option<Object>)]
+    pub error: Option<serde_json::Value>,
+}
+
+fn upload_status(info: UploadInfo, phase: &Phase) -> UploadStatus {
+    let error = match phase {
+        Phase::Done(Err(e)) => {
+            let api = ApiError::from(e.as_ref());
+            Some(serde_json::json!({ "code": api.code(), "message": api.to_string(), "details": api.details() }))
+        }
+        _ => None,
+    };
+    let elapsed_ms = (chrono::Utc::now() - info.started_at).num_milliseconds().max(0);
+    UploadStatus { upload: info, state: phase.name(), elapsed_ms, error }
+}
+
+/// What `POST /admin/plugins` answers: the stored plugin, or the phase of
+/// an upload still compiling.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum UploadAnswer {
+    Stored(Uploaded),
+    Pending(UploadStatus),
+}
+
+/// Reads an upload's body up to the plugin size cap, so an oversized plugin
+/// is refused as `PLUGIN_TOO_LARGE` (with the sizes) before it is buffered.
+async fn read_plugin_body(headers: &HeaderMap, body: Body, limit: u64) -> Result<Vec<u8>, ApiError> {
+    use futures_util::StreamExt;
+    let too_large = |size: u64| ApiError::from(PluginError::Upload(UploadError::TooLarge { size, limit }));
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(size) = declared
+        && size > limit
+    {
+        return Err(too_large(size));
+    }
+    let mut bytes = Vec::with_capacity(declared.unwrap_or(0) as usize);
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ApiError::invalid(format!("could not read the request body: {e}")))?;
+        if (bytes.len() + chunk.len()) as u64 > limit {
+            return Err(too_large((bytes.len() + chunk.len()) as u64));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes)
+}
+
+/// Upload a plugin: the `.wasm` component as the raw body. It is compiled
+/// and validated (component, world, WIT version, imports, `describe`,
+/// self-check) in the background and stored by SHA-256; uploading the same
+/// bytes again changes nothing. The answer waits up to `wait` seconds: a
+/// large guest (Python, JavaScript) may answer 202 first.
 #[utoipa::path(post, path = "/admin/plugins", tag = "plugins", params(UploadParams),
-    request_body(content = Vec<u8>, content_type = "application/wasm", description = "The component (at most 10 MiB)"),
+    request_body(content = Vec<u8>, content_type = "application/wasm", description = "The component (at most `plugins.max_plugin_bytes`, 32 MiB by default)"),
     security(("bearer" = [])),
     responses(
         (status = 201, description = "Stored", body = Envelope<Uploaded>),
         (status = 200, description = "These bytes were already stored", body = Envelope<Uploaded>),
-        (status = 422, description = "Refused: NOT_A_COMPONENT, WRONG_WORLD, MISSING_EXPORT, WIT_TOO_NEW, WIT_TOO_OLD, \
-            FORBIDDEN_IMPORT, PLUGIN_TOO_LARGE, SELF_CHECK_FAILED …; `details.reason` and `details.trap` say why", body = ErrorEnvelope),
+        (status = 202, description = "Still compiling: poll `GET /admin/plugins/{id}` (Location)", body = Envelope<UploadStatus>),
+        (status = 413, description = "PLUGIN_TOO_LARGE, with `details.size_bytes` and `details.limit_bytes`", body = ErrorEnvelope),
+        (status = 422, description = "Refused: NOT_A_COMPONENT, INVALID_COMPONENT, WRONG_WORLD, MISSING_EXPORT, \
+            WIT_VERSION_UNSUPPORTED, FORBIDDEN_IMPORT, SELF_CHECK_FAILED …; `details.reason` and `details.trap` say why", body = ErrorEnvelope),
+        (status = 503, description = "UPLOADS_BUSY: too many uploads in flight; retry after `Retry-After`", body = ErrorEnvelope),
     ))]
 pub async fn upload(
     State(state): State<AppState>,
     auth: Auth,
     ApiQuery(params): ApiQuery<UploadParams>,
-    RawBody(body): RawBody,
-) -> Result<ApiOk<Uploaded>, ApiError> {
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     let principal = &auth.0;
+    let kind = params.kind.as_deref().map(|k| parse_kind(k, "kind")).transpose()?;
+    let wait = params.wait.unwrap_or(DEFAULT_UPLOAD_WAIT_SECS);
+    if wait > MAX_UPLOAD_WAIT_SECS {
+        return Err(ApiError::invalid_field(
+            "wait",
+            format!("wait is 0 to {MAX_UPLOAD_WAIT_SECS} seconds, got {wait}"),
+        ));
+    }
+    let body = read_plugin_body(&headers, body, state.plugins.runtime().config().max_plugin_bytes).await?;
     if body.is_empty() {
         return Err(ApiError::invalid_field("body", "send the plugin's .wasm file as the request body"));
     }
-    let kind = params.kind.as_deref().map(|k| parse_kind(k, "kind")).transpose()?;
     let limits = LimitOverrides {
         fuel: params.fuel,
         deadline_ms: params.deadline_ms,
@@ -88,14 +171,42 @@ pub async fn upload(
         max_input_bytes: params.max_input_bytes,
         max_output_bytes: params.max_output_bytes,
     };
-    let uploaded = state.plugins.upload(&body, kind, limits, &who(principal)).await?;
-    if uploaded.created {
-        let p = &uploaded.plugin;
-        let after =
-            serde_json::json!({ "kind": p.kind, "name": p.name, "version": p.version, "size_bytes": p.size_bytes });
-        audit_plugin(&state, principal, "plugin.uploaded", &p.id, after).await;
+    let mut ticket = state.plugins.start_upload(body, kind, limits, &who(principal)).await?;
+    if ticket.started {
+        // Audited when stored, which may be after this request answered.
+        let mut phase = ticket.phase.clone();
+        let (state, principal) = (state.clone(), auth.0.clone());
+        tokio::spawn(async move {
+            let created = match phase.wait_for(Phase::is_done).await.as_deref() {
+                Ok(Phase::Done(Ok(up))) if up.created => {
+                    let p = &up.plugin;
+                    let after = serde_json::json!({ "kind": p.kind, "name": p.name, "version": p.version, "size_bytes": p.size_bytes });
+                    Some((p.id.clone(), after))
+                }
+                _ => None,
+            };
+            if let Some((id, after)) = created {
+                audit_plugin(&state, &principal, "plugin.uploaded", &id, after).await;
+            }
+        });
     }
-    Ok(if uploaded.created { ApiOk::created(uploaded) } else { ApiOk::ok(uploaded) })
+    let phase = ticket.settle(Duration::from_secs(wait)).await;
+    match phase {
+        Phase::Done(Ok(uploaded)) => {
+            let answer = UploadAnswer::Stored(uploaded.clone());
+            Ok(if uploaded.created { ApiOk::created(answer) } else { ApiOk::ok(answer) }.into_response())
+        }
+        Phase::Done(Err(e)) => Err(ApiError::from(e.as_ref())),
+        pending => {
+            let location = format!("/admin/plugins/{}", ticket.info.id);
+            let status = upload_status(ticket.info.clone(), &pending);
+            let mut response = ApiOk(StatusCode::ACCEPTED, UploadAnswer::Pending(status)).into_response();
+            if let Ok(v) = axum::http::HeaderValue::from_str(&location) {
+                response.headers_mut().insert(axum::http::header::LOCATION, v);
+            }
+            Ok(response)
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -129,13 +240,41 @@ pub struct PluginDetail {
     pub history: Vec<ActivationRecord>,
 }
 
-/// One plugin by id (its SHA-256) or a unique prefix of at least 8 characters.
+/// One plugin by id (its SHA-256) or a unique prefix of at least 8
+/// characters. An upload not stored yet answers with its phase
+/// (`queued`, `compiling`, `refused` with the error) instead.
 #[utoipa::path(get, path = "/admin/plugins/{id}", tag = "plugins", security(("bearer" = [])),
     params(("id" = String, Path, description = "SHA-256 of the component, or a unique prefix")),
-    responses((status = 200, body = Envelope<PluginDetail>), (status = 404, body = ErrorEnvelope)))]
-pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Result<ApiOk<PluginDetail>, ApiError> {
-    let (plugin, history) = state.plugins.get(&id).await?;
-    Ok(ApiOk::ok(PluginDetail { plugin, history }))
+    responses((status = 200, body = Envelope<PluginDetail>),
+        (status = 200, description = "An upload still compiling or refused", body = Envelope<UploadStatus>),
+        (status = 404, body = ErrorEnvelope)))]
+pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    match state.plugins.get(&id).await {
+        Ok((plugin, history)) => Ok(ApiOk::ok(PluginDetail { plugin, history }).into_response()),
+        // Not stored (yet): an upload still compiling, or refused lately.
+        Err(PluginError::NotFound(missing)) => match state.plugins.upload_progress(&id) {
+            Some((info, phase)) => Ok(ApiOk::ok(upload_status(info, &phase)).into_response()),
+            None => Err(PluginError::NotFound(missing).into()),
+        },
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RecordedCalls {
+    /// Newest first; at most `plugins.recorded_calls` per plugin, on this
+    /// instance since it started.
+    pub calls: Vec<crate::plugins::recorder::RecordedCall>,
+}
+
+/// The last calls the service made to this plugin, redacted per kind, each
+/// in the fixture format `memhost plugin test` runs (`memhost plugin
+/// fixtures pull` saves them).
+#[utoipa::path(get, path = "/admin/plugins/{id}/calls", tag = "plugins", security(("bearer" = [])),
+    params(("id" = String, Path, description = "SHA-256 of the component, or a unique prefix")),
+    responses((status = 200, body = Envelope<RecordedCalls>), (status = 404, body = ErrorEnvelope)))]
+pub async fn calls(State(state): State<AppState>, Path(id): Path<String>) -> Result<ApiOk<RecordedCalls>, ApiError> {
+    Ok(ApiOk::ok(RecordedCalls { calls: state.plugins.recorded_calls(&id).await? }))
 }
 
 fn activation_json(a: &ActivationRecord) -> serde_json::Value {
@@ -247,6 +386,9 @@ pub struct RunActiveRequest {
     pub org_id: Option<String>,
     /// Resolve as for this plan (default: the org's plan, if `org_id` is given).
     pub plan: Option<String>,
+    /// Resolve as for a `live` (default) or `test` key: what a canary
+    /// routing rule sees as `env`.
+    pub env: Option<String>,
 }
 
 /// Run whichever plugin of a kind is active (for an org or plan, else
@@ -267,5 +409,10 @@ pub async fn run_active(
         (None, Some(org)) => Some(state.auth.get_org(org).await?.plan),
         (None, None) => None,
     };
-    Ok(ApiOk::ok(state.plugins.run_active(kind, body.org_id.as_deref(), plan.as_deref(), body.input).await?))
+    let env = match body.env.as_deref() {
+        None | Some("live") => "live",
+        Some("test") => "test",
+        Some(other) => return Err(ApiError::invalid_field("env", format!("env `{other}`: expected live or test"))),
+    };
+    Ok(ApiOk::ok(state.plugins.run_active(kind, body.org_id.as_deref(), plan.as_deref(), env, body.input).await?))
 }
