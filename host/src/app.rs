@@ -11,6 +11,7 @@ use crate::api::{self, AppState, Services};
 use crate::auth::{self, AuthService};
 use crate::billing::BillingService;
 use crate::config::Config;
+use crate::jobs::JobService;
 use crate::limits::LimitService;
 use crate::memories::MemoryService;
 use crate::metering::UsageMeter;
@@ -83,10 +84,26 @@ pub async fn build(config: Config) -> anyhow::Result<AppState> {
             .spawn("pricing-policy-reload", move |shutdown| b.clone().pricing_policy_loop(path.clone(), shutdown));
     }
 
+    let auth = AuthService::new(db.clone(), secret, std::time::Duration::from_millis(config.auth_cache_ttl_ms));
+    let jobs = JobService::new(
+        db.clone(),
+        config.jobs.clone(),
+        memories.clone(),
+        plugins.clone(),
+        auth.clone(),
+        billing.clone(),
+        meter.clone(),
+    );
+    for _ in 0..config.jobs.workers {
+        let j = jobs.clone();
+        supervisor.spawn("job-worker", move |shutdown| j.clone().worker_loop(shutdown));
+    }
+
     Ok(AppState::new(Services {
         billing,
+        jobs,
         limits,
-        auth: AuthService::new(db.clone(), secret, std::time::Duration::from_millis(config.auth_cache_ttl_ms)),
+        auth,
         memories,
         plugins,
         meter,

@@ -66,6 +66,8 @@ pub struct Config {
     pub plugins: crate::plugins::PluginsConfig,
     /// Rate limits and quotas: on/off, Redis failure policy, client address.
     pub limits: crate::limits::LimitsConfig,
+    /// Batch jobs: workers, leases, retries, per-org caps.
+    pub jobs: crate::jobs::JobsConfig,
     /// Where the policy files are (`metrics.yaml`, …), reloaded on change.
     /// Default: `./policies` if it exists, else the bundled defaults.
     pub policies_dir: Option<PathBuf>,
@@ -109,6 +111,7 @@ impl Default for Config {
             plugin_cache_dir: None,
             plugins: crate::plugins::PluginsConfig::default(),
             limits: crate::limits::LimitsConfig::default(),
+            jobs: crate::jobs::JobsConfig::default(),
             policies_dir: None,
             metrics_token: None,
             stripe_webhook_secret: None,
@@ -120,7 +123,8 @@ impl Default for Config {
 /// `MEMHOST_*` variables that are not configuration keys: read elsewhere
 /// (the config file path, the log filter, the CLI's server and key, build and
 /// test settings), so the strict configuration parser must skip them.
-const NOT_CONFIG_ENV: [&str; 7] = ["config", "log", "url", "api_key", "plugins_dir", "skip_plugin_build", "test_pg"];
+const NOT_CONFIG_ENV: [&str; 9] =
+    ["config", "log", "url", "api_key", "plugins_dir", "skip_plugin_build", "test_pg", "componentize_py", "jco"];
 
 impl Config {
     /// Loads the configuration. `file` is used when given (and must exist);

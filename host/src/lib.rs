@@ -5,7 +5,8 @@
 //! counters), `billing` (plans, quotas), `metering` (usage events, counters,
 //! rollups, idempotency keys), `audit` (the append-only audit log),
 //! `telemetry` (Prometheus series), `memories` (storage, embeddings,
-//! retrieval, answers), `plugins` (the WebAssembly sandbox, registry and
+//! retrieval, answers), `extraction` (memories from dialogue), `jobs` (the
+//! durable batch-job queue and its workers), `plugins` (the WebAssembly sandbox, registry and
 //! activation), `store` (database pools and migrations), `config`,
 //! `cli` (the `memhost` command), and `app` (wiring the services together).
 
@@ -16,6 +17,8 @@ pub mod auth;
 pub mod billing;
 pub mod cli;
 pub mod config;
+pub mod extraction;
+pub mod jobs;
 pub mod limits;
 pub mod memories;
 pub mod metering;

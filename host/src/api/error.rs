@@ -93,7 +93,7 @@ impl ApiError {
         }
     }
 
-    fn details(&self) -> Option<Value> {
+    pub fn details(&self) -> Option<Value> {
         match self {
             ApiError::InvalidApiKey { reason, .. } => Some(json!({ "reason": reason })),
             ApiError::InsufficientScope(scope) => Some(json!({ "required_scope": scope.as_str() })),
@@ -121,7 +121,12 @@ impl IntoResponse for ApiError {
             }
             other => other.to_string(),
         };
-        let mut response = error_response(status, self.code(), &message, self.details());
+        let details = self.details();
+        let retry_after = details.as_ref().and_then(|d| d.get("retry_after_seconds")).and_then(Value::as_u64);
+        let mut response = error_response(status, self.code(), &message, details);
+        if let Some(seconds) = retry_after {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(seconds));
+        }
         if status == StatusCode::PAYLOAD_TOO_LARGE {
             // The rest of the body was not read, so this connection cannot
             // carry another request: say so, or a client reuses it and fails.
@@ -168,6 +173,68 @@ impl From<MemoryError> for ApiError {
     }
 }
 
+impl From<crate::jobs::JobError> for ApiError {
+    fn from(e: crate::jobs::JobError) -> Self {
+        use crate::jobs::JobError as J;
+        let message = e.to_string();
+        match e {
+            J::Invalid { field, message } => ApiError::invalid_field(field, message),
+            J::NotFound(id) => ApiError::NotFound { kind: "job", code: "JOB_NOT_FOUND", id },
+            J::TooMany(cap) => ApiError::Rejected {
+                status: StatusCode::TOO_MANY_REQUESTS,
+                code: "TOO_MANY_JOBS",
+                message,
+                details: Some(json!({ "max_pending_jobs": cap })),
+            },
+            J::Finished { status, .. } => ApiError::Rejected {
+                status: StatusCode::CONFLICT,
+                code: "JOB_FINISHED",
+                message,
+                details: Some(json!({ "status": status })),
+            },
+            J::Database(e) => ApiError::Internal(e.into()),
+        }
+    }
+}
+
+impl From<crate::extraction::ExtractionError> for ApiError {
+    fn from(e: crate::extraction::ExtractionError) -> Self {
+        use crate::extraction::ExtractionError as X;
+        let message = e.to_string();
+        match e {
+            X::Invalid { field, message } => ApiError::invalid_field(field, message),
+            X::NoExtractor => ApiError::Rejected {
+                status: StatusCode::UNPROCESSABLE_ENTITY,
+                code: "NO_EXTRACTOR",
+                message: format!("{message}; an operator activates one (POST /admin/plugins/{{id}}/activate)"),
+                details: None,
+            },
+            // Retryable, before any provider work: the extractor blames
+            // something upstream (its LLM unreachable). Once provider work
+            // was done it is billed, so the answer is not a server error.
+            X::Refused { code, message: why, retryable: true, spent: false } => ApiError::Rejected {
+                status: StatusCode::BAD_GATEWAY,
+                code: "EXTRACTOR_FAILED",
+                message,
+                details: Some(json!({ "plugin_code": code, "plugin_message": why, "retryable": true })),
+            },
+            X::Refused { code, message: why, retryable, .. } => ApiError::Rejected {
+                status: StatusCode::UNPROCESSABLE_ENTITY,
+                code: "EXTRACTION_REFUSED",
+                message,
+                details: Some(json!({ "plugin_code": code, "plugin_message": why, "retryable": retryable })),
+            },
+            X::Failed(reason) => ApiError::Rejected {
+                status: StatusCode::BAD_GATEWAY,
+                code: "EXTRACTOR_FAILED",
+                message,
+                details: Some(json!({ "reason": reason })),
+            },
+            X::Memory(m) => m.into(),
+        }
+    }
+}
+
 impl From<crate::billing::BillingError> for ApiError {
     fn from(e: crate::billing::BillingError) -> Self {
         use crate::billing::BillingError as B;
@@ -197,30 +264,54 @@ impl From<crate::billing::BillingError> for ApiError {
 
 impl From<crate::plugins::PluginError> for ApiError {
     fn from(e: crate::plugins::PluginError) -> Self {
-        use crate::plugins::{PluginError as P, RunError};
+        use crate::plugins::PluginError as P;
+        match e {
+            P::Db(err) => ApiError::Internal(err.into()),
+            P::Internal(err) => ApiError::Internal(err),
+            other => ApiError::from(&other),
+        }
+    }
+}
+
+/// By reference: an upload's refusal is kept (shared) to show to whoever
+/// polls it.
+impl From<&crate::plugins::PluginError> for ApiError {
+    fn from(e: &crate::plugins::PluginError) -> Self {
+        use crate::plugins::{PluginError as P, RunError, validate::UploadError};
         let rejected = |status: StatusCode, code: &'static str, message: String, details: Option<Value>| {
             ApiError::Rejected { status, code, message, details }
         };
         match e {
+            P::Upload(UploadError::TooLarge { size, limit }) => {
+                let details = json!({ "reason": "plugin_too_large", "size_bytes": size, "limit_bytes": limit });
+                rejected(StatusCode::PAYLOAD_TOO_LARGE, "PLUGIN_TOO_LARGE", e.to_string(), Some(details))
+            }
             P::Upload(u) => {
                 let details = json!({ "reason": u.code().to_ascii_lowercase(), "trap": u.trap() });
                 rejected(StatusCode::UNPROCESSABLE_ENTITY, u.code(), u.to_string(), Some(details))
             }
-            P::NotFound(id) => ApiError::NotFound { kind: "plugin", code: "PLUGIN_NOT_FOUND", id },
+            P::NotFound(id) => ApiError::NotFound { kind: "plugin", code: "PLUGIN_NOT_FOUND", id: id.clone() },
             P::Ambiguous(_) | P::InvalidRequest(_) => ApiError::invalid(e.to_string()),
-            P::InvalidConfig(ref errors) => {
+            P::InvalidRule(why) => {
+                let details = json!({ "field": "rule", "reason": why });
+                rejected(StatusCode::BAD_REQUEST, "INVALID_ROUTING_RULE", e.to_string(), Some(details))
+            }
+            P::InvalidConfig(errors) => {
                 let details = json!({ "errors": errors });
                 rejected(StatusCode::UNPROCESSABLE_ENTITY, "INVALID_CONFIG", e.to_string(), Some(details))
             }
-            P::Conflict(m) => ApiError::Conflict(m),
+            P::Conflict(m) => ApiError::Conflict(m.clone()),
+            P::Busy(m) => {
+                let details = json!({ "retry_after_seconds": 5 });
+                rejected(StatusCode::SERVICE_UNAVAILABLE, "UPLOADS_BUSY", m.clone(), Some(details))
+            }
             P::NoneActive(_) => rejected(StatusCode::NOT_FOUND, "PLUGIN_NOT_FOUND", e.to_string(), None),
-            P::Run(RunError::Call(ref c)) => {
+            P::Run(RunError::Call(c)) => {
                 let details = json!({ "trap": c.code() });
                 rejected(StatusCode::UNPROCESSABLE_ENTITY, "PLUGIN_FAILED", e.to_string(), Some(details))
             }
             P::Run(RunError::WrongKind { .. } | RunError::BadInput(_)) => ApiError::invalid(e.to_string()),
-            P::Db(err) => ApiError::Internal(err.into()),
-            P::Internal(err) => ApiError::Internal(err),
+            P::Db(_) | P::Internal(_) => ApiError::Internal(anyhow::anyhow!("{e}")),
         }
     }
 }

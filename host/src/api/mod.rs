@@ -60,6 +60,7 @@ pub struct Services {
     pub plugins: PluginService,
     pub limits: LimitService,
     pub billing: BillingService,
+    pub jobs: crate::jobs::JobService,
     pub meter: UsageMeter,
     pub supervisor: Supervisor,
     pub path_stats: Arc<path::PathStats>,
@@ -68,11 +69,17 @@ pub struct Services {
 /// The HTTP API: the request path of `request_path.rs`, in its order, around
 /// the `/v1` (customers) and `/admin` (operators) routers.
 pub fn router(state: AppState) -> anyhow::Result<Router> {
-    use routes::{account, admin, health, invoices, memories, plugins, pricing, retrieval, usage};
+    use routes::{account, admin, batch, health, invoices, memories, plugins, pricing, retrieval, usage};
 
     let st = &state;
     let mut v1 = Router::new()
         .route("/v1/memories", post(memories::create).get(memories::list).delete(memories::delete_all))
+        .route("/v1/batch/memories", post(memories::batch_create))
+        .route("/v1/batch/extract", post(batch::extract))
+        .route("/v1/batch/embeddings", post(batch::embeddings))
+        .route("/v1/batch", get(batch::list))
+        .route("/v1/batch/{job_id}", get(batch::get))
+        .route("/v1/batch/{job_id}/cancel", post(batch::cancel))
         .route("/v1/memories/{id}", get(memories::get).put(memories::update).delete(memories::delete))
         .route("/v1/memories/{id}/history", get(memories::history))
         .route("/v1/retrieve", post(retrieval::retrieve))
@@ -107,15 +114,13 @@ pub fn router(state: AppState) -> anyhow::Result<Router> {
     ));
 
     let admin = Router::new()
-        .route(
-            "/admin/plugins",
-            post(plugins::upload).layer(DefaultBodyLimit::max(plugins::UPLOAD_BODY_LIMIT)).get(plugins::list),
-        )
+        .route("/admin/plugins", post(plugins::upload).layer(DefaultBodyLimit::disable()).get(plugins::list))
         .route("/admin/plugins/{id}", get(plugins::get))
         .route("/admin/plugins/{id}/activate", post(plugins::activate))
         .route("/admin/plugins/{id}/rollback", post(plugins::rollback))
         .route("/admin/plugins/{id}/deactivate", post(plugins::deactivate))
         .route("/admin/plugins/{id}/run", post(plugins::run))
+        .route("/admin/plugins/{id}/calls", get(plugins::calls))
         .route("/admin/plugins/active/{kind}/run", post(plugins::run_active))
         .route("/admin/plugins/{id}/simulate", post(pricing::simulate))
         .route(

@@ -6,7 +6,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
-use super::routes::{account, admin, health, invoices, memories, plugins, pricing, retrieval, usage};
+use super::routes::{account, admin, batch, health, invoices, memories, plugins, pricing, retrieval, usage};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -19,11 +19,12 @@ use super::routes::{account, admin, health, invoices, memories, plugins, pricing
     paths(
         health::health, health::ready,
         memories::create, memories::get, memories::update, memories::delete, memories::list,
-        memories::delete_all, memories::history,
+        memories::delete_all, memories::history, memories::batch_create,
+        batch::extract, batch::embeddings, batch::get, batch::list, batch::cancel,
         retrieval::retrieve, retrieval::query, retrieval::answer,
         account::account, account::limits, account::list_keys, account::create_key, account::revoke_key, account::rotate_key,
         plugins::upload, plugins::list, plugins::get, plugins::activate, plugins::rollback, plugins::deactivate,
-        plugins::run, plugins::run_active,
+        plugins::run, plugins::run_active, plugins::calls,
         usage::usage, usage::history,
         admin::metrics, admin::metric, admin::export, admin::audit_log, admin::audit_verify,
         invoices::upcoming, invoices::list, invoices::get, invoices::admin_upcoming, invoices::admin_list,
@@ -38,6 +39,8 @@ use super::routes::{account, admin, health, invoices, memories, plugins, pricing
     modifiers(&BearerAuth, &CommonErrors),
     tags(
         (name = "memories", description = "Store and manage memories"),
+        (name = "batch", description = "Jobs off the request path: extraction from many dialogues, bulk \
+            creation, re-embedding; their status, results and cancellation"),
         (name = "retrieval", description = "Find relevant memories and answer from them"),
         (name = "account", description = "The org and its API keys"),
         (name = "plugins", description = "Operators: upload, activate, roll back and try sandboxed plugins \

@@ -445,6 +445,23 @@ impl AuthService {
         }
     }
 
+    /// The principal a stored key acts as now, if it is still usable: a
+    /// batch job runs as the key that submitted it.
+    pub async fn principal_of_key(&self, org_id: &str, key_id: &str) -> Result<Principal, AuthError> {
+        let record = self.find_org_key(org_id, key_id).await?;
+        check_usable(&record, now())?;
+        let org = self.get_org(org_id).await?;
+        Ok(Principal {
+            org_id: record.org_id,
+            plan: org.plan,
+            operator: org.operator,
+            key_id: record.id,
+            scopes: record.scopes,
+            environment: record.environment,
+            overrides: org.overrides.to_string().into(),
+        })
+    }
+
     /// Checks a presented key and returns the principal it acts as.
     pub async fn authenticate(&self, presented: &str) -> Result<Principal, AuthError> {
         let key = ApiKey::parse(presented).ok_or(AuthError::Malformed)?;

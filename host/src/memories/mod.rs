@@ -55,6 +55,34 @@ impl From<&Principal> for MemoryScope {
 pub struct Actor {
     pub request_id: Option<String>,
     pub key_id: Option<String>,
+    /// What made the change when it was not the caller's own text: an
+    /// extraction's operation, source turns and extractor (JSON).
+    pub source: Option<Value>,
+    /// A batch job's key for this operation (job, item, operation): stored
+    /// with the history row under a unique index, so the same operation can
+    /// never be applied twice (a retried job item is recognised).
+    pub op_key: Option<String>,
+}
+
+impl Actor {
+    pub fn with_source(&self, source: Value) -> Actor {
+        Actor { source: Some(source), ..self.clone() }
+    }
+    pub fn with_op_key(&self, op_key: String) -> Actor {
+        Actor { op_key: Some(op_key), ..self.clone() }
+    }
+}
+
+/// Whether a write failed because its operation key was already applied
+/// (see [`Actor::op_key`]).
+pub fn is_applied_twice(e: &MemoryError) -> bool {
+    match e {
+        MemoryError::Database(sqlx::Error::Database(d)) => {
+            d.is_unique_violation()
+                && (d.constraint() == Some("memory_history_op_key") || d.message().contains("op_key"))
+        }
+        _ => false,
+    }
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -171,6 +199,11 @@ pub struct MemoryEvent {
     pub new_metadata: Option<Map<String, Value>>,
     pub request_id: Option<String>,
     pub actor_key_id: Option<String>,
+    /// For changes an extractor made: the operation, the number of turns
+    /// it read and the extractor plugin (id, name, version).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub source: Option<Value>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -561,6 +594,46 @@ impl MemoryService {
                 _ = shutdown.requested() => return,
             }
         }
+    }
+
+    /// How many memories the scope holds.
+    pub async fn count(&self, scope: &MemoryScope) -> Result<u64, MemoryError> {
+        Ok(self.store.count(scope).await?)
+    }
+
+    /// Which of the operation keys `keys` were already applied in the
+    /// scope (a retried batch job item skips them).
+    pub async fn applied_ops(&self, scope: &MemoryScope, keys: &[String]) -> Result<Vec<String>, MemoryError> {
+        Ok(self.store.applied_ops(scope, keys).await?)
+    }
+
+    /// Re-embeds with the current embedder up to `limit` of the scope's
+    /// memories after `after` (in id order), for a re-embedding job.
+    /// Returns how many were read and the last id; retrieval meanwhile keeps
+    /// answering from the vectors not yet replaced.
+    pub async fn reembed_page(
+        &self,
+        scope: &MemoryScope,
+        after: Option<Uuid>,
+        limit: u32,
+        usage: &RequestUsage,
+    ) -> Result<(usize, Option<Uuid>), MemoryError> {
+        let page = self.store.page_for_reembedding(scope, after, limit).await?;
+        let Some(last) = page.last().map(|s| s.id) else { return Ok((0, None)) };
+        let embedder = self.embedders.current();
+        let texts: Vec<&str> = page.iter().map(|s| s.text.as_str()).collect();
+        let vectors = embedder.embed(&texts).await?;
+        usage.add_embeddings(page.len() as u64);
+        usage.add_tokens(texts.iter().map(|t| estimate_tokens(t)).sum());
+        if embedder.is_remote() {
+            usage.add_model_call(embedder.model(), 0);
+        }
+        for (s, vector) in page.iter().zip(vectors) {
+            let embedding = Embedding { vector, model: embedder.model().to_string() };
+            self.store.replace_vector(s, &embedding).await?;
+        }
+        self.store.note_model(embedder.model());
+        Ok((page.len(), Some(last)))
     }
 
     /// Re-embeds up to `limit` memories of `old_model`; returns how many it found.

@@ -26,7 +26,7 @@ use crate::store::sql::{Arg, Backend, Row, Tx, sql};
 
 const COLUMNS: &str = "id, text, metadata, created_at, updated_at, user_id, agent_id, app_id, run_id";
 const HISTORY_COLUMNS: &str = "id, memory_id, org_id, environment, event, old_text, new_text, old_metadata, \
-                               new_metadata, request_id, actor_key_id, created_at";
+                               new_metadata, request_id, actor_key_id, created_at, source, op_key";
 /// History rows per multi-row INSERT when many memories go at once.
 const HISTORY_BATCH: usize = 200;
 
@@ -73,7 +73,7 @@ impl MemoryStore {
         self.models.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    fn note_model(&self, model: &str) {
+    pub fn note_model(&self, model: &str) {
         if !self.models.read().unwrap_or_else(|e| e.into_inner()).iter().any(|m| m == model) {
             self.models.write().unwrap_or_else(|e| e.into_inner()).push(model.to_string());
         }
@@ -111,6 +111,66 @@ impl MemoryStore {
                 })
             })
             .collect()
+    }
+
+    /// Up to `limit` of the scope's memories after `after`, in id order,
+    /// with the model of their vectors (a re-embedding job's page).
+    pub async fn page_for_reembedding(
+        &self,
+        scope: &MemoryScope,
+        after: Option<Uuid>,
+        limit: u32,
+    ) -> sqlx::Result<Vec<Stale>> {
+        let text = format!(
+            "SELECT id, text, embedding_model FROM memories WHERE org_id = $1 AND environment = $2{} \
+             ORDER BY id LIMIT $3",
+            if after.is_some() { " AND id > $4" } else { "" }
+        );
+        let mut q = sql(text).bind(&scope.org_id).bind(scope.environment.as_str()).bind(limit as i64);
+        if let Some(a) = after {
+            q = q.bind(a);
+        }
+        let mut tx = self.db.tenant_reads(&scope.org_id).await?;
+        let rows = q.fetch_all(&mut tx).await?;
+        tx.commit().await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Stale {
+                    scope: scope.clone(),
+                    id: r.uuid("id")?,
+                    text: r.get("text")?,
+                    model: r.get("embedding_model")?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn count(&self, scope: &MemoryScope) -> sqlx::Result<u64> {
+        let mut tx = self.db.tenant_reads(&scope.org_id).await?;
+        let row = sql("SELECT COUNT(*) AS n FROM memories WHERE org_id = $1 AND environment = $2")
+            .bind(&scope.org_id)
+            .bind(scope.environment.as_str())
+            .fetch_one(&mut tx)
+            .await?;
+        tx.commit().await?;
+        row.quantity("n")
+    }
+
+    /// Which of `keys` the scope's history holds (applied operations).
+    pub async fn applied_ops(&self, scope: &MemoryScope, keys: &[String]) -> sqlx::Result<Vec<String>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let list = (0..keys.len()).map(|i| format!("${}", i + 2)).collect::<Vec<_>>().join(", ");
+        let mut q = sql(format!("SELECT op_key FROM memory_history WHERE org_id = $1 AND op_key IN ({list})"))
+            .bind(&scope.org_id);
+        for k in keys {
+            q = q.bind(k);
+        }
+        let mut tx = self.db.tenant_reads(&scope.org_id).await?;
+        let rows = q.fetch_all(&mut tx).await?;
+        tx.commit().await?;
+        rows.iter().map(|r| r.get::<String>("op_key")).collect()
     }
 
     /// Replaces a stale vector, unless the memory's text or vector changed
@@ -357,6 +417,7 @@ impl MemoryStore {
                     new_metadata: r.opt_json("new_metadata")?,
                     request_id: r.get("request_id")?,
                     actor_key_id: r.get("actor_key_id")?,
+                    source: r.opt_json("source")?,
                     created_at: r.time("created_at")?,
                 })
             })
@@ -802,7 +863,7 @@ async fn record(tx: &mut Tx, scope: &MemoryScope, changes: &[Change<'_>]) -> sql
     if changes.is_empty() {
         return Ok(());
     }
-    const COLS: usize = 12;
+    const COLS: usize = 14;
     let values = (0..changes.len())
         .map(|row| {
             let params = (1..=COLS).map(|c| format!("${}", row * COLS + c)).collect::<Vec<_>>().join(", ");
@@ -824,7 +885,9 @@ async fn record(tx: &mut Tx, scope: &MemoryScope, changes: &[Change<'_>]) -> sql
             .bind(Arg::Jsonb(c.new.map(|m| Value::Object(m.metadata.clone()))))
             .bind(&c.actor.request_id)
             .bind(&c.actor.key_id)
-            .bind(c.at);
+            .bind(c.at)
+            .bind(Arg::Jsonb(c.actor.source.clone()))
+            .bind(&c.actor.op_key);
     }
     q.execute(tx).await?;
     Ok(())

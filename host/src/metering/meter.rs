@@ -275,6 +275,29 @@ impl UsageMeter {
         self.inner.cache.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Whether an event with `request_id` was written for the org since
+    /// `since` (a batch job item retried after a crash checks it, so its
+    /// usage counts once).
+    pub async fn has_event(
+        &self,
+        org_id: &str,
+        environment: Environment,
+        request_id: &str,
+        since: chrono::DateTime<Utc>,
+    ) -> sqlx::Result<bool> {
+        let row = crate::store::sql::sql(
+            "SELECT 1 AS found FROM usage_events WHERE org_id = $1 AND environment = $2 AND occurred_at >= $3 \
+             AND request_id = $4 LIMIT 1",
+        )
+        .bind(org_id)
+        .bind(environment.as_str())
+        .bind(since)
+        .bind(request_id)
+        .fetch_optional(self.inner.db.read())
+        .await?;
+        Ok(row.is_some())
+    }
+
     /// The org's usage in the current period, per metric of the policy.
     pub async fn used(&self, org_id: &str, environment: Environment) -> sqlx::Result<HashMap<String, u64>> {
         let slot = Slot { org_id: org_id.to_string(), environment, period: period_of(Utc::now()) };

@@ -33,7 +33,7 @@ pub struct ExtractInput {
 }
 
 /// One operation an extractor asks for.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, ToSchema)]
 #[serde(tag = "op", rename_all = "lowercase")]
 pub enum MemoryOp {
     Add {
@@ -48,6 +48,23 @@ pub enum MemoryOp {
     Delete {
         id: String,
     },
+}
+
+impl MemoryOp {
+    pub fn name(&self) -> &'static str {
+        match self {
+            MemoryOp::Add { .. } => "add",
+            MemoryOp::Update { .. } => "update",
+            MemoryOp::Delete { .. } => "delete",
+        }
+    }
+    /// The memory it changes (none for an add).
+    pub fn id(&self) -> Option<String> {
+        match self {
+            MemoryOp::Add { .. } => None,
+            MemoryOp::Update { id, .. } | MemoryOp::Delete { id } => Some(id.clone()),
+        }
+    }
 }
 
 /// The extractor plugins, as callers use them (`PluginService::extractors`).
@@ -66,8 +83,10 @@ impl Extractors<'_> {
     pub async fn extract(&self, active: &Active, input: &ExtractInput) -> Result<Answer<Vec<MemoryOp>>, PluginFailure> {
         let runtime = self.service.runtime();
         let host = self.service.host_calls();
-        with_fallback!(self.service, active, |p, config| runtime
+        let result = with_fallback!(self.service, active, |p, config| runtime
             .extract(&p.prepared, &p.limits, &p.digest, host.clone(), config, input)
-            .await)
+            .await);
+        self.service.recorder().extract(active, input, &result);
+        result
     }
 }

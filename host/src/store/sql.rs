@@ -539,7 +539,7 @@ pub fn json_text(backend: Backend, column: &str, key: &str) -> String {
     }
 }
 
-/// `$n` ─▶ `?n`, `::type` casts and `FOR UPDATE` dropped, `GREATEST(` ─▶
+/// `$n` ─▶ `?n`, `::type` casts and `FOR UPDATE [SKIP LOCKED]` dropped, `GREATEST(` ─▶
 /// `MAX(` (SQLite's scalar max), outside quotes.
 pub fn to_sqlite(pg: &str) -> String {
     let mut out = String::with_capacity(pg.len());
@@ -564,7 +564,12 @@ pub fn to_sqlite(pg: &str) -> String {
                 }
             }
             ' ' if pg[i..].starts_with(" FOR UPDATE") => {
-                for _ in 0.." FOR UPDATE".len() - 1 {
+                let clause = if pg[i..].starts_with(" FOR UPDATE SKIP LOCKED") {
+                    " FOR UPDATE SKIP LOCKED"
+                } else {
+                    " FOR UPDATE"
+                };
+                for _ in 0..clause.len() - 1 {
                     chars.next();
                 }
             }
@@ -622,6 +627,7 @@ mod tests {
             "SELECT a FROM t WHERE (?1 IS NULL OR k = ?1) AND v = ?12"
         );
         assert_eq!(to_sqlite("SELECT '$1::x FOR UPDATE' WHERE a = $2"), "SELECT '$1::x FOR UPDATE' WHERE a = ?2");
+        assert_eq!(to_sqlite("SELECT a FROM t LIMIT 1 FOR UPDATE SKIP LOCKED"), "SELECT a FROM t LIMIT 1");
         assert_eq!(to_sqlite("SET q = GREATEST(q, excluded.q)"), "SET q = MAX(q, excluded.q)");
         assert_eq!(value_rows(2, 2), "($1, $2), ($3, $4)");
         let sizes: Vec<usize> = pow2_chunks(&[0u8; 1000], 256).map(<[u8]>::len).collect();

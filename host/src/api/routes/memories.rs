@@ -13,14 +13,22 @@ use crate::api::error::ApiError;
 use crate::api::extract::{ApiJson, Auth};
 use crate::auth::Scope;
 use crate::memories::filter::{Entity, MemoryFilter};
-use crate::memories::{Actor, Memory, MemoryEvent, MemoryPage, MemoryScope, Scopes};
+use crate::memories::{Actor, Memory, MemoryError, MemoryEvent, MemoryPage, MemoryScope, Scopes};
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateMemory {
-    /// The memory, in natural language.
+    /// The memory, in natural language. Give `text` or `messages`.
     #[schema(example = "Alice prefers green tea in the morning.", min_length = 1, max_length = 100000)]
-    pub text: String,
+    pub text: Option<String>,
+    /// Dialogue turns to extract memories from with the org's extractor
+    /// plugin, instead of `text`: the answer lists what was added, updated,
+    /// deleted or skipped (mem0's add).
+    pub messages: Option<Vec<crate::extraction::Message>>,
+    /// With `messages`: extract as a batch job instead of waiting (202 with
+    /// the job; poll `GET /v1/batch/{job_id}`).
+    #[serde(rename = "async", default)]
+    pub run_async: bool,
     /// Any JSON object; filterable by top-level keys.
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<Map<String, Value>>,
@@ -54,26 +62,200 @@ pub struct MemoryHistory {
 }
 
 fn actor(ctx: &Ctx, auth: &Auth) -> Actor {
-    Actor { request_id: Some(ctx.0.request_id.clone()), key_id: Some(auth.0.key_id.clone()) }
+    Actor {
+        request_id: Some(ctx.0.request_id.clone()),
+        key_id: Some(auth.0.key_id.clone()),
+        source: None,
+        op_key: None,
+    }
 }
 
-/// Create a memory.
+/// Create a memory from `text`, or extract memories from `messages`
+/// (dialogue turns) with the org's extractor plugin.
 #[utoipa::path(post, path = "/v1/memories", tag = "memories", request_body = CreateMemory,
     security(("bearer" = [])),
-    responses((status = 201, body = Envelope<Memory>), (status = 400, body = ErrorEnvelope), (status = 401, body = ErrorEnvelope)))]
+    responses((status = 201, body = Envelope<Memory>),
+        (status = 200, description = "`messages`: what the extractor did", body = Envelope<crate::extraction::ExtractionResult>),
+        (status = 202, description = "`messages` with `async`: the job", body = Envelope<crate::jobs::Job>),
+        (status = 400, body = ErrorEnvelope), (status = 401, body = ErrorEnvelope),
+        (status = 422, description = "NO_EXTRACTOR or EXTRACTION_REFUSED", body = ErrorEnvelope),
+        (status = 502, description = "EXTRACTOR_FAILED", body = ErrorEnvelope)))]
 pub async fn create(
     State(state): State<AppState>,
     ctx: Ctx,
     auth: Auth,
+    headers: axum::http::HeaderMap,
     ApiJson(body): ApiJson<CreateMemory>,
-) -> Result<ApiOk<Memory>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
     let principal = auth.require(Scope::Write)?;
     let scopes = Scopes { user_id: body.user_id, agent_id: body.agent_id, app_id: body.app_id, run_id: body.run_id };
-    let memory = state
-        .memories
-        .create(&principal.into(), body.text, body.metadata, scopes, &actor(&ctx, &auth), &ctx.0.usage)
-        .await?;
-    Ok(ApiOk::created(memory))
+    let actor = actor(&ctx, &auth);
+    match (body.text, body.messages) {
+        (Some(_), None) if body.run_async => {
+            Err(ApiError::invalid_field("async", "`async` applies to `messages`; a `text` memory is stored at once"))
+        }
+        (Some(text), None) => {
+            let memory =
+                state.memories.create(&principal.into(), text, body.metadata, scopes, &actor, &ctx.0.usage).await?;
+            Ok(ApiOk::created(memory).into_response())
+        }
+        (None, Some(messages)) if body.run_async => {
+            let principal = super::batch::extractor_principal(&auth)?;
+            let item = crate::jobs::ExtractItem {
+                messages,
+                metadata: body.metadata,
+                user_id: scopes.user_id,
+                agent_id: scopes.agent_id,
+                app_id: scopes.app_id,
+                run_id: scopes.run_id,
+            };
+            let job = state
+                .jobs
+                .submit(principal, crate::jobs::NewJob::Extract(vec![item]), super::batch::tags(&headers))
+                .await?;
+            Ok(super::batch::accepted(job))
+        }
+        (None, Some(messages)) => {
+            // The extractor reads existing memories, and the answer shows
+            // what it changed: extraction needs `read` as well.
+            let principal = auth.require(Scope::Read)?;
+            let scope: MemoryScope = principal.into();
+            let caller = crate::extraction::Caller {
+                scope: &scope,
+                org_id: &principal.org_id,
+                plan: &principal.plan,
+                may_delete: principal.has_scope(Scope::Delete),
+            };
+            let result = crate::extraction::extract(
+                &state.memories,
+                &state.plugins,
+                caller,
+                messages,
+                body.metadata,
+                scopes,
+                &actor,
+                &ctx.0.usage,
+            )
+            .await?;
+            Ok(ApiOk::ok(result).into_response())
+        }
+        (Some(_), Some(_)) => Err(ApiError::invalid_field("text", "give `text` or `messages`, not both")),
+        (None, None) => {
+            Err(ApiError::invalid_field("text", "give `text` (a memory) or `messages` (dialogue to extract from)"))
+        }
+    }
+}
+
+/// Most items in one `POST /v1/batch/memories`.
+pub const MAX_BATCH_ITEMS: usize = 1000;
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchMemory {
+    pub text: String,
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Map<String, Value>>,
+    pub user_id: Option<String>,
+    pub agent_id: Option<String>,
+    pub app_id: Option<String>,
+    pub run_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchCreate {
+    /// 1 to 1 000 memories, each created on its own: one that fails does
+    /// not stop the others.
+    pub memories: Vec<BatchMemory>,
+    /// Create them in a batch job instead of waiting (202 with the job).
+    #[serde(rename = "async", default)]
+    pub run_async: bool,
+}
+
+/// What became of one item of a batch.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct BatchItemResult {
+    /// The item's position in the request.
+    pub index: usize,
+    /// `created` or `failed`.
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Memory>,
+    /// Why it failed: `{code, message, field?}` as in the error envelope.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub error: Option<Value>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct BatchResult {
+    pub created: usize,
+    pub failed: usize,
+    pub results: Vec<BatchItemResult>,
+}
+
+/// Create up to 1 000 memories in one request, each on its own: the answer
+/// has a result per item, in order, and says which failed and why.
+#[utoipa::path(post, path = "/v1/batch/memories", tag = "memories", request_body = BatchCreate,
+    security(("bearer" = [])),
+    responses((status = 200, body = Envelope<BatchResult>),
+        (status = 202, description = "`async`: the job", body = Envelope<crate::jobs::Job>), (status = 400, body = ErrorEnvelope),
+        (status = 401, body = ErrorEnvelope)))]
+pub async fn batch_create(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    auth: Auth,
+    headers: axum::http::HeaderMap,
+    ApiJson(body): ApiJson<BatchCreate>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    let principal = auth.require(Scope::Write)?;
+    if body.memories.is_empty() || body.memories.len() > MAX_BATCH_ITEMS {
+        return Err(ApiError::invalid_field(
+            "memories",
+            format!("give 1 to {MAX_BATCH_ITEMS} memories (got {})", body.memories.len()),
+        ));
+    }
+    if body.run_async {
+        let items = body
+            .memories
+            .into_iter()
+            .map(|m| crate::jobs::MemoryItem {
+                text: m.text,
+                metadata: m.metadata,
+                user_id: m.user_id,
+                agent_id: m.agent_id,
+                app_id: m.app_id,
+                run_id: m.run_id,
+            })
+            .collect();
+        let job =
+            state.jobs.submit(principal, crate::jobs::NewJob::Memories(items), super::batch::tags(&headers)).await?;
+        return Ok(super::batch::accepted(job));
+    }
+    let scope: MemoryScope = principal.into();
+    let actor = actor(&ctx, &auth);
+    let mut results = Vec::with_capacity(body.memories.len());
+    for (index, item) in body.memories.into_iter().enumerate() {
+        let scopes =
+            Scopes { user_id: item.user_id, agent_id: item.agent_id, app_id: item.app_id, run_id: item.run_id };
+        match state.memories.create(&scope, item.text, item.metadata, scopes, &actor, &ctx.0.usage).await {
+            Ok(memory) => results.push(BatchItemResult { index, status: "created", memory: Some(memory), error: None }),
+            Err(MemoryError::Invalid { field, message }) => {
+                let error = serde_json::json!({"code": "INVALID_REQUEST", "message": message, "field": field});
+                results.push(BatchItemResult { index, status: "failed", memory: None, error: Some(error) });
+            }
+            Err(MemoryError::Provider(e)) => {
+                let error = serde_json::json!({"code": "PROVIDER_ERROR", "message": e.to_string()});
+                results.push(BatchItemResult { index, status: "failed", memory: None, error: Some(error) });
+            }
+            // The store itself failing fails the request (items before it are kept).
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let created = results.iter().filter(|r| r.status == "created").count();
+    Ok(ApiOk::ok(BatchResult { created, failed: results.len() - created, results }).into_response())
 }
 
 /// Get a memory.

@@ -1,5 +1,6 @@
 pub mod account;
 pub mod admin;
+pub mod batch;
 pub mod health;
 pub mod invoices;
 pub mod memories;
