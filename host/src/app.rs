@@ -23,6 +23,9 @@ use crate::supervisor::Supervisor;
 /// Connects to the database, builds the services and starts their
 /// background loops under one supervisor.
 pub async fn build(config: Config) -> anyhow::Result<AppState> {
+    // Policies read once at start: a bad one stops the start before anything runs.
+    let model_router = config.model_router()?;
+    let cache_policy = config.cache_policy()?;
     let db = Database::connect(&config.store()).await?;
     let secret = auth::secret::load_or_create(config.secret.as_deref(), config.is_postgres(), &config.data_dir)?;
     let models_dir = config.models_dir();
@@ -68,7 +71,9 @@ pub async fn build(config: Config) -> anyhow::Result<AppState> {
         providers.answerer.clone(),
         config.ranking_policy()?,
     )
-    .with_reranker(providers.reranker.clone());
+    .with_reranker(providers.reranker.clone())
+    .with_cache(response_cache(&config, cache_policy).await)
+    .with_router(model_router);
     memories.load_models().await.context("reading the embedding models of stored memories")?;
     let m = memories.clone();
     supervisor.spawn("re-embed", move |shutdown| m.clone().reembed_loop(shutdown));
@@ -112,6 +117,29 @@ pub async fn build(config: Config) -> anyhow::Result<AppState> {
         db,
         config: Arc::new(config),
     }))
+}
+
+/// The response cache: shared through Redis when there is one; in process
+/// in embedded mode; off on PostgreSQL without Redis (instances could not
+/// see each other's writes).
+async fn response_cache(
+    config: &Config,
+    policy: crate::memories::cache::CachePolicy,
+) -> crate::memories::cache::ResponseCache {
+    use crate::memories::cache::ResponseCache;
+    let cache = match (&config.redis_url, config.is_postgres()) {
+        (Some(url), _) => match ResponseCache::redis(url, policy).await {
+            Ok(cache) => cache,
+            Err(e) => {
+                tracing::warn!(error = %e, "response cache: off (Redis unreachable at start)");
+                ResponseCache::off()
+            }
+        },
+        (None, false) => ResponseCache::local(policy),
+        (None, true) => ResponseCache::off(),
+    };
+    tracing::info!(cache = cache.describe(), "response cache");
+    cache
 }
 
 /// Says at start which embedder serves, and why.

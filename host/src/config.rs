@@ -215,6 +215,36 @@ impl Config {
         RankingPolicy::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))
     }
 
+    /// The model routing policy: `<policies_dir>/model-routing.yaml`, else
+    /// `policies/model-routing.yaml` if present, else the bundled one.
+    pub fn model_router(&self) -> anyhow::Result<crate::providers::routing::ModelRouter> {
+        use crate::providers::routing::ModelRouter;
+        let file = match &self.policies_dir {
+            Some(dir) => dir.join("model-routing.yaml"),
+            None => Path::new("policies").join("model-routing.yaml"),
+        };
+        if !file.exists() {
+            return Ok(ModelRouter::bundled());
+        }
+        let text = std::fs::read_to_string(&file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+        ModelRouter::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))
+    }
+
+    /// The response cache policy: `<policies_dir>/caching.yaml`, else
+    /// `policies/caching.yaml` if present, else the bundled one.
+    pub fn cache_policy(&self) -> anyhow::Result<crate::memories::cache::CachePolicy> {
+        use crate::memories::cache::CachePolicy;
+        let file = match &self.policies_dir {
+            Some(dir) => dir.join("caching.yaml"),
+            None => Path::new("policies").join("caching.yaml"),
+        };
+        if !file.exists() {
+            return Ok(CachePolicy::bundled());
+        }
+        let text = std::fs::read_to_string(&file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+        CachePolicy::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))
+    }
+
     /// What the database connection needs.
     pub fn store(&self) -> StoreConfig<'_> {
         StoreConfig {

@@ -49,6 +49,11 @@ pub const SERIES: &[(&str, &str, &str)] = &[
     ("memhost_db_pool_connections", "gauge", "Database pool connections, by pool and state (idle, in_use)."),
     ("memhost_background_loop_restarts_total", "gauge", "Restarts of a background loop since start, by loop."),
     ("memhost_background_loop_running", "gauge", "1 while a background loop runs, by loop."),
+    ("memhost_response_cache_total", "counter", "Cacheable requests (answer, retrieve, query) by result (hit, miss)."),
+    ("memhost_response_cache_saved_tokens_total", "counter", "Tokens cache hits did not process, by kind."),
+    ("memhost_jobs_submitted_total", "counter", "Batch jobs submitted, by kind."),
+    ("memhost_jobs_finished_total", "counter", "Batch jobs finished by this host, by kind and status."),
+    ("memhost_jobs", "gauge", "Batch jobs queued or running (all hosts), by status."),
 ];
 
 type Labels = Vec<(&'static str, String)>;

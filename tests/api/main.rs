@@ -7,6 +7,7 @@ mod fake_llm;
 mod account;
 mod auth;
 mod billing;
+mod caching;
 mod cli;
 mod errors;
 mod extraction;

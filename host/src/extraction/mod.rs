@@ -238,7 +238,15 @@ pub async fn plan(
         retryable: e.retryable,
         spent,
     };
-    let answer = match extractors.extract(&active, &input).await {
+    let model = memories.route_model(crate::providers::routing::RouteFacts {
+        task: "extract",
+        chars: messages.iter().map(|m| m.content.chars().count()).sum(),
+        turns: messages.len(),
+        memories: input.existing.len(),
+        plan: caller.plan,
+        strategy: &active.plugin.record.name,
+    });
+    let answer = match extractors.extract(&active, &input, model).await {
         Ok(answer) => answer,
         Err(PluginFailure::Guest(e, spent)) => {
             // The LLM work before a refusal was done for this caller too.

@@ -3,6 +3,7 @@
 //! [`MemoryService`] is what routes call. Every operation is confined to a
 //! [`MemoryScope`] (an org and its live or test environment).
 
+pub mod cache;
 pub mod filter;
 pub mod index;
 mod quantized;
@@ -21,8 +22,10 @@ use uuid::Uuid;
 use crate::auth::{Environment, Principal};
 use crate::metering::{RequestUsage, estimate_tokens};
 use crate::providers::rerank::Reranker;
+use crate::providers::routing::{ModelRouter, RouteFacts};
 use crate::providers::{Answerer, Embedders, ProviderError};
 use crate::store::Database;
+use cache::ResponseCache;
 use filter::MemoryFilter;
 use ranking::{Mode, RankingPolicy};
 use store::MemoryStore;
@@ -233,6 +236,8 @@ pub struct AnswerResult {
     pub answer: String,
     pub model: String,
     pub memories: Vec<ScoredMemory>,
+    /// Served from the response cache (see `policies/caching.yaml`).
+    pub cached: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -259,7 +264,13 @@ pub struct MemoryService {
     answerer: Arc<dyn Answerer>,
     ranking: Arc<RankingPolicy>,
     reranker: Option<Arc<dyn Reranker>>,
+    cache: Arc<ResponseCache>,
+    router: Arc<ModelRouter>,
 }
+
+/// The usage quantities a cache hit reports (metrics in `metrics.yaml`).
+pub const CACHE_HITS: &str = "cache_hits";
+pub const CACHE_SAVED_TOKENS: &str = "cache_saved_tokens";
 
 impl MemoryService {
     pub fn new(
@@ -268,7 +279,78 @@ impl MemoryService {
         answerer: Arc<dyn Answerer>,
         ranking: RankingPolicy,
     ) -> MemoryService {
-        MemoryService { store: MemoryStore::new(db), embedders, answerer, ranking: Arc::new(ranking), reranker: None }
+        MemoryService {
+            store: MemoryStore::new(db),
+            embedders,
+            answerer,
+            ranking: Arc::new(ranking),
+            reranker: None,
+            cache: Arc::new(ResponseCache::off()),
+            router: Arc::new(ModelRouter::none()),
+        }
+    }
+
+    /// Extractions and answers pick their LLM model with this policy.
+    pub fn with_router(mut self, router: ModelRouter) -> MemoryService {
+        self.router = Arc::new(router);
+        self
+    }
+
+    /// The model the routing policy picks for a request (`None`: the
+    /// configured one).
+    pub fn route_model(&self, facts: RouteFacts<'_>) -> Option<String> {
+        self.router.pick(facts)
+    }
+
+    /// Answers (and, where the policy says, retrievals) are reused from this cache.
+    pub fn with_cache(mut self, cache: ResponseCache) -> MemoryService {
+        self.cache = Arc::new(cache);
+        self
+    }
+
+    pub fn cache(&self) -> &ResponseCache {
+        &self.cache
+    }
+
+    /// A cacheable read (answer, retrieval): the cached result for the same
+    /// request at the org's current memory version, else `compute`'s, then
+    /// kept. The result carries `cached`. A hit processes no tokens: it
+    /// reports the tokens it saved instead.
+    pub async fn cached<F, Fut>(
+        &self,
+        scope: &MemoryScope,
+        kind: cache::Kind,
+        params: &SearchParams,
+        usage: &RequestUsage,
+        compute: F,
+    ) -> Result<Value, MemoryError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<Value, MemoryError>>,
+    {
+        let key = self.cache.key(scope, kind, params).await;
+        if let Some(k) = &key
+            && let Some(hit) = self.cache.get(k).await
+        {
+            let saved = hit["tokens"].as_u64().unwrap_or(0);
+            usage.add_quantity(CACHE_HITS, 1);
+            usage.add_quantity(CACHE_SAVED_TOKENS, saved);
+            usage.add_read(hit["result"]["memories"].as_array().map_or(0, |m| m.len() as u64));
+            crate::telemetry::inc("memhost_response_cache_total", &[("kind", kind.as_str()), ("result", "hit")], 1);
+            crate::telemetry::inc("memhost_response_cache_saved_tokens_total", &[("kind", kind.as_str())], saved);
+            let mut result = hit["result"].clone();
+            result["cached"] = Value::Bool(true);
+            return Ok(result);
+        }
+        let before = usage.snapshot().tokens_processed;
+        let mut result = compute().await?;
+        result["cached"] = Value::Bool(false);
+        if let Some(k) = key {
+            let tokens = usage.snapshot().tokens_processed.saturating_sub(before);
+            self.cache.put(&k, kind, &serde_json::json!({"result": result, "tokens": tokens})).await;
+            crate::telemetry::inc("memhost_response_cache_total", &[("kind", kind.as_str()), ("result", "miss")], 1);
+        }
+        Ok(result)
     }
 
     /// Retrievals asking for `rerank` use this one.
@@ -299,6 +381,7 @@ impl MemoryService {
         let now = crate::auth::now();
         let memory = Memory { id: Uuid::now_v7(), text, metadata, scopes, created_at: now, updated_at: now };
         self.store.insert(scope, &memory, &embedding, actor).await?;
+        self.cache.invalidate(scope).await;
         usage.add_created(1);
         Ok(memory)
     }
@@ -338,6 +421,7 @@ impl MemoryService {
             .update(scope, uuid, text.as_deref(), metadata.as_ref(), embedding.as_ref(), actor)
             .await?
             .ok_or_else(|| MemoryError::NotFound(id.to_string()))?;
+        self.cache.invalidate(scope).await;
         usage.add_updated(1);
         Ok(new)
     }
@@ -351,6 +435,7 @@ impl MemoryService {
     ) -> Result<(), MemoryError> {
         let uuid = parse_id(id)?;
         self.store.delete(scope, uuid, actor).await?.ok_or_else(|| MemoryError::NotFound(id.to_string()))?;
+        self.cache.invalidate(scope).await;
         usage.add_deleted(1);
         Ok(())
     }
@@ -382,7 +467,11 @@ impl MemoryService {
         filter: &MemoryFilter,
         actor: &Actor,
     ) -> Result<u64, MemoryError> {
-        Ok(self.store.delete_all(scope, filter, actor).await?)
+        let deleted = self.store.delete_all(scope, filter, actor).await?;
+        if deleted > 0 {
+            self.cache.invalidate(scope).await;
+        }
+        Ok(deleted)
     }
 
     pub async fn history(&self, scope: &MemoryScope, id: &str) -> Result<Vec<MemoryEvent>, MemoryError> {
@@ -523,11 +612,20 @@ impl MemoryService {
         &self,
         scope: &MemoryScope,
         params: &SearchParams,
+        plan: &str,
         usage: &RequestUsage,
     ) -> Result<AnswerResult, MemoryError> {
         let memories = self.search(scope, params, usage).await?;
         let texts: Vec<&str> = memories.iter().map(|m| m.memory.text.as_str()).collect();
-        let answer = self.answerer.answer(&params.query, &texts).await?;
+        let model = self.router.pick(RouteFacts {
+            task: "answer",
+            chars: params.query.chars().count() + texts.iter().map(|t| t.chars().count()).sum::<usize>(),
+            turns: 0,
+            memories: texts.len(),
+            plan,
+            strategy: "",
+        });
+        let answer = self.answerer.answer(&params.query, &texts, model.as_deref()).await?;
         if self.answerer.is_remote() {
             usage.add_model_call(&answer.model, 0);
         }
@@ -545,7 +643,7 @@ impl MemoryService {
                 usage.add_output_tokens(answer_tokens);
             }
         }
-        Ok(AnswerResult { answer: answer.text, model: answer.model, memories })
+        Ok(AnswerResult { answer: answer.text, model: answer.model, memories, cached: false })
     }
 
     async fn embed(&self, text: &str, usage: &RequestUsage) -> Result<Embedding, MemoryError> {
@@ -633,6 +731,7 @@ impl MemoryService {
             self.store.replace_vector(s, &embedding).await?;
         }
         self.store.note_model(embedder.model());
+        self.cache.invalidate(scope).await;
         Ok((page.len(), Some(last)))
     }
 

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use super::host_calls::HostCalls;
 use super::kind::PluginKind;
 use super::{Active, Answer, PluginFailure, PluginService, with_fallback};
 
@@ -80,9 +81,15 @@ impl Extractors<'_> {
 
     /// The operations for one dialogue. On a sandbox failure the previous
     /// version answers, where fallback is on.
-    pub async fn extract(&self, active: &Active, input: &ExtractInput) -> Result<Answer<Vec<MemoryOp>>, PluginFailure> {
+    /// `model`: the LLM model the routing policy chose (none: the configured one).
+    pub async fn extract(
+        &self,
+        active: &Active,
+        input: &ExtractInput,
+        model: Option<String>,
+    ) -> Result<Answer<Vec<MemoryOp>>, PluginFailure> {
         let runtime = self.service.runtime();
-        let host = self.service.host_calls();
+        let host = HostCalls { model, ..self.service.host_calls() };
         let result = with_fallback!(self.service, active, |p, config| runtime
             .extract(&p.prepared, &p.limits, &p.digest, host.clone(), config, input)
             .await);

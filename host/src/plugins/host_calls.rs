@@ -108,6 +108,8 @@ pub struct HostCalls {
     pub http: Option<HttpGate>,
     pub llm: Option<Arc<dyn Completer>>,
     pub embedder: Option<Arc<dyn Embedder>>,
+    /// The model the routing policy chose for this call's LLM requests.
+    pub model: Option<String>,
 }
 
 impl HostCalls {
@@ -125,10 +127,13 @@ impl CallState {
         }
     }
 
-    pub(super) async fn llm_complete(&mut self, request: CompletionRequest) -> Result<Completion, String> {
+    pub(super) async fn llm_complete(&mut self, mut request: CompletionRequest) -> Result<Completion, String> {
         let Some(provider) = self.host.llm.clone() else {
             return Err("no LLM provider is configured on this server (`[completions]`)".into());
         };
+        if let Some(model) = &self.host.model {
+            request.model = Some(model.clone());
+        }
         let completion = provider.complete(&request).await.map_err(|e| e.to_string())?;
         // Reported tokens, else estimated (about 4 characters a token).
         let (input_tokens, output_tokens) = if completion.tokens_reported {

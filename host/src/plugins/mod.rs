@@ -853,6 +853,7 @@ impl PluginService {
             http: Some(self.inner.http.clone()),
             llm: self.inner.providers.completer.clone(),
             embedder: Some(self.inner.providers.embedder.clone()),
+            model: None,
         }
     }
 

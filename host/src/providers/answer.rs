@@ -20,7 +20,8 @@ pub struct Answer {
 #[async_trait]
 pub trait Answerer: Send + Sync {
     /// Answers `question` from `memories` (best first).
-    async fn answer(&self, question: &str, memories: &[&str]) -> Result<Answer, ProviderError>;
+    /// `model`: the model to use instead of the configured one (routing).
+    async fn answer(&self, question: &str, memories: &[&str], model: Option<&str>) -> Result<Answer, ProviderError>;
     fn is_remote(&self) -> bool;
 }
 
@@ -39,7 +40,7 @@ pub struct ExtractiveAnswerer;
 
 #[async_trait]
 impl Answerer for ExtractiveAnswerer {
-    async fn answer(&self, question: &str, memories: &[&str]) -> Result<Answer, ProviderError> {
+    async fn answer(&self, question: &str, memories: &[&str], _model: Option<&str>) -> Result<Answer, ProviderError> {
         let wanted: HashSet<String> = text::tokens(question).into_iter().collect();
         let mut best: Option<(f32, &str)> = None;
         for (rank, memory) in memories.iter().enumerate() {
@@ -79,7 +80,7 @@ impl OpenAiAnswerer {
 
 #[async_trait]
 impl Answerer for OpenAiAnswerer {
-    async fn answer(&self, question: &str, memories: &[&str]) -> Result<Answer, ProviderError> {
+    async fn answer(&self, question: &str, memories: &[&str], model: Option<&str>) -> Result<Answer, ProviderError> {
         let context =
             memories.iter().enumerate().map(|(i, m)| format!("[{}] {}", i + 1, m)).collect::<Vec<_>>().join("\n");
         let message = |role: &str, content: String| CompletionMessage { role: role.into(), content };
@@ -95,6 +96,7 @@ impl Answerer for OpenAiAnswerer {
             ],
             max_tokens: None,
             json: false,
+            model: model.map(str::to_string),
         };
         let c = self.completer.complete(&request).await?;
         Ok(Answer {
@@ -118,11 +120,12 @@ mod tests {
             .answer(
                 "Where does Alice work?",
                 &["Alice enjoys chess. Alice works at Acme Robotics in Berlin.", "Bob works from home."],
+                None,
             )
             .await
             .unwrap();
         assert_eq!(a.text, "Alice works at Acme Robotics in Berlin.");
-        let none = ExtractiveAnswerer.answer("quantum chromodynamics?", &["Bob likes tea."]).await.unwrap();
+        let none = ExtractiveAnswerer.answer("quantum chromodynamics?", &["Bob likes tea."], None).await.unwrap();
         assert_eq!(none.text, NO_ANSWER);
     }
 }

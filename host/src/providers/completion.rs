@@ -24,6 +24,8 @@ pub struct CompletionRequest {
     pub max_tokens: Option<u32>,
     /// Ask the model for a JSON object.
     pub json: bool,
+    /// The model to use instead of the configured one (model routing).
+    pub model: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,7 +94,8 @@ struct ChatUsage {
 impl Completer for OpenAiCompleter {
     async fn complete(&self, request: &CompletionRequest) -> Result<Completion, ProviderError> {
         let messages: Vec<_> = request.messages.iter().map(|m| json!({"role": m.role, "content": m.content})).collect();
-        let mut body = json!({ "model": self.client.model, "temperature": 0, "messages": messages });
+        let model = request.model.as_deref().unwrap_or(&self.client.model);
+        let mut body = json!({ "model": model, "temperature": 0, "messages": messages });
         if let Some(max) = request.max_tokens {
             body["max_tokens"] = json!(max);
         }
@@ -108,7 +111,7 @@ impl Completer for OpenAiCompleter {
             .ok_or_else(|| ProviderError("the completion has no text".into()))?;
         Ok(Completion {
             text,
-            model: chat.model.unwrap_or_else(|| self.client.model.clone()),
+            model: chat.model.unwrap_or_else(|| model.to_string()),
             input_tokens: chat.usage.as_ref().map_or(0, |u| u.prompt_tokens),
             output_tokens: chat.usage.as_ref().map_or(0, |u| u.completion_tokens),
             tokens_reported: chat.usage.is_some(),

@@ -11,6 +11,7 @@ pub mod embedding;
 pub mod models;
 mod openai;
 pub mod rerank;
+pub mod routing;
 pub mod semantic;
 pub mod text;
 

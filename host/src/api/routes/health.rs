@@ -76,6 +76,11 @@ pub async fn metrics(State(state): State<AppState>, headers: axum::http::HeaderM
         labels: vec![],
         value: state.meter.stats().queue_depth as f64,
     }];
+    if let Ok((queued, running)) = state.jobs.depth().await {
+        for (status, n) in [("queued", queued), ("running", running)] {
+            gauges.push(GaugeValue { name: "memhost_jobs", labels: vec![("status", status.into())], value: n as f64 });
+        }
+    }
     for (pool, size, idle) in state.db.pool_use() {
         gauges.push(GaugeValue {
             name: "memhost_db_pool_connections",

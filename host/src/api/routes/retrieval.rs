@@ -2,13 +2,14 @@
 
 use axum::extract::State;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::api::AppState;
 use crate::api::envelope::{ApiOk, Ctx, Envelope, ErrorEnvelope};
 use crate::api::error::ApiError;
 use crate::api::extract::{ApiJson, Auth};
 use crate::auth::Scope;
+use crate::memories::cache::Kind;
 use crate::memories::filter::MemoryFilter;
 use crate::memories::ranking::Mode;
 use crate::memories::{AnswerResult, DEFAULT_RESULTS, DEFAULT_THRESHOLD, ScoredMemory, SearchParams};
@@ -62,6 +63,8 @@ impl RetrievalRequest {
 pub struct RetrievalResult {
     /// Best first.
     pub memories: Vec<ScoredMemory>,
+    /// Served from the response cache (`policies/caching.yaml`).
+    pub cached: bool,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -70,6 +73,8 @@ pub struct QueryResult {
     pub memories: Vec<ScoredMemory>,
     /// The memories as a numbered list, ready to put in a prompt.
     pub context: String,
+    /// Served from the response cache (`policies/caching.yaml`).
+    pub cached: bool,
 }
 
 /// Retrieve the memories most relevant to a text, with relevance scores.
@@ -81,10 +86,17 @@ pub async fn retrieve(
     ctx: Ctx,
     auth: Auth,
     ApiJson(body): ApiJson<RetrievalRequest>,
-) -> Result<ApiOk<RetrievalResult>, ApiError> {
+) -> Result<ApiOk<Value>, ApiError> {
     let principal = auth.require(Scope::Read)?;
-    let memories = state.memories.search(&principal.into(), &body.params()?, &ctx.0.usage).await?;
-    Ok(ApiOk::ok(RetrievalResult { memories }))
+    let (scope, params, usage) = (principal.into(), body.params()?, &ctx.0.usage);
+    let m = &state.memories;
+    let result = m
+        .cached(&scope, Kind::Retrieve, &params, usage, || async {
+            let memories = m.search(&scope, &params, usage).await?;
+            Ok(json!(RetrievalResult { memories, cached: false }))
+        })
+        .await?;
+    Ok(ApiOk::ok(result))
 }
 
 /// Query memories with a context: the relevant memories and a prompt-ready context block.
@@ -96,16 +108,23 @@ pub async fn query(
     ctx: Ctx,
     auth: Auth,
     ApiJson(body): ApiJson<RetrievalRequest>,
-) -> Result<ApiOk<QueryResult>, ApiError> {
+) -> Result<ApiOk<Value>, ApiError> {
     let principal = auth.require(Scope::Read)?;
-    let memories = state.memories.search(&principal.into(), &body.params()?, &ctx.0.usage).await?;
-    let context = memories
-        .iter()
-        .enumerate()
-        .map(|(i, m)| format!("{}. {}", i + 1, m.memory.text))
-        .collect::<Vec<_>>()
-        .join("\n");
-    Ok(ApiOk::ok(QueryResult { memories, context }))
+    let (scope, params, usage) = (principal.into(), body.params()?, &ctx.0.usage);
+    let m = &state.memories;
+    let result = m
+        .cached(&scope, Kind::Query, &params, usage, || async {
+            let memories = m.search(&scope, &params, usage).await?;
+            let context = memories
+                .iter()
+                .enumerate()
+                .map(|(i, m)| format!("{}. {}", i + 1, m.memory.text))
+                .collect::<Vec<_>>()
+                .join("\n");
+            Ok(json!(QueryResult { memories, context, cached: false }))
+        })
+        .await?;
+    Ok(ApiOk::ok(result))
 }
 
 /// Answer a question from memory: the answer and the memories it used.
@@ -117,8 +136,15 @@ pub async fn answer(
     ctx: Ctx,
     auth: Auth,
     ApiJson(body): ApiJson<RetrievalRequest>,
-) -> Result<ApiOk<AnswerResult>, ApiError> {
+) -> Result<ApiOk<Value>, ApiError> {
     let principal = auth.require(Scope::Read)?;
-    let result = state.memories.answer(&principal.into(), &body.params()?, &ctx.0.usage).await?;
+    let (scope, params, usage) = (principal.into(), body.params()?, &ctx.0.usage);
+    let m = &state.memories;
+    let plan = principal.plan.as_str();
+    let result = m
+        .cached(&scope, Kind::Answer, &params, usage, || async {
+            Ok(json!(m.answer(&scope, &params, plan, usage).await?))
+        })
+        .await?;
     Ok(ApiOk::ok(result))
 }

@@ -317,6 +317,8 @@ macro_rules! unchanged_kinds {
                         .collect(),
                     max_tokens: r.max_tokens,
                     json: r.json,
+                    // The host's routing rule, not the guest, picks a model.
+                    model: None,
                 };
                 let c = self.llm_complete(request).await?;
                 Ok(wit_llm::Completion { text: c.text, input_tokens: c.input_tokens, output_tokens: c.output_tokens })
