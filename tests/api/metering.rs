@@ -127,6 +127,13 @@ async fn from_events(s: &TestServer, org: &str, env: &str) -> BTreeMap<&'static 
     m.insert("tokens_processed", s.sql_number(&q("COALESCE(SUM(tokens_in + tokens_out), 0)")).await);
     m.insert("embeddings_generated", s.sql_number(&q("COALESCE(SUM(embeddings_generated), 0)")).await);
     m.insert("memories_stored", s.sql_number(&q("COALESCE(MAX(memories_stored), 0)")).await);
+    // Reported quantities (the response cache's), summed from the JSON column.
+    let quantity = |name: &str| match s.database_url() {
+        Some(_) => format!("COALESCE(SUM((quantities->>'{name}')::bigint), 0)"),
+        None => format!("COALESCE(SUM(json_extract(quantities, '$.{name}')), 0)"),
+    };
+    m.insert("answer_cache_hits", s.sql_number(&q(&quantity("cache_hits"))).await);
+    m.insert("cache_saved_tokens", s.sql_number(&q(&quantity("cache_saved_tokens"))).await);
     m
 }
 

@@ -97,11 +97,16 @@ impl JobService {
             .await;
             match claimed {
                 Ok(Some(job)) => {
+                    let id = job.id.clone();
                     tokio::select! {
                         _ = self.run(job) => {}
-                        // On shutdown the job is left to its lease: the
-                        // next host (or this one restarted) resumes it.
-                        _ = shutdown.requested() => return,
+                        // On shutdown the job goes back to the queue at once
+                        // (its items done stay done); if even that fails, its
+                        // lease lapses and another host resumes it.
+                        _ = shutdown.requested() => {
+                            let _ = store::release(&self.inner.db, &id, &self.inner.owner, Utc::now()).await;
+                            return;
+                        }
                     }
                     continue;
                 }
