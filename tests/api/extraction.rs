@@ -252,3 +252,62 @@ async fn an_extractor_without_its_llm_is_502() {
     assert!(r.body["error"]["message"].as_str().unwrap().contains("[completions]"), "says what is missing: {}", r.body);
     assert_eq!(server.get("/v1/memories", &key).await.assert_ok(200)["memories"].as_array().unwrap().len(), 0);
 }
+
+/// A request may name its extractor (`strategy`) among those offered to
+/// its org (activated for the org, its plan or globally), synchronously or
+/// in a job; anything else is a 400 naming what is offered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_picks_its_extractor_among_those_offered() {
+    let fake = crate::fake_llm::start(std::time::Duration::ZERO, 384).await;
+    let env = [
+        ("MEMHOST_COMPLETIONS__PROVIDER", "openai".to_string()),
+        ("MEMHOST_COMPLETIONS__BASE_URL", fake.url.clone()),
+        ("MEMHOST_COMPLETIONS__MODEL", "fake-extract".to_string()),
+        ("MEMHOST_COMPLETIONS__API_KEY", "sk-fake".to_string()),
+    ];
+    let server = TestServer::start_with(Backend::Sqlite, &crate::common::env_refs(&env)).await;
+    let (_, admin) = server.operator();
+    let list = server.get("/admin/plugins?kind=extractor", &admin).await;
+    let plugins = list.assert_ok(200)["plugins"].as_array().unwrap().clone();
+    let llm = plugins.iter().find(|p| p["name"] == "extract-llm").unwrap()["id"].as_str().unwrap().to_string();
+    let (org, key) = server.tenant();
+    let (_, other) = server.tenant();
+    let body = json!({"target": format!("org:{org}"), "config": {}});
+    server.post(&format!("/admin/plugins/{llm}/activate"), &admin, body).await.assert_ok(200);
+
+    let said = |strategy: Option<&str>| {
+        let mut b = json!({"messages": [{"role": "user", "content": "I like chess problems."}]});
+        if let Some(s) = strategy {
+            b["strategy"] = json!(s);
+        }
+        b
+    };
+    let r = server.post("/v1/memories", &key, said(None)).await;
+    assert_eq!(r.assert_ok(200)["extractor"]["name"], "extract-llm", "the org's own by default");
+    let r = server.post("/v1/memories", &key, said(Some("extract-rules"))).await;
+    assert_eq!(r.assert_ok(200)["extractor"]["name"], "extract-rules", "the global one, by name");
+    let r = server.post("/v1/memories", &key, said(Some("extract-magic"))).await;
+    r.assert_error(400, "INVALID_REQUEST");
+    let message = r.body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("extract-llm") && message.contains("extract-rules"), "names what is offered: {message}");
+    // Another org is not offered the first org's extractor.
+    server.post("/v1/memories", &other, said(Some("extract-llm"))).await.assert_error(400, "INVALID_REQUEST");
+    server.post("/v1/memories", &key, json!({"text": "x", "strategy": "extract-rules"})).await.assert_error(400, "INVALID_REQUEST");
+
+    // In a job: checked when submitted, used for every item.
+    let bad = json!({"dialogues": [{"messages": [{"role": "user", "content": "I like go."}]}], "strategy": "nope"});
+    server.post("/v1/batch/extract", &key, bad).await.assert_error(400, "INVALID_REQUEST");
+    let job = json!({"dialogues": [{"messages": [{"role": "user", "content": "I like go."}]}], "strategy": "extract-rules"});
+    let id = server.post("/v1/batch/extract", &key, job).await.assert_ok(202)["id"].as_str().unwrap().to_string();
+    let start = std::time::Instant::now();
+    let done = loop {
+        let j = server.get(&format!("/v1/batch/{id}"), &key).await.assert_ok(200).clone();
+        if j["status"] == "completed" {
+            break j;
+        }
+        assert!(start.elapsed() < std::time::Duration::from_secs(30), "{j}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(done["results"][0]["result"]["extractor"]["name"], "extract-rules", "{done}");
+    assert_eq!(fake.seen.lock().unwrap().chat_calls, 1, "only the default extraction asked the LLM");
+}

@@ -157,6 +157,8 @@ async fn jobs_queue_list_and_cancel(backend: Backend) {
     assert_eq!(rest.assert_ok(200)["jobs"][0]["id"], ids[0].as_str());
     server.get("/v1/batch?status=done", &key).await.assert_error(400, "INVALID_REQUEST");
     server.get("/v1/batch?limit=0", &key).await.assert_error(400, "INVALID_REQUEST");
+    server.get("/v1/batch?limit=abc", &key).await.assert_error(400, "INVALID_REQUEST");
+    server.get("/v1/batch?color=red", &key).await.assert_error(400, "INVALID_REQUEST");
 
     // Another org sees nothing of them.
     server.get(&format!("/v1/batch/{}", ids[0]), &other).await.assert_error(404, "JOB_NOT_FOUND");

@@ -1,6 +1,6 @@
 -- POST /v1/query/answer, a new question every time (thread id and counter in
 -- it): every request misses the cache and answers.
-dofile(os.getenv("BENCH_DIR") .. "/../http/common.lua")
+dofile(os.getenv("BENCH_DIR") .. "/common.lua")
 local threads = 0
 function setup(thread)
   threads = threads + 1

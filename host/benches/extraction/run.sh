@@ -18,13 +18,15 @@
 # the host's own cost, not the semantic model's. Needs wrk, jq and curl.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../../.." && pwd)
-export BENCH_DIR="$ROOT/host/benches/extraction"
+export BENCH_DIR="$ROOT/host/benches/http"  # common.lua, post.lua
+HERE="$ROOT/host/benches/extraction"
 BIN=${BIN:-$ROOT/target/release/memhost}
 DUR=${DUR:-15s}
 CONN=${CONN:-8}
 DIALOGUES=${DIALOGUES:-1000}
-JOBS=${JOBS:-6}
+JOBS=${JOBS:-10}
 MEMORIES=${MEMORIES:-2000}
+for tool in wrk jq curl; do command -v "$tool" >/dev/null || { echo "needs $tool (apt-get install wrk jq curl)" >&2; exit 1; }; done
 source "$ROOT/host/benches/http/lib.sh"
 
 export MEMHOST_DATA_DIR="$WORK/data" MEMHOST_LOG=warn MEMHOST_LISTEN=127.0.0.1:18997
@@ -85,6 +87,6 @@ for chunk in $(seq 0 $(( MEMORIES / 1000 - 1 ))); do
   jq -cn --argjson c "$chunk" '{memories: [range(0; 1000) | {text: "Memory \($c * 1000 + .): Alice likes item \(.) in the morning, with tea number \(. % 37)."}]}' \
     | post /v1/batch/memories >/dev/null
 done
-echo "POST /v1/query/answer, cache hit:  $(wrk -t2 -c"$CONN" -d"$DUR" -s "$BENCH_DIR/answer_hit.lua" "$API" | grep '^RESULT' | cut -d' ' -f2-)"
-echo "POST /v1/query/answer, cache miss: $(wrk -t2 -c"$CONN" -d"$DUR" -s "$BENCH_DIR/answer_miss.lua" "$API" | grep '^RESULT' | cut -d' ' -f2-)"
+echo "POST /v1/query/answer, cache hit:  $(wrk -t2 -c"$CONN" -d"$DUR" -s "$HERE/answer_hit.lua" "$API" | grep '^RESULT' | cut -d' ' -f2-)"
+echo "POST /v1/query/answer, cache miss: $(wrk -t2 -c"$CONN" -d"$DUR" -s "$HERE/answer_miss.lua" "$API" | grep '^RESULT' | cut -d' ' -f2-)"
 curl -s "$API/metrics" | grep '^memhost_response_cache_total' || true

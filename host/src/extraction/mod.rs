@@ -45,6 +45,7 @@ pub struct Message {
 /// What the extractor that answered is.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ExtractorInfo {
+    /// The plugin's id: the sha256 digest of its `.wasm`.
     pub plugin_id: String,
     pub name: String,
     pub version: String,
@@ -142,6 +143,9 @@ pub struct Caller<'a> {
     pub org_id: &'a str,
     pub plan: &'a str,
     pub may_delete: bool,
+    /// The extractor the request names (by plugin name), among those
+    /// offered to the org; none: the org's active one.
+    pub strategy: Option<&'a str>,
 }
 
 /// What an extractor decided for one dialogue, before any of it is applied:
@@ -192,7 +196,10 @@ pub async fn plan(
 ) -> Result<ExtractionPlan, ExtractionError> {
     validate(messages)?;
     let extractors = plugins.extractors();
-    let active = extractors.active(caller.org_id, caller.plan).ok_or(ExtractionError::NoExtractor)?;
+    let active = extractors
+        .choose(caller.org_id, caller.plan, caller.strategy)
+        .map_err(|e| invalid("strategy", e))?
+        .ok_or(ExtractionError::NoExtractor)?;
 
     // The prefilter: the memories most like what the user said, in the
     // same entity scopes.
@@ -256,7 +263,11 @@ pub async fn plan(
         Err(other) => return Err(ExtractionError::Failed(other.to_string())),
     };
     meter_host_usage(&answer.host_usage, usage);
-    let plugin = &active.plugin.record;
+    // The version that answered: the previous one when it stood in.
+    let plugin = match (&active.previous, answer.fallback) {
+        (Some(previous), true) => &previous.plugin.record,
+        _ => &active.plugin.record,
+    };
     Ok(ExtractionPlan {
         ops: answer.value,
         given: existing

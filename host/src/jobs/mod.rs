@@ -201,6 +201,9 @@ struct JobContext {
     may_delete: bool,
     /// The submitting request's usage tags, carried to every item's event.
     tags: BTreeMap<String, String>,
+    /// The extractor the request chose by name (see `extraction::Caller`).
+    #[serde(default)]
+    strategy: Option<String>,
 }
 
 /// A job as the API shows it.
@@ -309,7 +312,15 @@ impl JobService {
         principal: &Principal,
         job: NewJob,
         tags: BTreeMap<String, String>,
+        strategy: Option<String>,
     ) -> Result<Job, JobError> {
+        if let Some(name) = &strategy {
+            self.inner
+                .plugins
+                .extractors()
+                .choose(&principal.org_id, &principal.plan, Some(name))
+                .map_err(|message| JobError::Invalid { field: "strategy", message })?;
+        }
         let (kind, inputs): (JobKind, Vec<String>) = match &job {
             NewJob::Extract(items) => {
                 check_count("dialogues", items.len())?;
@@ -341,7 +352,7 @@ impl JobService {
             _ => inputs.len() as u64,
         };
         let priority = self.in_priority_lane(&principal.org_id).await;
-        let context = JobContext { may_delete: principal.has_scope(crate::auth::Scope::Delete), tags };
+        let context = JobContext { may_delete: principal.has_scope(crate::auth::Scope::Delete), tags, strategy };
         let id = format!("job_{}", uuid::Uuid::now_v7().simple());
         let row = store::NewJobRow {
             id: &id,

@@ -325,8 +325,13 @@ impl JobService {
         let input: ExtractItem = serde_json::from_str(&item.input)
             .map_err(|e| Failure::new(400, "INVALID_REQUEST", format!("the item is unreadable: {e}"), false))?;
         let scope: MemoryScope = principal.into();
-        let caller =
-            Caller { scope: &scope, org_id: &principal.org_id, plan: &principal.plan, may_delete: context.may_delete };
+        let caller = Caller {
+            scope: &scope,
+            org_id: &principal.org_id,
+            plan: &principal.plan,
+            may_delete: context.may_delete,
+            strategy: context.strategy.as_deref(),
+        };
         let scopes = input.scopes();
         // The plan of an earlier attempt, if it got that far: the same
         // operations are applied, whatever the extractor would say now.

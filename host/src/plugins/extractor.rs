@@ -79,6 +79,41 @@ impl Extractors<'_> {
         self.service.active(PluginKind::Extractor, Some(org_id), Some(plan))
     }
 
+    /// The extractors a request of the org may choose from by name (its
+    /// `strategy`): the ones activated for the org, for its plan and
+    /// globally, most specific first. An operator decides what is offered;
+    /// a caller only picks among it.
+    pub fn offered(&self, org_id: &str, plan: &str) -> Vec<Arc<Active>> {
+        let mut offered: Vec<Arc<Active>> = Vec::new();
+        for (org, plan) in [(Some(org_id), Some(plan)), (None, Some(plan)), (None, None)] {
+            if let Some(a) = self.service.active(PluginKind::Extractor, org, plan)
+                && !offered.iter().any(|o| o.plugin.record.name == a.plugin.record.name)
+            {
+                offered.push(a);
+            }
+        }
+        offered
+    }
+
+    /// The extractor for a request: the one named by `strategy` among those
+    /// [`offered`](Self::offered), else the org's active one. `Err` names
+    /// what is offered.
+    pub fn choose(&self, org_id: &str, plan: &str, strategy: Option<&str>) -> Result<Option<Arc<Active>>, String> {
+        let Some(name) = strategy else { return Ok(self.active(org_id, plan)) };
+        let offered = self.offered(org_id, plan);
+        match offered.iter().find(|a| a.plugin.record.name == name) {
+            Some(a) => Ok(Some(a.clone())),
+            None => {
+                let names: Vec<&str> = offered.iter().map(|a| a.plugin.record.name.as_str()).collect();
+                Err(format!(
+                    "strategy `{}`: no such extractor is offered to this org (offered: {})",
+                    name.chars().take(64).collect::<String>(),
+                    if names.is_empty() { "none".to_string() } else { names.join(", ") }
+                ))
+            }
+        }
+    }
+
     /// The operations for one dialogue. On a sandbox failure the previous
     /// version answers, where fallback is on.
     /// `model`: the LLM model the routing policy chose (none: the configured one).

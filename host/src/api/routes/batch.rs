@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::api::AppState;
 use crate::api::envelope::{ApiOk, Envelope, ErrorEnvelope};
 use crate::api::error::ApiError;
-use crate::api::extract::{ApiJson, Auth};
+use crate::api::extract::{ApiJson, ApiQuery, Auth};
 use crate::auth::{Principal, Scope};
 use crate::jobs::{ExtractItem, Job, NewJob};
 
@@ -22,6 +22,9 @@ pub struct BatchExtract {
     /// 1 to 1 000 dialogues, each extracted on its own with the org's
     /// extractor (each item's outcome is in the job's `results`).
     pub dialogues: Vec<ExtractItem>,
+    /// The extractor to use, by plugin name, among those offered to the org
+    /// (activated for it, its plan or globally); default: its active one.
+    pub strategy: Option<String>,
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -75,7 +78,7 @@ pub async fn extract(
     ApiJson(body): ApiJson<BatchExtract>,
 ) -> Result<Response, ApiError> {
     let principal = extractor_principal(&auth)?;
-    let job = state.jobs.submit(principal, NewJob::Extract(body.dialogues), tags(&headers)).await?;
+    let job = state.jobs.submit(principal, NewJob::Extract(body.dialogues), tags(&headers), body.strategy).await?;
     Ok(accepted(job))
 }
 
@@ -93,7 +96,7 @@ pub fn extractor_principal(auth: &Auth) -> Result<&Principal, ApiError> {
         (status = 401, body = ErrorEnvelope), (status = 429, description = "TOO_MANY_JOBS", body = ErrorEnvelope)))]
 pub async fn embeddings(State(state): State<AppState>, auth: Auth, headers: HeaderMap) -> Result<Response, ApiError> {
     let principal = auth.require(Scope::Write)?;
-    let job = state.jobs.submit(principal, NewJob::Embeddings, tags(&headers)).await?;
+    let job = state.jobs.submit(principal, NewJob::Embeddings, tags(&headers), None).await?;
     Ok(accepted(job))
 }
 
@@ -112,7 +115,7 @@ pub async fn get(State(state): State<AppState>, auth: Auth, Path(id): Path<Strin
 pub async fn list(
     State(state): State<AppState>,
     auth: Auth,
-    Query(q): Query<ListJobs>,
+    ApiQuery(q): ApiQuery<ListJobs>,
 ) -> Result<ApiOk<JobList>, ApiError> {
     let principal = auth.require(Scope::Read)?;
     let limit = q.limit.unwrap_or(20);

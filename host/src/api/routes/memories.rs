@@ -29,6 +29,9 @@ pub struct CreateMemory {
     /// the job; poll `GET /v1/batch/{job_id}`).
     #[serde(rename = "async", default)]
     pub run_async: bool,
+    /// With `messages`: the extractor to use, by plugin name, among those
+    /// offered to the org (activated for it, its plan or globally).
+    pub strategy: Option<String>,
     /// Any JSON object; filterable by top-level keys.
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<Map<String, Value>>,
@@ -95,6 +98,9 @@ pub async fn create(
         (Some(_), None) if body.run_async => {
             Err(ApiError::invalid_field("async", "`async` applies to `messages`; a `text` memory is stored at once"))
         }
+        (Some(_), None) if body.strategy.is_some() => {
+            Err(ApiError::invalid_field("strategy", "`strategy` (an extractor) applies to `messages`"))
+        }
         (Some(text), None) => {
             let memory =
                 state.memories.create(&principal.into(), text, body.metadata, scopes, &actor, &ctx.0.usage).await?;
@@ -112,7 +118,7 @@ pub async fn create(
             };
             let job = state
                 .jobs
-                .submit(principal, crate::jobs::NewJob::Extract(vec![item]), super::batch::tags(&headers))
+                .submit(principal, crate::jobs::NewJob::Extract(vec![item]), super::batch::tags(&headers), body.strategy)
                 .await?;
             Ok(super::batch::accepted(job))
         }
@@ -126,6 +132,7 @@ pub async fn create(
                 org_id: &principal.org_id,
                 plan: &principal.plan,
                 may_delete: principal.has_scope(Scope::Delete),
+                strategy: body.strategy.as_deref(),
             };
             let result = crate::extraction::extract(
                 &state.memories,
@@ -231,7 +238,7 @@ pub async fn batch_create(
             })
             .collect();
         let job =
-            state.jobs.submit(principal, crate::jobs::NewJob::Memories(items), super::batch::tags(&headers)).await?;
+            state.jobs.submit(principal, crate::jobs::NewJob::Memories(items), super::batch::tags(&headers), None).await?;
         return Ok(super::batch::accepted(job));
     }
     let scope: MemoryScope = principal.into();
