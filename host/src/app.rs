@@ -26,6 +26,7 @@ pub async fn build(config: Config) -> anyhow::Result<AppState> {
     // Policies read once at start: a bad one stops the start before anything runs.
     let model_router = config.model_router()?;
     let cache_policy = config.cache_policy()?;
+    crate::providers::prices::install(config.model_prices()?);
     let db = Database::connect(&config.store()).await?;
     let secret = auth::secret::load_or_create(config.secret.as_deref(), config.is_postgres(), &config.data_dir)?;
     let models_dir = config.models_dir();

@@ -230,6 +230,21 @@ impl Config {
         ModelRouter::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))
     }
 
+    /// The model price table: `<policies_dir>/model-prices.yaml`, else
+    /// `policies/model-prices.yaml` if present, else the bundled one.
+    pub fn model_prices(&self) -> anyhow::Result<crate::providers::prices::ModelPrices> {
+        use crate::providers::prices::ModelPrices;
+        let file = match &self.policies_dir {
+            Some(dir) => dir.join("model-prices.yaml"),
+            None => Path::new("policies").join("model-prices.yaml"),
+        };
+        if !file.exists() {
+            return Ok(ModelPrices::bundled());
+        }
+        let text = std::fs::read_to_string(&file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+        ModelPrices::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))
+    }
+
     /// The response cache policy: `<policies_dir>/caching.yaml`, else
     /// `policies/caching.yaml` if present, else the bundled one.
     pub fn cache_policy(&self) -> anyhow::Result<crate::memories::cache::CachePolicy> {

@@ -51,6 +51,11 @@ pub const SERIES: &[(&str, &str, &str)] = &[
     ("memhost_background_loop_running", "gauge", "1 while a background loop runs, by loop."),
     ("memhost_response_cache_total", "counter", "Cacheable requests (answer, retrieve, query) by result (hit, miss)."),
     ("memhost_response_cache_saved_tokens_total", "counter", "Tokens cache hits did not process, by kind."),
+    (
+        "memhost_response_cache_saved_cost_micros_total",
+        "counter",
+        "Provider cost cache hits did not spend, micro-USD, by kind.",
+    ),
     ("memhost_jobs_submitted_total", "counter", "Batch jobs submitted, by kind."),
     ("memhost_jobs_finished_total", "counter", "Batch jobs finished by this host, by kind and status."),
     ("memhost_jobs", "gauge", "Batch jobs queued or running (all hosts), by status."),

@@ -30,8 +30,14 @@ async fn used(server: &TestServer, key: &str, metric: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_are_cached_until_a_write() {
     let fake = crate::fake_llm::start(Duration::ZERO, 384).await;
-    let server = TestServer::start_with(Backend::Sqlite, &env_refs(&answer_env(&fake.url))).await;
-    let (_, key) = server.tenant();
+    // A price for the fake model, so answers cost something to save.
+    let tmp = tempfile::tempdir().unwrap();
+    let prices = "prices:\n  fake-chat: {input: 1000, output: 2000}\n";
+    let policies = policies_with(&tmp.path().join("policies"), "model-prices.yaml", prices);
+    let mut env = answer_env(&fake.url);
+    env.push(("MEMHOST_POLICIES_DIR", policies));
+    let server = TestServer::start_with(Backend::Sqlite, &env_refs(&env)).await;
+    let (org, key) = server.tenant();
     let (_, other) = server.tenant();
     server.add(&key, "Alice drinks green tea every morning.", json!({})).await;
     server.add(&other, "Alice drinks green tea every morning.", json!({})).await;
@@ -73,6 +79,16 @@ async fn answers_are_cached_until_a_write() {
     // Metered: hits and the tokens they saved.
     assert_eq!(used(&server, &key, "answer_cache_hits").await, 2);
     assert!(used(&server, &key, "cache_saved_tokens").await >= tokens_first);
+    // The answer's provider cost, priced by model-prices.yaml, is on its
+    // usage event; each hit saved as much.
+    let cost = server
+        .sql_number(&format!(
+            "SELECT CAST(MIN(cost_micros) AS TEXT) FROM usage_events WHERE org_id = '{org}' AND route = '/v1/query/answer' \
+             AND model_calls > 0"
+        ))
+        .await;
+    assert!(cost > 0, "priced: {cost}");
+    assert!(used(&server, &key, "cache_saved_cost_micros").await >= 2 * cost as u64);
     let metrics = server.call(reqwest::Method::GET, "/metrics", None, None).await;
     let text = metrics.body.as_str().unwrap_or_default().to_string();
     assert!(text.contains("memhost_response_cache_total{kind=\"answer\",result=\"hit\"} 2"), "{text}");

@@ -292,12 +292,16 @@ async fn a_request_picks_its_extractor_among_those_offered() {
     assert!(message.contains("extract-llm") && message.contains("extract-rules"), "names what is offered: {message}");
     // Another org is not offered the first org's extractor.
     server.post("/v1/memories", &other, said(Some("extract-llm"))).await.assert_error(400, "INVALID_REQUEST");
-    server.post("/v1/memories", &key, json!({"text": "x", "strategy": "extract-rules"})).await.assert_error(400, "INVALID_REQUEST");
+    server
+        .post("/v1/memories", &key, json!({"text": "x", "strategy": "extract-rules"}))
+        .await
+        .assert_error(400, "INVALID_REQUEST");
 
     // In a job: checked when submitted, used for every item.
     let bad = json!({"dialogues": [{"messages": [{"role": "user", "content": "I like go."}]}], "strategy": "nope"});
     server.post("/v1/batch/extract", &key, bad).await.assert_error(400, "INVALID_REQUEST");
-    let job = json!({"dialogues": [{"messages": [{"role": "user", "content": "I like go."}]}], "strategy": "extract-rules"});
+    let job =
+        json!({"dialogues": [{"messages": [{"role": "user", "content": "I like go."}]}], "strategy": "extract-rules"});
     let id = server.post("/v1/batch/extract", &key, job).await.assert_ok(202)["id"].as_str().unwrap().to_string();
     let start = std::time::Instant::now();
     let done = loop {

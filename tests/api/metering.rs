@@ -134,6 +134,7 @@ async fn from_events(s: &TestServer, org: &str, env: &str) -> BTreeMap<&'static 
     };
     m.insert("answer_cache_hits", s.sql_number(&q(&quantity("cache_hits"))).await);
     m.insert("cache_saved_tokens", s.sql_number(&q(&quantity("cache_saved_tokens"))).await);
+    m.insert("cache_saved_cost_micros", s.sql_number(&q(&quantity("cache_saved_cost_micros"))).await);
     m
 }
 

@@ -21,6 +21,7 @@ use crate::metering::RequestUsage;
 use crate::plugins::extractor::{ExistingMemory, ExtractInput, MemoryOp, Turn};
 use crate::plugins::runtime::HostUsage;
 use crate::plugins::{PluginFailure, PluginService};
+use crate::providers::prices;
 
 /// Turns per request.
 pub const MAX_TURNS: usize = 200;
@@ -384,7 +385,7 @@ pub async fn apply(
 /// as the host's own would.
 fn meter_host_usage(host: &HostUsage, usage: &RequestUsage) {
     for call in &host.model_calls {
-        usage.add_model_call(&call.model, 0);
+        usage.add_model_call(&call.model, prices::cost(&call.model, call.input_tokens, call.output_tokens));
         usage.add_tokens(call.input_tokens);
         usage.add_output_tokens(call.output_tokens);
     }
@@ -392,7 +393,7 @@ fn meter_host_usage(host: &HostUsage, usage: &RequestUsage) {
         usage.add_embeddings(host.embedded_texts);
         usage.add_tokens(host.embedding_tokens);
         if let Some(model) = &host.embedding_model {
-            usage.add_model_call(model, 0);
+            usage.add_model_call(model, prices::cost(model, host.embedding_tokens, 0));
         }
     }
 }

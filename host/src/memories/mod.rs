@@ -21,6 +21,7 @@ use uuid::Uuid;
 
 use crate::auth::{Environment, Principal};
 use crate::metering::{RequestUsage, estimate_tokens};
+use crate::providers::prices;
 use crate::providers::rerank::Reranker;
 use crate::providers::routing::{ModelRouter, RouteFacts};
 use crate::providers::{Answerer, Embedders, ProviderError};
@@ -271,6 +272,7 @@ pub struct MemoryService {
 /// The usage quantities a cache hit reports (metrics in `metrics.yaml`).
 pub const CACHE_HITS: &str = "cache_hits";
 pub const CACHE_SAVED_TOKENS: &str = "cache_saved_tokens";
+pub const CACHE_SAVED_COST: &str = "cache_saved_cost_micros";
 
 impl MemoryService {
     pub fn new(
@@ -333,8 +335,15 @@ impl MemoryService {
             && let Some(hit) = self.cache.get(k).await
         {
             let saved = hit["tokens"].as_u64().unwrap_or(0);
+            let saved_cost = hit["cost_micros"].as_u64().unwrap_or(0);
             usage.add_quantity(CACHE_HITS, 1);
             usage.add_quantity(CACHE_SAVED_TOKENS, saved);
+            usage.add_quantity(CACHE_SAVED_COST, saved_cost);
+            crate::telemetry::inc(
+                "memhost_response_cache_saved_cost_micros_total",
+                &[("kind", kind.as_str())],
+                saved_cost,
+            );
             usage.add_read(hit["result"]["memories"].as_array().map_or(0, |m| m.len() as u64));
             crate::telemetry::inc("memhost_response_cache_total", &[("kind", kind.as_str()), ("result", "hit")], 1);
             crate::telemetry::inc("memhost_response_cache_saved_tokens_total", &[("kind", kind.as_str())], saved);
@@ -342,12 +351,14 @@ impl MemoryService {
             result["cached"] = Value::Bool(true);
             return Ok(result);
         }
-        let before = usage.snapshot().tokens_processed;
+        let (before, before_cost) = (usage.snapshot().tokens_processed, usage.cost_micros());
         let mut result = compute().await?;
         result["cached"] = Value::Bool(false);
         if let Some(k) = key {
             let tokens = usage.snapshot().tokens_processed.saturating_sub(before);
-            self.cache.put(&k, kind, &serde_json::json!({"result": result, "tokens": tokens})).await;
+            let cost = usage.cost_micros().saturating_sub(before_cost).max(0);
+            let entry = serde_json::json!({"result": result, "tokens": tokens, "cost_micros": cost});
+            self.cache.put(&k, kind, &entry).await;
             crate::telemetry::inc("memhost_response_cache_total", &[("kind", kind.as_str()), ("result", "miss")], 1);
         }
         Ok(result)
@@ -573,7 +584,9 @@ impl MemoryService {
             results.truncate(keep);
             let texts: Vec<&str> = results.iter().map(|r| r.memory.text.as_str()).collect();
             let scores = reranker.rerank(&params.query, &texts).await?;
-            usage.add_model_call(reranker.model(), 0);
+            let tokens = estimate_tokens(&params.query) * texts.len() as u64
+                + texts.iter().map(|t| estimate_tokens(t)).sum::<u64>();
+            usage.add_model_call(reranker.model(), prices::cost(reranker.model(), tokens, 0));
             for (r, s) in results.iter_mut().zip(scores) {
                 r.scores.rerank = Some(s);
             }
@@ -626,22 +639,18 @@ impl MemoryService {
             strategy: "",
         });
         let answer = self.answerer.answer(&params.query, &texts, model.as_deref()).await?;
-        if self.answerer.is_remote() {
-            usage.add_model_call(&answer.model, 0);
-        }
         // What the answer was made from (in) and the answer itself (out),
         // as the provider reports them or estimated.
         let context_tokens = texts.iter().map(|t| estimate_tokens(t)).sum::<u64>();
         let answer_tokens = estimate_tokens(&answer.text);
-        match answer.tokens {
-            Some(total) => {
-                usage.add_output_tokens(answer_tokens.min(total));
-                usage.add_tokens(total.saturating_sub(answer_tokens.min(total)));
-            }
-            None => {
-                usage.add_tokens(context_tokens);
-                usage.add_output_tokens(answer_tokens);
-            }
+        let (tokens_in, tokens_out) = match answer.tokens {
+            Some(total) => (total.saturating_sub(answer_tokens.min(total)), answer_tokens.min(total)),
+            None => (context_tokens, answer_tokens),
+        };
+        usage.add_tokens(tokens_in);
+        usage.add_output_tokens(tokens_out);
+        if self.answerer.is_remote() {
+            usage.add_model_call(&answer.model, prices::cost(&answer.model, tokens_in, tokens_out));
         }
         Ok(AnswerResult { answer: answer.text, model: answer.model, memories, cached: false })
     }
@@ -652,7 +661,7 @@ impl MemoryService {
         usage.add_tokens(estimate_tokens(text));
         usage.add_embeddings(1);
         if embedder.is_remote() {
-            usage.add_model_call(embedder.model(), 0);
+            usage.add_model_call(embedder.model(), prices::cost(embedder.model(), estimate_tokens(text), 0));
         }
         let vector = vectors.pop().ok_or_else(|| ProviderError("no embedding returned".into()))?;
         Ok(Embedding { vector, model: embedder.model().to_string() })
@@ -721,10 +730,11 @@ impl MemoryService {
         let embedder = self.embedders.current();
         let texts: Vec<&str> = page.iter().map(|s| s.text.as_str()).collect();
         let vectors = embedder.embed(&texts).await?;
+        let tokens: u64 = texts.iter().map(|t| estimate_tokens(t)).sum();
         usage.add_embeddings(page.len() as u64);
-        usage.add_tokens(texts.iter().map(|t| estimate_tokens(t)).sum());
+        usage.add_tokens(tokens);
         if embedder.is_remote() {
-            usage.add_model_call(embedder.model(), 0);
+            usage.add_model_call(embedder.model(), prices::cost(embedder.model(), tokens, 0));
         }
         for (s, vector) in page.iter().zip(vectors) {
             let embedding = Embedding { vector, model: embedder.model().to_string() };

@@ -110,6 +110,11 @@ impl RequestUsage {
         *self.quantities.lock().unwrap_or_else(|e| e.into_inner()).entry(name.to_string()).or_default() += n;
     }
 
+    /// Provider cost so far, micro-USD.
+    pub fn cost_micros(&self) -> i64 {
+        self.cost_micros.load(Ordering::Relaxed)
+    }
+
     pub fn snapshot(&self) -> UsageSnapshot {
         UsageSnapshot {
             tokens_processed: get(&self.tokens_in) + get(&self.tokens_out),

@@ -10,6 +10,7 @@ pub mod completion;
 pub mod embedding;
 pub mod models;
 mod openai;
+pub mod prices;
 pub mod rerank;
 pub mod routing;
 pub mod semantic;

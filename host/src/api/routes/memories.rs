@@ -118,7 +118,12 @@ pub async fn create(
             };
             let job = state
                 .jobs
-                .submit(principal, crate::jobs::NewJob::Extract(vec![item]), super::batch::tags(&headers), body.strategy)
+                .submit(
+                    principal,
+                    crate::jobs::NewJob::Extract(vec![item]),
+                    super::batch::tags(&headers),
+                    body.strategy,
+                )
                 .await?;
             Ok(super::batch::accepted(job))
         }
@@ -237,8 +242,10 @@ pub async fn batch_create(
                 run_id: m.run_id,
             })
             .collect();
-        let job =
-            state.jobs.submit(principal, crate::jobs::NewJob::Memories(items), super::batch::tags(&headers), None).await?;
+        let job = state
+            .jobs
+            .submit(principal, crate::jobs::NewJob::Memories(items), super::batch::tags(&headers), None)
+            .await?;
         return Ok(super::batch::accepted(job));
     }
     let scope: MemoryScope = principal.into();
