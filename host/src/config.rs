@@ -200,64 +200,48 @@ impl Config {
         self.models.dir(&self.data_dir)
     }
 
-    /// The retrieval ranking policy: `<policies_dir>/retrieval.yaml`, else
-    /// `policies/retrieval.yaml` if present, else the bundled one.
+    /// A policy read once at start: `<policies_dir>/<name>`, else
+    /// `policies/<name>` if present, else the bundled one. A file that does
+    /// not parse stops the start, named.
+    fn start_policy<T, E: std::fmt::Display>(
+        &self,
+        name: &str,
+        bundled: impl FnOnce() -> T,
+        parse: impl FnOnce(&str) -> Result<T, E>,
+    ) -> anyhow::Result<T> {
+        let file = match &self.policies_dir {
+            Some(dir) => dir.join(name),
+            None => Path::new("policies").join(name),
+        };
+        if !file.exists() {
+            return Ok(bundled());
+        }
+        let text = std::fs::read_to_string(&file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+        parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))
+    }
+
+    /// Retrieval ranking (`retrieval.yaml`).
     pub fn ranking_policy(&self) -> anyhow::Result<crate::memories::ranking::RankingPolicy> {
         use crate::memories::ranking::RankingPolicy;
-        let file = match &self.policies_dir {
-            Some(dir) => dir.join("retrieval.yaml"),
-            None => Path::new("policies").join("retrieval.yaml"),
-        };
-        if !file.exists() {
-            return Ok(RankingPolicy::bundled());
-        }
-        let text = std::fs::read_to_string(&file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-        RankingPolicy::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))
+        self.start_policy("retrieval.yaml", RankingPolicy::bundled, RankingPolicy::parse)
     }
 
-    /// The model routing policy: `<policies_dir>/model-routing.yaml`, else
-    /// `policies/model-routing.yaml` if present, else the bundled one.
+    /// Model routing (`model-routing.yaml`).
     pub fn model_router(&self) -> anyhow::Result<crate::providers::routing::ModelRouter> {
         use crate::providers::routing::ModelRouter;
-        let file = match &self.policies_dir {
-            Some(dir) => dir.join("model-routing.yaml"),
-            None => Path::new("policies").join("model-routing.yaml"),
-        };
-        if !file.exists() {
-            return Ok(ModelRouter::bundled());
-        }
-        let text = std::fs::read_to_string(&file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-        ModelRouter::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))
+        self.start_policy("model-routing.yaml", ModelRouter::bundled, ModelRouter::parse)
     }
 
-    /// The model price table: `<policies_dir>/model-prices.yaml`, else
-    /// `policies/model-prices.yaml` if present, else the bundled one.
+    /// Provider model prices (`model-prices.yaml`).
     pub fn model_prices(&self) -> anyhow::Result<crate::providers::prices::ModelPrices> {
         use crate::providers::prices::ModelPrices;
-        let file = match &self.policies_dir {
-            Some(dir) => dir.join("model-prices.yaml"),
-            None => Path::new("policies").join("model-prices.yaml"),
-        };
-        if !file.exists() {
-            return Ok(ModelPrices::bundled());
-        }
-        let text = std::fs::read_to_string(&file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-        ModelPrices::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))
+        self.start_policy("model-prices.yaml", ModelPrices::bundled, ModelPrices::parse)
     }
 
-    /// The response cache policy: `<policies_dir>/caching.yaml`, else
-    /// `policies/caching.yaml` if present, else the bundled one.
+    /// The response cache (`caching.yaml`).
     pub fn cache_policy(&self) -> anyhow::Result<crate::memories::cache::CachePolicy> {
         use crate::memories::cache::CachePolicy;
-        let file = match &self.policies_dir {
-            Some(dir) => dir.join("caching.yaml"),
-            None => Path::new("policies").join("caching.yaml"),
-        };
-        if !file.exists() {
-            return Ok(CachePolicy::bundled());
-        }
-        let text = std::fs::read_to_string(&file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-        CachePolicy::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))
+        self.start_policy("caching.yaml", CachePolicy::bundled, CachePolicy::parse)
     }
 
     /// What the database connection needs.

@@ -164,21 +164,11 @@ async fn the_routing_policy_picks_the_model() {
 "#;
     let policies = policies_with(&tmp.path().join("policies"), "model-routing.yaml", rule);
     let mut env = answer_env(&fake.url);
-    env.extend([
-        ("MEMHOST_COMPLETIONS__PROVIDER", "openai".to_string()),
-        ("MEMHOST_COMPLETIONS__BASE_URL", fake.url.clone()),
-        ("MEMHOST_COMPLETIONS__MODEL", "fake-extract".to_string()),
-        ("MEMHOST_COMPLETIONS__API_KEY", "sk-fake".to_string()),
-        ("MEMHOST_POLICIES_DIR", policies.clone()),
-    ]);
+    env.extend(crate::fake_llm::completions_env(&fake.url));
+    env.push(("MEMHOST_POLICIES_DIR", policies.clone()));
     let server = TestServer::start_with(Backend::Sqlite, &env_refs(&env)).await;
-    let (_, admin) = server.operator();
-    let list = server.get("/admin/plugins?kind=extractor", &admin).await;
-    let plugins = list.assert_ok(200)["plugins"].as_array().unwrap().clone();
-    let llm = plugins.iter().find(|p| p["name"] == "extract-llm").unwrap()["id"].as_str().unwrap().to_string();
     let (org, key) = server.tenant();
-    let body = json!({"target": format!("org:{org}"), "config": {}});
-    server.post(&format!("/admin/plugins/{llm}/activate"), &admin, body).await.assert_ok(200);
+    crate::fake_llm::activate_llm_extractor(&server, &org).await;
 
     let short = json!({"messages": [{"role": "user", "content": "I like tea."}]});
     let r = server.post("/v1/memories", &key, short).await;

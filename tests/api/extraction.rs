@@ -259,21 +259,11 @@ async fn an_extractor_without_its_llm_is_502() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_picks_its_extractor_among_those_offered() {
     let fake = crate::fake_llm::start(std::time::Duration::ZERO, 384).await;
-    let env = [
-        ("MEMHOST_COMPLETIONS__PROVIDER", "openai".to_string()),
-        ("MEMHOST_COMPLETIONS__BASE_URL", fake.url.clone()),
-        ("MEMHOST_COMPLETIONS__MODEL", "fake-extract".to_string()),
-        ("MEMHOST_COMPLETIONS__API_KEY", "sk-fake".to_string()),
-    ];
+    let env = crate::fake_llm::completions_env(&fake.url);
     let server = TestServer::start_with(Backend::Sqlite, &crate::common::env_refs(&env)).await;
-    let (_, admin) = server.operator();
-    let list = server.get("/admin/plugins?kind=extractor", &admin).await;
-    let plugins = list.assert_ok(200)["plugins"].as_array().unwrap().clone();
-    let llm = plugins.iter().find(|p| p["name"] == "extract-llm").unwrap()["id"].as_str().unwrap().to_string();
     let (org, key) = server.tenant();
     let (_, other) = server.tenant();
-    let body = json!({"target": format!("org:{org}"), "config": {}});
-    server.post(&format!("/admin/plugins/{llm}/activate"), &admin, body).await.assert_ok(200);
+    crate::fake_llm::activate_llm_extractor(&server, &org).await;
 
     let said = |strategy: Option<&str>| {
         let mut b = json!({"messages": [{"role": "user", "content": "I like chess problems."}]});
@@ -303,15 +293,7 @@ async fn a_request_picks_its_extractor_among_those_offered() {
     let job =
         json!({"dialogues": [{"messages": [{"role": "user", "content": "I like go."}]}], "strategy": "extract-rules"});
     let id = server.post("/v1/batch/extract", &key, job).await.assert_ok(202)["id"].as_str().unwrap().to_string();
-    let start = std::time::Instant::now();
-    let done = loop {
-        let j = server.get(&format!("/v1/batch/{id}"), &key).await.assert_ok(200).clone();
-        if j["status"] == "completed" {
-            break j;
-        }
-        assert!(start.elapsed() < std::time::Duration::from_secs(30), "{j}");
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    };
+    let done = crate::jobs::wait_job(&server, &key, &id, std::time::Duration::from_secs(30)).await;
     assert_eq!(done["results"][0]["result"]["extractor"]["name"], "extract-rules", "{done}");
     assert_eq!(fake.seen.lock().unwrap().chat_calls, 1, "only the default extraction asked the LLM");
 }

@@ -148,3 +148,24 @@ fn extraction_answer(prompt: &str) -> String {
     }
     format!("```json\n{}\n```", json!({"operations": ops}))
 }
+
+/// The environment that points the host's completions provider (the LLM
+/// extractor plugins' `llm` import) at the fake, model `fake-extract`.
+pub fn completions_env(url: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("MEMHOST_COMPLETIONS__PROVIDER", "openai".to_string()),
+        ("MEMHOST_COMPLETIONS__BASE_URL", url.to_string()),
+        ("MEMHOST_COMPLETIONS__MODEL", "fake-extract".to_string()),
+        ("MEMHOST_COMPLETIONS__API_KEY", "sk-fake".to_string()),
+    ]
+}
+
+/// Activates the built-in `extract-llm` for one org.
+pub async fn activate_llm_extractor(server: &crate::common::TestServer, org: &str) {
+    let (_, admin) = server.operator();
+    let list = server.get("/admin/plugins?kind=extractor", &admin).await;
+    let plugins = list.assert_ok(200)["plugins"].as_array().unwrap().clone();
+    let llm = plugins.iter().find(|p| p["name"] == "extract-llm").unwrap()["id"].as_str().unwrap().to_string();
+    let body = json!({"target": format!("org:{org}"), "config": {}});
+    server.post(&format!("/admin/plugins/{llm}/activate"), &admin, body).await.assert_ok(200);
+}

@@ -17,7 +17,7 @@ both_backends!(
 );
 
 /// Polls a job until it is final.
-async fn wait_job(server: &TestServer, key: &str, id: &str, timeout: Duration) -> Value {
+pub async fn wait_job(server: &TestServer, key: &str, id: &str, timeout: Duration) -> Value {
     let start = Instant::now();
     loop {
         let r = server.get(&format!("/v1/batch/{id}"), key).await;
@@ -214,22 +214,11 @@ async fn a_job_survives_kill_9_exactly_once() {
 async fn job_survives_kill_9(backend: Backend) {
     // A slow LLM, so the kill lands while items are in flight.
     let fake = crate::fake_llm::start(Duration::from_millis(250), 384).await;
-    let env = [
-        ("MEMHOST_COMPLETIONS__PROVIDER", "openai".to_string()),
-        ("MEMHOST_COMPLETIONS__BASE_URL", fake.url.clone()),
-        ("MEMHOST_COMPLETIONS__MODEL", "fake-extract".to_string()),
-        ("MEMHOST_COMPLETIONS__API_KEY", "sk-fake".to_string()),
-        ("MEMHOST_JOBS__LEASE_SECS", "2".to_string()),
-        ("MEMHOST_JOBS__WORKERS", "1".to_string()),
-    ];
+    let mut env = crate::fake_llm::completions_env(&fake.url);
+    env.extend([("MEMHOST_JOBS__LEASE_SECS", "2".to_string()), ("MEMHOST_JOBS__WORKERS", "1".to_string())]);
     let mut server = TestServer::start_with(backend, &crate::common::env_refs(&env)).await;
-    let (_, admin) = server.operator();
-    let list = server.get("/admin/plugins?kind=extractor", &admin).await;
-    let plugins = list.assert_ok(200)["plugins"].as_array().unwrap().clone();
-    let llm = plugins.iter().find(|p| p["name"] == "extract-llm").unwrap()["id"].as_str().unwrap().to_string();
     let (org, key) = server.tenant();
-    let body = json!({"target": format!("org:{org}"), "config": {}});
-    server.post(&format!("/admin/plugins/{llm}/activate"), &admin, body).await.assert_ok(200);
+    crate::fake_llm::activate_llm_extractor(&server, &org).await;
 
     const N: usize = 12;
     let dialogues: Vec<Value> = (0..N)

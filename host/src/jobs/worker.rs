@@ -287,23 +287,7 @@ impl JobService {
                 .await
                 .map_err(|e| Ended::Retry(e.into()))?;
         if !metered {
-            let facts = EventFacts {
-                org_id: &job.org_id,
-                environment: principal.environment,
-                key_id: &principal.key_id,
-                method: "POST",
-                route: job.kind.route(),
-                status,
-                billable: status < 500,
-                request_id: &request_id,
-                processing_us: started.elapsed().as_micros() as u64,
-                tags: context.tags.clone(),
-            };
-            let submission =
-                Submission { event: UsageEvent::new(facts, &usage), ip: None, user_agent: None, completion: None };
-            if let Err(e) = self.inner.meter.submit(submission).await {
-                return Err(Ended::Retry(Failure::new(503, "METERING_UNAVAILABLE", e, true)));
-            }
+            self.meter(job, principal, context, &request_id, status, started, &usage).await.map_err(Ended::Retry)?;
         }
         match store::finish_item(db, &job.id, item.idx, &self.inner.owner, done, result.as_ref(), error.as_ref()).await
         {
@@ -311,6 +295,36 @@ impl JobService {
             Ok(false) => Err(Ended::Done),
             Err(e) => Err(Ended::Retry(e.into())),
         }
+    }
+
+    /// Writes one usage event for work of the job (an item, a page), on
+    /// the route the job was submitted on; durable when this returns.
+    #[allow(clippy::too_many_arguments)]
+    async fn meter(
+        &self,
+        job: &Claimed,
+        principal: &Principal,
+        context: &JobContext,
+        request_id: &str,
+        status: u16,
+        started: Instant,
+        usage: &RequestUsage,
+    ) -> Result<(), Failure> {
+        let facts = EventFacts {
+            org_id: &job.org_id,
+            environment: principal.environment,
+            key_id: &principal.key_id,
+            method: "POST",
+            route: job.kind.route(),
+            status,
+            billable: status < 500,
+            request_id,
+            processing_us: started.elapsed().as_micros() as u64,
+            tags: context.tags.clone(),
+        };
+        let submission =
+            Submission { event: UsageEvent::new(facts, usage), ip: None, user_agent: None, completion: None };
+        self.inner.meter.submit(submission).await.map_err(|e| Failure::new(503, "METERING_UNAVAILABLE", e, true))
     }
 
     async fn extract_item(
@@ -423,22 +437,8 @@ impl JobService {
             // One event per page (re-embedding twice after a crash is
             // harmless, and metered as the work it is).
             let request_id = format!("{}:{}:{}", job.id, job.attempts, page_no);
-            let facts = EventFacts {
-                org_id: &job.org_id,
-                environment: principal.environment,
-                key_id: &principal.key_id,
-                method: "POST",
-                route: job.kind.route(),
-                status: 200,
-                billable: true,
-                request_id: &request_id,
-                processing_us: started.elapsed().as_micros() as u64,
-                tags: context.tags.clone(),
-            };
-            let submission =
-                Submission { event: UsageEvent::new(facts, &usage), ip: None, user_agent: None, completion: None };
-            if let Err(e) = self.inner.meter.submit(submission).await {
-                return Ended::Retry(Failure::new(503, "METERING_UNAVAILABLE", e, true));
+            if let Err(f) = self.meter(job, principal, context, &request_id, 200, started, &usage).await {
+                return Ended::Retry(f);
             }
             match store::advance(&self.inner.db, &job.id, &self.inner.owner, &last.to_string(), n as u64).await {
                 Ok(true) => {}

@@ -164,22 +164,10 @@ pub const MAX_BATCH_ITEMS: usize = 1000;
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct BatchMemory {
-    pub text: String,
-    #[schema(value_type = Option<Object>)]
-    pub metadata: Option<Map<String, Value>>,
-    pub user_id: Option<String>,
-    pub agent_id: Option<String>,
-    pub app_id: Option<String>,
-    pub run_id: Option<String>,
-}
-
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct BatchCreate {
     /// 1 to 1 000 memories, each created on its own: one that fails does
     /// not stop the others.
-    pub memories: Vec<BatchMemory>,
+    pub memories: Vec<crate::jobs::MemoryItem>,
     /// Create them in a batch job instead of waiting (202 with the job).
     #[serde(rename = "async", default)]
     pub run_async: bool,
@@ -230,18 +218,7 @@ pub async fn batch_create(
         ));
     }
     if body.run_async {
-        let items = body
-            .memories
-            .into_iter()
-            .map(|m| crate::jobs::MemoryItem {
-                text: m.text,
-                metadata: m.metadata,
-                user_id: m.user_id,
-                agent_id: m.agent_id,
-                app_id: m.app_id,
-                run_id: m.run_id,
-            })
-            .collect();
+        let items = body.memories;
         let job = state
             .jobs
             .submit(principal, crate::jobs::NewJob::Memories(items), super::batch::tags(&headers), None)
@@ -252,8 +229,7 @@ pub async fn batch_create(
     let actor = actor(&ctx, &auth);
     let mut results = Vec::with_capacity(body.memories.len());
     for (index, item) in body.memories.into_iter().enumerate() {
-        let scopes =
-            Scopes { user_id: item.user_id, agent_id: item.agent_id, app_id: item.app_id, run_id: item.run_id };
+        let scopes = item.scopes();
         match state.memories.create(&scope, item.text, item.metadata, scopes, &actor, &ctx.0.usage).await {
             Ok(memory) => results.push(BatchItemResult { index, status: "created", memory: Some(memory), error: None }),
             Err(MemoryError::Invalid { field, message }) => {
