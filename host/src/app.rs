@@ -100,6 +100,8 @@ pub async fn build(config: Config) -> anyhow::Result<AppState> {
         billing.clone(),
         meter.clone(),
     );
+    let j = jobs.clone();
+    supervisor.spawn("job-retention", move |shutdown| j.clone().retention_loop(shutdown));
     for _ in 0..config.jobs.workers {
         let j = jobs.clone();
         supervisor.spawn("job-worker", move |shutdown| j.clone().worker_loop(shutdown));

@@ -130,7 +130,7 @@ async fn batch_extract_reports_each_item(backend: Backend) {
 /// once while queued, and are invisible to other orgs. Per-org pending jobs
 /// are capped.
 async fn jobs_queue_list_and_cancel(backend: Backend) {
-    let server =
+    let mut server =
         TestServer::start_with(backend, &[("MEMHOST_JOBS__WORKERS", "0"), ("MEMHOST_JOBS__MAX_PENDING_PER_ORG", "3")])
             .await;
     let (_, key) = server.tenant();
@@ -175,6 +175,22 @@ async fn jobs_queue_list_and_cancel(backend: Backend) {
     let canceled = server.get("/v1/batch?status=canceled", &key).await;
     assert_eq!(canceled.assert_ok(200)["jobs"].as_array().unwrap().len(), 1);
     server.get("/v1/batch/job_nope", &key).await.assert_error(404, "JOB_NOT_FOUND");
+
+    // Finished jobs past `jobs.retention_days` are pruned (at start, then
+    // hourly); unfinished ones stay.
+    server
+        .sql_exec(&format!("UPDATE batch_jobs SET finished_at = '2020-01-01T00:00:00.000000Z' WHERE id = '{}'", ids[0]))
+        .await
+        .unwrap();
+    server.terminate();
+    assert_eq!(server.wait_exit(Duration::from_secs(20)), Some(0));
+    server.restart();
+    let start = Instant::now();
+    while server.get(&format!("/v1/batch/{}", ids[0]), &key).await.status.as_u16() != 404 {
+        assert!(start.elapsed() < Duration::from_secs(10), "the old finished job is still there");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    server.get(&format!("/v1/batch/{}", ids[1]), &key).await.assert_ok(200);
 }
 
 /// `POST /v1/batch/embeddings` re-embeds every memory of the org (and no

@@ -62,6 +62,8 @@ pub struct JobsConfig {
     pub backoff_ms: u64,
     /// How often an idle worker looks for work, in milliseconds.
     pub poll_ms: u64,
+    /// Days a finished job (and its items' results) is kept; 0: for ever.
+    pub retention_days: u32,
 }
 
 impl Default for JobsConfig {
@@ -74,6 +76,7 @@ impl Default for JobsConfig {
             max_attempts: 5,
             backoff_ms: 1000,
             poll_ms: 250,
+            retention_days: 30,
         }
     }
 }
@@ -416,6 +419,26 @@ impl JobService {
         }
         store::request_cancel(&self.inner.db, &job.id).await?;
         self.get(principal, id, false).await
+    }
+
+    /// Deletes finished jobs older than `retention_days`, hourly (under the
+    /// supervisor).
+    pub async fn retention_loop(self, mut shutdown: crate::supervisor::Shutdown) {
+        loop {
+            let days = self.inner.config.retention_days;
+            if days > 0 {
+                let before = chrono::Utc::now() - chrono::Duration::days(i64::from(days));
+                match store::prune(&self.inner.db, before).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(jobs = n, "jobs: pruned finished jobs past retention"),
+                    Err(e) => tracing::warn!(error = %e, "jobs: pruning failed"),
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_secs(3600)) => {}
+                _ = shutdown.requested() => return,
+            }
+        }
     }
 
     /// Counts for `/metrics` and `/ready`.

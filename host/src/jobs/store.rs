@@ -154,6 +154,16 @@ pub async fn request_cancel(db: &Database, id: &str) -> sqlx::Result<()> {
     tx.commit().await
 }
 
+/// Deletes jobs that finished before `before`, with their items.
+pub async fn prune(db: &Database, before: DateTime<Utc>) -> sqlx::Result<u64> {
+    let mut tx = db.begin().await?;
+    let finished = "SELECT id FROM batch_jobs WHERE status IN ('completed', 'failed', 'canceled') AND finished_at < $1";
+    sql(format!("DELETE FROM batch_job_items WHERE job_id IN ({finished})")).bind(before).execute(&mut tx).await?;
+    let n = sql(format!("DELETE FROM batch_jobs WHERE id IN ({finished})")).bind(before).execute(&mut tx).await?;
+    tx.commit().await?;
+    Ok(n)
+}
+
 /// Queued and running jobs over all orgs.
 pub async fn depth(db: &Database) -> sqlx::Result<(u64, u64)> {
     let row = sql("SELECT COALESCE(SUM(CASE WHEN status = 'queued' THEN 1 ELSE 0 END), 0) AS queued, \
