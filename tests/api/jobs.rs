@@ -309,3 +309,32 @@ async fn the_priority_lane_goes_first() {
     let started = |j: &Value| j["started_at"].as_str().unwrap().to_string();
     assert!(started(&b) <= started(&a), "priority first: {b} vs {a}");
 }
+
+/// Items that keep failing with a retryable error (an LLM extractor whose
+/// LLM is unreachable) are retried up to `jobs.max_attempts` each and then
+/// fail alone, with their error: the job completes, however many items
+/// needed retries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retried_items_fail_alone_not_the_job() {
+    let server = TestServer::start_with(
+        Backend::Sqlite,
+        &[("MEMHOST_JOBS__MAX_ATTEMPTS", "2"), ("MEMHOST_JOBS__BACKOFF_MS", "10")],
+    )
+    .await;
+    let (org, key) = server.tenant();
+    // No [completions] provider: extract-llm answers llm-unavailable, retryable.
+    crate::fake_llm::activate_llm_extractor(&server, &org).await;
+    let dialogues: Vec<Value> =
+        (0..3).map(|i| json!({"messages": [{"role": "user", "content": format!("I like puzzle {i}.")}]})).collect();
+    let r = server.post("/v1/batch/extract", &key, json!({"dialogues": dialogues})).await;
+    let id = r.assert_ok(202)["id"].as_str().unwrap().to_string();
+    let job = wait_job(&server, &key, &id, Duration::from_secs(30)).await;
+    assert_eq!(job["status"], "completed", "{job}");
+    assert_eq!((job["done_items"].as_u64(), job["failed_items"].as_u64()), (Some(0), Some(3)), "{job}");
+    for item in job["results"].as_array().unwrap() {
+        assert_eq!(item["status"], "failed", "{job}");
+        assert_eq!(item["attempts"], 2, "each item tried max_attempts times: {job}");
+        assert_eq!(item["error"]["code"], "EXTRACTOR_FAILED", "{job}");
+        assert_eq!(item["error"]["retryable"], true, "{job}");
+    }
+}

@@ -78,8 +78,13 @@ impl From<sqlx::Error> for Failure {
 enum Ended {
     /// Finished (or handed back, or lost): nothing more to do here.
     Done,
-    /// A retryable failure: run again after a backoff.
+    /// A retryable failure of the job itself (the database, metering):
+    /// run again after a backoff; after `max_attempts` claims the job fails.
     Retry(Failure),
+    /// A retryable failure of one item, at its `n`th attempt: run again
+    /// after a backoff. Bounded per item (`run_item`), so it never fails
+    /// the job however many items needed a retry.
+    RetryItem(Failure, u32),
 }
 
 impl JobService {
@@ -143,17 +148,19 @@ impl JobService {
         tracing::info!(job = %job.id, kind = job.kind.as_str(), attempt = job.attempts, "jobs: running");
         let ended = self.run_items(&job, &lost).await;
         renewer.abort();
-        if let Ended::Retry(failure) = ended {
-            let attempts = job.attempts;
-            if attempts >= self.inner.config.max_attempts {
+        let (failure, attempt) = match ended {
+            Ended::Done => return,
+            Ended::Retry(failure) if job.attempts >= self.inner.config.max_attempts => {
                 self.end(&job, JobStatus::Failed, Some(failure)).await;
-            } else {
-                let after = Utc::now() + chrono::Duration::milliseconds(self.backoff(attempts).as_millis() as i64);
-                tracing::warn!(job = %job.id, code = %failure.code, error = %failure.message, "jobs: will retry");
-                if let Err(e) = store::release(&self.inner.db, &job.id, &self.inner.owner, after).await {
-                    tracing::warn!(job = %job.id, error = %e, "jobs: could not hand back; its lease will");
-                }
+                return;
             }
+            Ended::Retry(failure) => (failure, job.attempts),
+            Ended::RetryItem(failure, attempt) => (failure, attempt),
+        };
+        let after = Utc::now() + chrono::Duration::milliseconds(self.backoff(attempt).as_millis() as i64);
+        tracing::warn!(job = %job.id, code = %failure.code, error = %failure.message, "jobs: will retry");
+        if let Err(e) = store::release(&self.inner.db, &job.id, &self.inner.owner, after).await {
+            tracing::warn!(job = %job.id, error = %e, "jobs: could not hand back; its lease will");
         }
     }
 
@@ -193,8 +200,9 @@ impl JobService {
             return Ended::Done;
         }
         let context: JobContext = serde_json::from_str(&job.context).unwrap_or_default();
-        if job.attempts > self.inner.config.max_attempts.saturating_mul(2) {
-            // Claimed over and over without finishing: its worker dies on it.
+        // Claimed over and over without finishing: its worker dies on it.
+        // (An item job counts this per item instead: `run_item`.)
+        if job.kind == JobKind::Embeddings && job.attempts > self.inner.config.max_attempts.saturating_mul(2) {
             let failure = Failure::new(500, "ATTEMPTS_EXHAUSTED", "the job was claimed too often", false);
             self.end(job, JobStatus::Failed, Some(failure)).await;
             return Ended::Done;
@@ -268,13 +276,21 @@ impl JobService {
         let started = Instant::now();
         let usage = RequestUsage::default();
         let request_id = format!("{}:{}", job.id, item.idx);
-        let outcome = match job.kind {
-            JobKind::Extract => self.extract_item(job, principal, context, &item, &request_id, &usage).await,
-            _ => self.create_item(principal, &item, &request_id, &usage).await,
+        let outcome = if item.attempts >= self.inner.config.max_attempts {
+            // Started this often and never finished: its worker died on it
+            // each time. It fails alone rather than take the host down again.
+            Err(Failure::new(500, "ATTEMPTS_EXHAUSTED", "the item was started too often without finishing", false))
+        } else {
+            match job.kind {
+                JobKind::Extract => self.extract_item(job, principal, context, &item, &request_id, &usage).await,
+                _ => self.create_item(principal, &item, &request_id, &usage).await,
+            }
         };
         let (done, status, result, error) = match outcome {
             Ok(result) => (true, 200, Some(result), None),
-            Err(f) if f.retryable && attempt < self.inner.config.max_attempts => return Err(Ended::Retry(f)),
+            Err(f) if f.retryable && attempt < self.inner.config.max_attempts => {
+                return Err(Ended::RetryItem(f, attempt));
+            }
             Err(f) => (false, f.status, None, Some(f.json())),
         };
         // Usage first, then the outcome: a crash between them leaves the item
