@@ -131,13 +131,15 @@ async fn response_cache(
 ) -> crate::memories::cache::ResponseCache {
     use crate::memories::cache::ResponseCache;
     let cache = match (&config.redis_url, config.is_postgres()) {
-        (Some(url), _) => match ResponseCache::redis(url, policy).await {
-            Ok(cache) => cache,
-            Err(e) => {
-                tracing::warn!(error = %e, "response cache: off (Redis unreachable at start)");
-                ResponseCache::off()
+        (Some(url), _) => {
+            match ResponseCache::redis(url, Duration::from_millis(config.limits.redis_timeout_ms), policy).await {
+                Ok(cache) => cache,
+                Err(e) => {
+                    tracing::warn!(error = %e, "response cache: off (Redis unreachable at start)");
+                    ResponseCache::off()
+                }
             }
-        },
+        }
         (None, false) => ResponseCache::local(policy),
         (None, true) => ResponseCache::off(),
     };

@@ -104,16 +104,7 @@ impl RedisStore {
     /// Connects (or fails fast); later outages are retried by the
     /// connection manager on its own.
     pub async fn connect(url: &str, prefix: &str, timeout: Duration) -> anyhow::Result<RedisStore> {
-        let client = redis::Client::open(url).map_err(|e| anyhow::anyhow!("invalid REDIS_URL: {e}"))?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(timeout)
-            .set_response_timeout(timeout)
-            .set_number_of_retries(1)
-            .set_max_delay(500);
-        let conn = tokio::time::timeout(timeout * 4, redis::aio::ConnectionManager::new_with_config(client, config))
-            .await
-            .map_err(|_| anyhow::anyhow!("connecting to Redis timed out"))?
-            .map_err(|e| anyhow::anyhow!("connecting to Redis: {e}"))?;
+        let conn = crate::store::redis_connection(url, timeout).await?;
         Ok(RedisStore { conn, script: redis::Script::new(include_str!("redis.lua")), prefix: prefix.to_string() })
     }
 

@@ -78,22 +78,66 @@ impl Kind {
 enum Backend {
     Off,
     Local(Mutex<Local>),
-    Redis { conn: redis::aio::ConnectionManager, prefix: String },
+    Redis {
+        conn: redis::aio::ConnectionManager,
+        prefix: String,
+        /// How long a command may take before the cache is skipped for it.
+        timeout: Duration,
+    },
 }
 
+/// The in-process cache: entries grouped by org and environment, so a write
+/// drops its org's entries without looking at any other org's.
 #[derive(Default)]
 struct Local {
     versions: HashMap<String, u64>,
-    entries: HashMap<String, (Instant, Value)>,
+    /// slot ─▶ entry ─▶ (expires, value)
+    entries: HashMap<String, HashMap<String, (Instant, Value)>>,
+    /// Entries over all slots.
+    len: usize,
+}
+
+impl Local {
+    /// Makes room for one more entry: drops expired ones, then, if still
+    /// full, the one soonest to expire. Only when full.
+    fn make_room(&mut self, max: usize, now: Instant) {
+        if self.len < max {
+            return;
+        }
+        for slot in self.entries.values_mut() {
+            slot.retain(|_, (expires, _)| *expires > now);
+        }
+        self.entries.retain(|_, slot| !slot.is_empty());
+        self.len = self.entries.values().map(HashMap::len).sum();
+        if self.len < max {
+            return;
+        }
+        let soonest = self
+            .entries
+            .iter()
+            .flat_map(|(slot, entries)| entries.iter().map(move |(entry, (expires, _))| (*expires, slot, entry)))
+            .min()
+            .map(|(_, slot, entry)| (slot.clone(), entry.clone()));
+        if let Some((slot, entry)) = soonest
+            && let Some(entries) = self.entries.get_mut(&slot)
+            && entries.remove(&entry).is_some()
+        {
+            self.len -= 1;
+        }
+    }
+}
+
+/// Where an entry lives: its org and environment (`slot`, what a write
+/// invalidates) and the request at the slot's memory version (`entry`).
+pub struct CacheKey {
+    slot: String,
+    entry: String,
 }
 
 pub struct ResponseCache {
     backend: Backend,
     policy: CachePolicy,
 }
-
-/// The seconds Redis may take before the cache is skipped for a request.
-const REDIS_TIMEOUT: Duration = Duration::from_millis(250);
 
 impl ResponseCache {
     pub fn off() -> ResponseCache {
@@ -104,21 +148,10 @@ impl ResponseCache {
         ResponseCache { backend: Backend::Local(Mutex::new(Local::default())), policy }
     }
 
-    pub async fn redis(url: &str, policy: CachePolicy) -> anyhow::Result<ResponseCache> {
-        let client = redis::Client::open(url).map_err(|e| anyhow::anyhow!("invalid REDIS_URL: {e}"))?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(REDIS_TIMEOUT * 4)
-            .set_response_timeout(REDIS_TIMEOUT)
-            .set_number_of_retries(1)
-            .set_max_delay(500);
-        let conn = tokio::time::timeout(
-            Duration::from_secs(5),
-            redis::aio::ConnectionManager::new_with_config(client, config),
-        )
-        .await
-        .map_err(|_| anyhow::anyhow!("connecting to Redis timed out"))?
-        .map_err(|e| anyhow::anyhow!("connecting to Redis: {e}"))?;
-        Ok(ResponseCache { backend: Backend::Redis { conn, prefix: "memhost:cache:".into() }, policy })
+    /// Shared through Redis; `timeout`: the rate limits' Redis timeout.
+    pub async fn redis(url: &str, timeout: Duration, policy: CachePolicy) -> anyhow::Result<ResponseCache> {
+        let conn = crate::store::redis_connection(url, timeout).await?;
+        Ok(ResponseCache { backend: Backend::Redis { conn, prefix: "memhost:cache:".into(), timeout }, policy })
     }
 
     pub fn describe(&self) -> &'static str {
@@ -143,11 +176,12 @@ impl ResponseCache {
 
     /// The entry key for a request at the org's current memory version;
     /// `None` when the version cannot be read (the cache is skipped).
-    pub async fn key(&self, scope: &MemoryScope, kind: Kind, params: &SearchParams) -> Option<String> {
+    pub async fn key(&self, scope: &MemoryScope, kind: Kind, params: &SearchParams) -> Option<CacheKey> {
         if !self.enabled(kind) {
             return None;
         }
-        let version = self.version(scope).await?;
+        let slot = slot(scope);
+        let version = self.version(&slot).await?;
         let question = params.query.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase();
         let options = format!(
             "{}|{}|{}|{:?}|{:?}|{}",
@@ -155,21 +189,22 @@ impl ResponseCache {
         );
         let digest = Sha256::digest(options.as_bytes());
         let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
-        Some(format!("{}:{}:{}:{version}:{hex}", kind.as_str(), scope.org_id, scope.environment.as_str()))
+        Some(CacheKey { slot, entry: format!("{}:{version}:{hex}", kind.as_str()) })
     }
 
-    pub async fn get(&self, key: &str) -> Option<Value> {
+    pub async fn get(&self, key: &CacheKey) -> Option<Value> {
         match &self.backend {
             Backend::Off => None,
             Backend::Local(local) => {
                 let local = local.lock().unwrap_or_else(|e| e.into_inner());
-                local.entries.get(key).filter(|(expires, _)| *expires > Instant::now()).map(|(_, v)| v.clone())
+                let (expires, value) = local.entries.get(&key.slot)?.get(&key.entry)?;
+                (*expires > Instant::now()).then(|| value.clone())
             }
-            Backend::Redis { conn, prefix } => {
+            Backend::Redis { conn, prefix, timeout } => {
                 let mut conn = conn.clone();
                 let text: Option<String> = tokio::time::timeout(
-                    REDIS_TIMEOUT,
-                    redis::cmd("GET").arg(format!("{prefix}e:{key}")).query_async(&mut conn),
+                    *timeout,
+                    redis::cmd("GET").arg(format!("{prefix}e:{}:{}", key.slot, key.entry)).query_async(&mut conn),
                 )
                 .await
                 .ok()?
@@ -179,49 +214,41 @@ impl ResponseCache {
         }
     }
 
-    pub async fn put(&self, key: &str, kind: Kind, value: &Value) {
+    pub async fn put(&self, key: &CacheKey, kind: Kind, value: &Value) {
         let ttl = self.ttl(kind);
         match &self.backend {
             Backend::Off => {}
             Backend::Local(local) => {
                 let mut local = local.lock().unwrap_or_else(|e| e.into_inner());
                 let now = Instant::now();
-                if local.entries.len() >= self.policy.max_entries.max(1) {
-                    local.entries.retain(|_, (expires, _)| *expires > now);
-                    if local.entries.len() >= self.policy.max_entries.max(1) {
-                        // Still full of live entries: drop the soonest to expire.
-                        if let Some(oldest) =
-                            local.entries.iter().min_by_key(|(_, (expires, _))| *expires).map(|(k, _)| k.clone())
-                        {
-                            local.entries.remove(&oldest);
-                        }
-                    }
+                local.make_room(self.policy.max_entries.max(1), now);
+                let entry = (now + Duration::from_secs(ttl), value.clone());
+                if local.entries.entry(key.slot.clone()).or_default().insert(key.entry.clone(), entry).is_none() {
+                    local.len += 1;
                 }
-                local.entries.insert(key.to_string(), (now + Duration::from_secs(ttl), value.clone()));
             }
-            Backend::Redis { conn, prefix } => {
+            Backend::Redis { conn, prefix, timeout } => {
                 let mut conn = conn.clone();
                 let mut cmd = redis::cmd("SET");
-                cmd.arg(format!("{prefix}e:{key}")).arg(value.to_string()).arg("EX").arg(ttl);
+                cmd.arg(format!("{prefix}e:{}:{}", key.slot, key.entry)).arg(value.to_string()).arg("EX").arg(ttl);
                 let set = cmd.query_async::<()>(&mut conn);
-                if let Ok(Err(e)) = tokio::time::timeout(REDIS_TIMEOUT, set).await {
+                if let Ok(Err(e)) = tokio::time::timeout(*timeout, set).await {
                     tracing::debug!(error = %e, "response cache: store failed");
                 }
             }
         }
     }
 
-    async fn version(&self, scope: &MemoryScope) -> Option<u64> {
-        let slot = format!("{}:{}", scope.org_id, scope.environment.as_str());
+    async fn version(&self, slot: &str) -> Option<u64> {
         match &self.backend {
             Backend::Off => None,
             Backend::Local(local) => {
-                Some(local.lock().unwrap_or_else(|e| e.into_inner()).versions.get(&slot).copied().unwrap_or(0))
+                Some(local.lock().unwrap_or_else(|e| e.into_inner()).versions.get(slot).copied().unwrap_or(0))
             }
-            Backend::Redis { conn, prefix } => {
+            Backend::Redis { conn, prefix, timeout } => {
                 let mut conn = conn.clone();
                 let v: Option<u64> = tokio::time::timeout(
-                    REDIS_TIMEOUT,
+                    *timeout,
                     redis::cmd("GET").arg(format!("{prefix}v:{slot}")).query_async(&mut conn),
                 )
                 .await
@@ -234,22 +261,25 @@ impl ResponseCache {
 
     /// Moves the org's memory version on: every entry of the org is stale.
     pub async fn invalidate(&self, scope: &MemoryScope) {
-        let slot = format!("{}:{}", scope.org_id, scope.environment.as_str());
+        let slot = slot(scope);
         match &self.backend {
             Backend::Off => {}
             Backend::Local(local) => {
                 let mut local = local.lock().unwrap_or_else(|e| e.into_inner());
+                // The version keeps an answer computed before this write out
+                // (it is put under the old version); dropping the org's
+                // entries frees their room now rather than at their TTL.
                 *local.versions.entry(slot.clone()).or_default() += 1;
-                // Drop the org's entries now rather than at their TTL.
-                let needle = format!(":{slot}:");
-                local.entries.retain(|k, _| !k.contains(&needle));
+                if let Some(dropped) = local.entries.remove(&slot) {
+                    local.len -= dropped.len();
+                }
             }
-            Backend::Redis { conn, prefix } => {
+            Backend::Redis { conn, prefix, timeout } => {
                 let mut conn = conn.clone();
                 let mut cmd = redis::cmd("INCR");
                 cmd.arg(format!("{prefix}v:{slot}"));
                 let incr = cmd.query_async::<u64>(&mut conn);
-                match tokio::time::timeout(REDIS_TIMEOUT * 4, incr).await {
+                match tokio::time::timeout(*timeout * 4, incr).await {
                     Ok(Ok(_)) => {}
                     Ok(Err(e)) => {
                         tracing::warn!(error = %e, "response cache: invalidation failed; entries expire by TTL")
@@ -258,5 +288,63 @@ impl ResponseCache {
                 }
             }
         }
+    }
+}
+
+/// An org and environment: what one write invalidates.
+fn slot(scope: &MemoryScope) -> String {
+    format!("{}:{}", scope.org_id, scope.environment.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Environment;
+    use crate::memories::filter::MemoryFilter;
+    use crate::memories::ranking::Mode;
+
+    fn scope(org: &str) -> MemoryScope {
+        MemoryScope { org_id: org.into(), environment: Environment::Live }
+    }
+
+    fn ask(q: &str) -> SearchParams {
+        SearchParams {
+            query: q.into(),
+            max_memories: 5,
+            relevance_threshold: 0.0,
+            filter: MemoryFilter::all(),
+            mode: Mode::Hybrid,
+            rerank: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_write_drops_its_orgs_entries_and_a_full_cache_makes_room() {
+        let cache = ResponseCache::local(CachePolicy { answer_ttl_secs: 60, retrieve_ttl_secs: 0, max_entries: 3 });
+        assert!(cache.key(&scope("a"), Kind::Retrieve, &ask("q")).await.is_none(), "retrieval: TTL 0, not cached");
+        let (a, b) = (scope("a"), scope("b"));
+        for (s, q) in [(&a, "one"), (&a, "two"), (&b, "one")] {
+            let k = cache.key(s, Kind::Answer, &ask(q)).await.unwrap();
+            cache.put(&k, Kind::Answer, &Value::from(q)).await;
+        }
+        let hit = cache.key(&a, Kind::Answer, &ask("  ONE ")).await.unwrap();
+        assert_eq!(cache.get(&hit).await, Some(Value::from("one")), "normalized question");
+
+        // Full: a fourth entry evicts one, never grows past the bound.
+        let k = cache.key(&b, Kind::Answer, &ask("two")).await.unwrap();
+        cache.put(&k, Kind::Answer, &Value::from("two")).await;
+        let len = |c: &ResponseCache| match &c.backend {
+            Backend::Local(l) => l.lock().unwrap().len,
+            _ => unreachable!(),
+        };
+        assert_eq!(len(&cache), 3);
+
+        // A write to org a: its entries are gone, org b's stay.
+        cache.invalidate(&a).await;
+        assert_eq!(cache.get(&hit).await, None, "the old key is gone");
+        let again = cache.key(&a, Kind::Answer, &ask("one")).await.unwrap();
+        assert_eq!(cache.get(&again).await, None, "a new version: a miss");
+        assert_eq!(cache.get(&k).await, Some(Value::from("two")));
+        assert!(len(&cache) <= 2);
     }
 }

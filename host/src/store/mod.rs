@@ -315,6 +315,23 @@ impl ChangeListener {
 
 /// Timestamps as SQLite stores them: RFC 3339 UTC with microseconds, so that
 /// text order is time order.
+/// A Redis connection (rate-limit counters, the response cache): connects
+/// or fails fast (`timeout` per attempt, four times that in all); later
+/// outages are retried by the connection manager on its own, every command
+/// answering within `timeout` or failing.
+pub async fn redis_connection(url: &str, timeout: Duration) -> anyhow::Result<redis::aio::ConnectionManager> {
+    let client = redis::Client::open(url).map_err(|e| anyhow::anyhow!("invalid REDIS_URL: {e}"))?;
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(timeout)
+        .set_response_timeout(timeout)
+        .set_number_of_retries(1)
+        .set_max_delay(500);
+    tokio::time::timeout(timeout * 4, redis::aio::ConnectionManager::new_with_config(client, config))
+        .await
+        .map_err(|_| anyhow::anyhow!("connecting to Redis timed out"))?
+        .map_err(|e| anyhow::anyhow!("connecting to Redis: {e}"))
+}
+
 pub fn sqlite_time(t: chrono::DateTime<chrono::Utc>) -> String {
     t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
 }
