@@ -96,11 +96,26 @@ async fn batch_extract_reports_each_item(backend: Backend) {
          "metadata": {"source": "import"}},
         {"messages": [{"role": "assistant", "content": "How can I help?"}]}
     ]});
-    let r = server.post("/v1/batch/extract", &key, dialogues).await;
+    let tagged = server
+        .client
+        .post(format!("{}/v1/batch/extract", server.base))
+        .bearer_auth(&key)
+        .header("X-Usage-Tags", "team=ml")
+        .json(&dialogues);
+    let r = server.send(tagged).await;
     let id = r.assert_ok(202)["id"].as_str().unwrap().to_string();
     let job = wait_job(&server, &key, &id, Duration::from_secs(30)).await;
     assert_eq!(job["status"], "completed", "{job}");
     assert_eq!(job["done_items"], 3, "{job}");
+    // The request's usage tags go with every item's event.
+    let tags =
+        server.sql_rows(&format!("SELECT CAST(tags AS TEXT) FROM usage_events WHERE request_id LIKE '{id}:%'")).await;
+    assert_eq!(tags.len(), 3, "{tags:?}");
+    assert!(
+        tags.iter()
+            .all(|t| t[0].as_deref().unwrap_or("").contains("\"team\"") && t[0].as_deref().unwrap().contains("ml")),
+        "{tags:?}"
+    );
     let results = job["results"].as_array().unwrap();
     assert_eq!(results.len(), 3);
     assert_eq!(results[1]["result"]["results"][0]["memory"]["metadata"]["source"], "import", "{job}");

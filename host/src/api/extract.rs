@@ -89,6 +89,20 @@ impl<S: Send + Sync> FromRequestParts<S> for Auth {
     }
 }
 
+/// The request's usage tags (`X-Usage-Tags`), as the request path's meter
+/// step parsed and checked them; none outside it. A batch job carries them
+/// to every item's usage event.
+#[derive(Debug, Clone, Default)]
+pub struct UsageTags(pub std::collections::BTreeMap<String, String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for UsageTags {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(parts.extensions.get::<UsageTags>().cloned().unwrap_or_default())
+    }
+}
+
 /// The raw request body; too large: 413 in the envelope.
 pub struct RawBody(pub Bytes);
 

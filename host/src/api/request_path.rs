@@ -445,7 +445,7 @@ const STORED_HEADERS: &[&str] = &["content-type", "location"];
 ///     and answers only once it is committed. If it cannot be written, the
 ///     answer is 503 `USAGE_NOT_RECORDED`: the work is not billed, and a
 ///     retry with the same `Idempotency-Key` runs again.
-pub async fn meter<N: Next>(state: AppState, request: Request, next: N) -> Response {
+pub async fn meter<N: Next>(state: AppState, mut request: Request, next: N) -> Response {
     let Some(principal) = request.extensions().get::<Arc<Principal>>().cloned() else {
         return missing_principal();
     };
@@ -459,6 +459,8 @@ pub async fn meter<N: Next>(state: AppState, request: Request, next: N) -> Respo
             return ApiError::invalid_field("X-Usage-Tags", "X-Usage-Tags must be ASCII").into_response();
         }
     };
+    // For handlers that carry the tags further (batch jobs).
+    request.extensions_mut().insert(crate::api::extract::UsageTags(tags.clone()));
     let Some(ctx) = request.extensions().get::<Arc<RequestContext>>().cloned() else {
         return missing_principal();
     };

@@ -164,6 +164,19 @@ pub struct Principal {
 }
 
 impl Principal {
+    /// What a usable key of `owner`'s org acts as.
+    fn of(record: ApiKeyRecord, owner: KeyOwner) -> Principal {
+        Principal {
+            org_id: record.org_id,
+            plan: owner.plan,
+            operator: owner.operator,
+            key_id: record.id,
+            scopes: record.scopes,
+            environment: record.environment,
+            overrides: owner.overrides,
+        }
+    }
+
     pub fn has_scope(&self, scope: Scope) -> bool {
         self.scopes.contains(&Scope::Admin) || self.scopes.contains(&scope)
     }
@@ -451,15 +464,8 @@ impl AuthService {
         let record = self.find_org_key(org_id, key_id).await?;
         check_usable(&record, now())?;
         let org = self.get_org(org_id).await?;
-        Ok(Principal {
-            org_id: record.org_id,
-            plan: org.plan,
-            operator: org.operator,
-            key_id: record.id,
-            scopes: record.scopes,
-            environment: record.environment,
-            overrides: org.overrides.to_string().into(),
-        })
+        let owner = KeyOwner { plan: org.plan, operator: org.operator, overrides: org.overrides.to_string().into() };
+        Ok(Principal::of(record, owner))
     }
 
     /// Checks a presented key and returns the principal it acts as.
@@ -476,15 +482,7 @@ impl AuthService {
         };
         check_usable(&record, now())?;
         self.touch(&record.id);
-        Ok(Principal {
-            org_id: record.org_id,
-            plan: owner.plan,
-            operator: owner.operator,
-            key_id: record.id,
-            scopes: record.scopes,
-            environment: record.environment,
-            overrides: owner.overrides,
-        })
+        Ok(Principal::of(record, owner))
     }
 
     /// Like [`authenticate`](Self::authenticate) but returns the whole record

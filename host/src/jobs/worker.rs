@@ -45,7 +45,7 @@ impl From<MemoryError> for Failure {
             MemoryError::Invalid { field, message } => {
                 Failure::new(400, "INVALID_REQUEST", format!("{field}: {message}"), false)
             }
-            MemoryError::NotFound(id) => Failure::new(404, "NOT_FOUND", format!("memory {id} not found"), false),
+            MemoryError::NotFound(id) => Failure::new(404, "MEMORY_NOT_FOUND", format!("memory {id} not found"), false),
             MemoryError::Provider(e) => Failure::new(502, "PROVIDER_ERROR", e.to_string(), true),
             MemoryError::Database(e) => Failure::new(503, "STORE_UNAVAILABLE", e.to_string(), true),
         }

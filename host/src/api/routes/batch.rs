@@ -2,17 +2,15 @@
 //! bulk creation, re-embedding), their status, results and cancellation.
 //! Submitting answers 202 with the job and a `Location` to poll.
 
-use std::collections::BTreeMap;
-
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
 use crate::api::AppState;
 use crate::api::envelope::{ApiOk, Envelope, ErrorEnvelope};
 use crate::api::error::ApiError;
-use crate::api::extract::{ApiJson, ApiQuery, Auth};
+use crate::api::extract::{ApiJson, ApiQuery, Auth, UsageTags};
 use crate::auth::{Principal, Scope};
 use crate::jobs::{ExtractItem, Job, NewJob};
 
@@ -45,16 +43,6 @@ pub struct JobList {
     pub next_before: Option<String>,
 }
 
-/// The caller's usage tags, carried to every item's usage event (the
-/// request path has already checked the header).
-pub fn tags(headers: &HeaderMap) -> BTreeMap<String, String> {
-    headers
-        .get(crate::api::request_path::USAGE_TAGS_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| crate::metering::parse_tags(v).ok())
-        .unwrap_or_default()
-}
-
 /// A 202 with the job and where to poll it.
 pub fn accepted(job: Job) -> Response {
     let location = format!("/v1/batch/{}", job.id);
@@ -74,11 +62,11 @@ pub fn accepted(job: Job) -> Response {
 pub async fn extract(
     State(state): State<AppState>,
     auth: Auth,
-    headers: HeaderMap,
+    tags: UsageTags,
     ApiJson(body): ApiJson<BatchExtract>,
 ) -> Result<Response, ApiError> {
     let principal = extractor_principal(&auth)?;
-    let job = state.jobs.submit(principal, NewJob::Extract(body.dialogues), tags(&headers), body.strategy).await?;
+    let job = state.jobs.submit(principal, NewJob::Extract(body.dialogues), tags.0, body.strategy).await?;
     Ok(accepted(job))
 }
 
@@ -94,9 +82,9 @@ pub fn extractor_principal(auth: &Auth) -> Result<&Principal, ApiError> {
     security(("bearer" = [])),
     responses((status = 202, description = "queued; poll `Location`", body = Envelope<Job>),
         (status = 401, body = ErrorEnvelope), (status = 429, description = "TOO_MANY_JOBS", body = ErrorEnvelope)))]
-pub async fn embeddings(State(state): State<AppState>, auth: Auth, headers: HeaderMap) -> Result<Response, ApiError> {
+pub async fn embeddings(State(state): State<AppState>, auth: Auth, tags: UsageTags) -> Result<Response, ApiError> {
     let principal = auth.require(Scope::Write)?;
-    let job = state.jobs.submit(principal, NewJob::Embeddings, tags(&headers), None).await?;
+    let job = state.jobs.submit(principal, NewJob::Embeddings, tags.0, None).await?;
     Ok(accepted(job))
 }
 

@@ -87,7 +87,7 @@ pub async fn create(
     State(state): State<AppState>,
     ctx: Ctx,
     auth: Auth,
-    headers: axum::http::HeaderMap,
+    tags: crate::api::extract::UsageTags,
     ApiJson(body): ApiJson<CreateMemory>,
 ) -> Result<axum::response::Response, ApiError> {
     use axum::response::IntoResponse;
@@ -116,15 +116,8 @@ pub async fn create(
                 app_id: scopes.app_id,
                 run_id: scopes.run_id,
             };
-            let job = state
-                .jobs
-                .submit(
-                    principal,
-                    crate::jobs::NewJob::Extract(vec![item]),
-                    super::batch::tags(&headers),
-                    body.strategy,
-                )
-                .await?;
+            let job =
+                state.jobs.submit(principal, crate::jobs::NewJob::Extract(vec![item]), tags.0, body.strategy).await?;
             Ok(super::batch::accepted(job))
         }
         (None, Some(messages)) => {
@@ -206,7 +199,7 @@ pub async fn batch_create(
     State(state): State<AppState>,
     ctx: Ctx,
     auth: Auth,
-    headers: axum::http::HeaderMap,
+    tags: crate::api::extract::UsageTags,
     ApiJson(body): ApiJson<BatchCreate>,
 ) -> Result<axum::response::Response, ApiError> {
     use axum::response::IntoResponse;
@@ -219,10 +212,7 @@ pub async fn batch_create(
     }
     if body.run_async {
         let items = body.memories;
-        let job = state
-            .jobs
-            .submit(principal, crate::jobs::NewJob::Memories(items), super::batch::tags(&headers), None)
-            .await?;
+        let job = state.jobs.submit(principal, crate::jobs::NewJob::Memories(items), tags.0, None).await?;
         return Ok(super::batch::accepted(job));
     }
     let scope: MemoryScope = principal.into();
