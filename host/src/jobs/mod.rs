@@ -348,10 +348,7 @@ impl JobService {
         let scope: MemoryScope = principal.into();
         // A re-embedding job's items are the org's memories, read page by page.
         let total = match kind {
-            JobKind::Embeddings => self.inner.memories.count(&scope).await.map_err(|e| match e {
-                crate::memories::MemoryError::Database(e) => JobError::Database(e),
-                other => JobError::Database(sqlx::Error::Protocol(other.to_string())),
-            })?,
+            JobKind::Embeddings => self.inner.memories.count(&scope).await?,
             _ => inputs.len() as u64,
         };
         let priority = self.in_priority_lane(&principal.org_id).await;

@@ -203,8 +203,8 @@ pub struct MemoryEvent {
     pub new_metadata: Option<Map<String, Value>>,
     pub request_id: Option<String>,
     pub actor_key_id: Option<String>,
-    /// For changes an extractor made: the operation, the number of turns
-    /// it read and the extractor plugin (id, name, version).
+    /// For changes an extractor made: the operation, the ids of the turns
+    /// it read and the extractor plugin (id = digest, name, version).
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub source: Option<Value>,
@@ -704,8 +704,8 @@ impl MemoryService {
     }
 
     /// How many memories the scope holds.
-    pub async fn count(&self, scope: &MemoryScope) -> Result<u64, MemoryError> {
-        Ok(self.store.count(scope).await?)
+    pub async fn count(&self, scope: &MemoryScope) -> sqlx::Result<u64> {
+        self.store.count(scope).await
     }
 
     /// Which of the operation keys `keys` were already applied in the
