@@ -385,6 +385,35 @@ async fn the_audit_log_is_append_only_and_tamper_evident(backend: Backend) {
     let verify = s.cli_json(&["audit", "verify"]);
     assert_eq!(verify["ok"], true, "{verify}");
     assert!(verify["entries"].as_u64().unwrap() >= 8);
+    assert!(verify["sealed_calls"].as_u64().unwrap() >= 3, "{verify}");
+    // Each API call is its usage event, under a seal in the chain.
+    let event_id = call["event_id"].as_str().expect("an API call names its event").to_string();
+    let seal = call["seq"].as_i64().unwrap();
+    let sealed = s.sql_rows(&format!("SELECT action, after FROM audit_log WHERE seq = {seal}")).await;
+    assert_eq!(sealed[0][0].as_deref(), Some("usage.sealed"));
+    assert!(sealed[0][1].as_deref().unwrap().contains("digest"), "{sealed:?}");
+    let err = s.sql_exec(&format!("UPDATE usage_events SET status = 200 WHERE id = '{event_id}'")).await.unwrap_err();
+    assert!(err.contains("append-only"), "{err}");
+    let err = s.sql_exec(&format!("DELETE FROM usage_events WHERE id = '{event_id}'")).await.unwrap_err();
+    assert!(err.contains("append-only"), "{err}");
+    // Paging through API calls and actions together: every entry once.
+    let mut seen = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let page = s.get(&format!("/admin/audit?org_id={org}&limit=2{cursor}"), &admin).await;
+        let data = page.assert_ok(200).clone();
+        for e in data["entries"].as_array().unwrap() {
+            seen.push(format!("{}/{}", e["seq"], e["event_id"]));
+        }
+        match data["next_cursor"].as_str() {
+            Some(c) => cursor = format!("&cursor={c}"),
+            None => break,
+        }
+    }
+    let unique: std::collections::BTreeSet<&String> = seen.iter().collect();
+    assert_eq!(unique.len(), seen.len(), "no entry twice: {seen:?}");
+    assert!(seen.iter().filter(|e| !e.ends_with("/null")).count() >= 3, "API calls listed: {seen:?}");
+    assert!(seen.iter().filter(|e| e.ends_with("/null")).count() >= 4, "actions listed: {seen:?}");
 
     // UPDATE and DELETE are refused by the database itself.
     let err = s.sql_exec("UPDATE audit_log SET action = 'nothing happened' WHERE seq = 2").await.unwrap_err();
@@ -406,6 +435,22 @@ async fn the_audit_log_is_append_only_and_tamper_evident(backend: Backend) {
     assert_eq!(v["broken_at"], 3, "{v}");
     let api = s.get("/admin/audit/verify", &admin).await;
     assert_eq!(api.assert_ok(200)["broken_at"], 3);
+    s.sql_exec("UPDATE audit_log SET status = NULL WHERE seq = 3").await.unwrap();
+    assert_eq!(s.cli_json(&["audit", "verify"])["ok"], true);
+
+    // An API call's event edited behind the guard's back: its seal says so.
+    let lift_events = match backend {
+        Backend::Postgres => "ALTER TABLE usage_events DISABLE TRIGGER usage_events_append_only",
+        Backend::Sqlite => "DROP TRIGGER usage_events_no_update",
+    };
+    s.sql_exec(lift_events).await.unwrap();
+    s.sql_exec(&format!("UPDATE usage_events SET tokens_in = tokens_in + 1000 WHERE id = '{event_id}'")).await.unwrap();
+    let out = s.cli(&["audit", "verify", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "verify fails");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["broken_at"], seal, "{v}");
+    assert!(v["problem"].as_str().unwrap().contains("edited"), "{v}");
 }
 
 async fn retention_prunes_old_events_and_audit_entries(backend: Backend) {
@@ -416,13 +461,28 @@ async fn retention_prunes_old_events_and_audit_entries(backend: Backend) {
     }
     let events = s.sql_number(&format!("SELECT CAST(COUNT(*) AS TEXT) FROM usage_events WHERE org_id = '{org}'")).await;
     assert_eq!(events, 6);
-    // Three events and the oldest audit entries are 500 days old.
+    // Three events and the oldest audit entries are 500 days old (events
+    // are append-only too: the guard is lifted to age them).
+    let (lift_events, restore_events) = match backend {
+        Backend::Postgres => (
+            "ALTER TABLE usage_events DISABLE TRIGGER usage_events_append_only".to_string(),
+            "ALTER TABLE usage_events ENABLE TRIGGER usage_events_append_only".to_string(),
+        ),
+        Backend::Sqlite => (
+            "DROP TRIGGER usage_events_no_update".to_string(),
+            "CREATE TRIGGER usage_events_no_update BEFORE UPDATE ON usage_events BEGIN \
+             SELECT RAISE(ABORT, 'usage_events is append-only: UPDATE refused'); END"
+                .to_string(),
+        ),
+    };
+    s.sql_exec(&lift_events).await.unwrap();
     s.sql_exec(&format!(
         "UPDATE usage_events SET occurred_at = '2020-01-01T00:00:00.000000Z' WHERE id IN \
          (SELECT id FROM usage_events WHERE org_id = '{org}' ORDER BY id LIMIT 3)"
     ))
     .await
     .unwrap();
+    s.sql_exec(&restore_events).await.unwrap();
     let (lift, restore) = match backend {
         Backend::Postgres => (
             "ALTER TABLE audit_log DISABLE TRIGGER audit_log_append_only".to_string(),

@@ -18,8 +18,10 @@ LOG=${LOG:-/var/log/postgresql/postgresql-15-main.log}
 db="memhost_bench_rt_$$"
 psql -q "$PG/postgres" -c "CREATE DATABASE $db" >/dev/null
 psql -q "$PG/postgres" -c "ALTER DATABASE $db SET log_statement = 'all'" >/dev/null
+# No batch-job workers: their queue poll (a transaction every 250 ms each)
+# would be counted as the requests' statements.
 export DATABASE_URL="$PG/$db" MEMHOST_SECRET=bench-secret-0123456789abcdef MEMHOST_LOG=warn \
-  MEMHOST_LISTEN=127.0.0.1:18997 MEMHOST_DATA_DIR="$WORK/data"
+  MEMHOST_LISTEN=127.0.0.1:18997 MEMHOST_DATA_DIR="$WORK/data" MEMHOST_JOBS__WORKERS=0
 org=$("$BIN" orgs create --name bench --plan enterprise --overrides "$UNLIMITED" --json | jq -r .id)
 key=$("$BIN" keys create --org "$org" --scopes read,write,delete --json | jq -r .key)
 "$BIN" serve >"$WORK/serve.log" 2>&1 &

@@ -11,8 +11,13 @@
 //!   transaction, so entries from several instances are ordered, and the
 //!   lock is held only for one batch (the metering writer appends a whole
 //!   batch of API calls at once).
+//! - API calls are not entries of their own: each one's usage event is its
+//!   record, and every batch of events is sealed by one chain entry
+//!   (`calls.rs`), so a request writes one row, not two.
 //! - Never a key, a secret or memory text: API calls record the route
 //!   template, not the path; operator actions record ids and settings.
+
+pub mod calls;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -121,10 +126,14 @@ impl NewEntry {
     }
 }
 
-/// An entry as stored.
+/// An entry as listed: a chain entry, or an API call read from its usage
+/// event (`event_id` set; `seq` is then the entry that seals it, and the
+/// call has no hash of its own: the seal's digest covers it).
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Entry {
     pub seq: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<uuid::Uuid>,
     pub occurred_at: DateTime<Utc>,
     pub kind: EntryKind,
     pub org_id: Option<String>,
@@ -141,8 +150,10 @@ pub struct Entry {
     pub before: Option<Value>,
     #[schema(value_type = Option<Object>)]
     pub after: Option<Value>,
-    pub prev_hash: String,
-    pub hash: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prev_hash: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hash: Option<String>,
 }
 
 /// The parts of an entry the hash covers, in a fixed order. JSON values
@@ -205,12 +216,10 @@ pub async fn lock_head(tx: &mut Tx) -> sqlx::Result<Head> {
     Ok(Head { seq: row.get("seq")?, hash: row.get("hash")? })
 }
 
-/// Appends entries after `head` (from [`lock_head`] in the same
-/// transaction) and moves the head. Returns the entries' sequence numbers.
-pub async fn append(tx: &mut Tx, head: &mut Head, entries: Vec<NewEntry>) -> sqlx::Result<()> {
-    if entries.is_empty() {
-        return Ok(());
-    }
+/// Hashes entries into the chain after `head` and moves `head` past them;
+/// [`append`] writes them. (The metering writer writes its seal itself, in
+/// the statement that writes its batch.)
+pub fn chain(head: &mut Head, entries: Vec<NewEntry>) -> Vec<Prepared> {
     let now = crate::metering::micros(Utc::now());
     let mut rows: Vec<Prepared> = Vec::with_capacity(entries.len());
     for e in entries {
@@ -241,6 +250,16 @@ pub async fn append(tx: &mut Tx, head: &mut Head, entries: Vec<NewEntry>) -> sql
         head.seq = seq;
         head.hash = hash;
     }
+    rows
+}
+
+/// Appends entries after `head` (from [`lock_head`] in the same
+/// transaction) and moves the head.
+pub async fn append(tx: &mut Tx, head: &mut Head, entries: Vec<NewEntry>) -> sqlx::Result<()> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let rows = chain(head, entries);
     if let Some(conn) = tx.pg() {
         insert_pg(conn, &rows).await?;
     } else {
@@ -280,7 +299,7 @@ pub async fn append(tx: &mut Tx, head: &mut Head, entries: Vec<NewEntry>) -> sql
 }
 
 /// An entry ready to insert: seq, time, kind, entry, before, after, prev hash, hash.
-type Prepared = (i64, DateTime<Utc>, EntryKind, NewEntry, Option<String>, Option<String>, String, String);
+pub type Prepared = (i64, DateTime<Utc>, EntryKind, NewEntry, Option<String>, Option<String>, String, String);
 
 /// PostgreSQL: the whole batch as arrays in one statement (one round trip,
 /// one prepared statement whatever the number of entries).
@@ -340,6 +359,7 @@ fn entry_from(r: &Row) -> sqlx::Result<Entry> {
     };
     Ok(Entry {
         seq: r.get("seq")?,
+        event_id: None,
         occurred_at: r.time("occurred_at")?,
         kind: EntryKind::parse(&r.get::<String>("kind")?),
         org_id: text("org_id")?,
@@ -354,8 +374,8 @@ fn entry_from(r: &Row) -> sqlx::Result<Entry> {
         tokens: r.get::<Option<i64>>("tokens")?.map(|v| v.max(0) as u64),
         before: json("before")?,
         after: json("after")?,
-        prev_hash: r.get("prev_hash")?,
-        hash: r.get("hash")?,
+        prev_hash: Some(r.get("prev_hash")?),
+        hash: Some(r.get("hash")?),
     })
 }
 
@@ -368,13 +388,52 @@ pub struct AuditFilter {
     pub action: Option<String>,
     pub start: Option<DateTime<Utc>>,
     pub end: Option<DateTime<Utc>>,
-    /// Entries after this sequence number (the cursor).
-    pub after_seq: Option<i64>,
+    /// Where the previous page ended.
+    pub cursor: Cursor,
     pub limit: u32,
 }
 
-/// Entries oldest first, from the cursor on.
-pub async fn list(db: &Database, f: &AuditFilter) -> sqlx::Result<Vec<Entry>> {
+/// Where a listing resumes: after chain entry `seq`, and after the API call
+/// `call` (time, event id). Two positions, because chain entries and API
+/// calls are read from their own tables and merged by time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Cursor {
+    pub seq: i64,
+    pub call: Option<calls::CallCursor>,
+}
+
+impl Cursor {
+    /// `seq` or `seq~micros~event id`.
+    pub fn encode(&self) -> String {
+        match self.call {
+            None => self.seq.to_string(),
+            Some((t, id)) => format!("{}~{}~{id}", self.seq, t.timestamp_micros()),
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Cursor> {
+        let mut parts = s.split('~');
+        let seq = parts.next()?.parse().ok()?;
+        let call = match (parts.next(), parts.next()) {
+            (None, None) => None,
+            (Some(t), Some(id)) => {
+                Some((DateTime::from_timestamp_micros(t.parse().ok()?)?, uuid::Uuid::parse_str(id).ok()?))
+            }
+            _ => return None,
+        };
+        parts.next().is_none().then_some(Cursor { seq, call })
+    }
+}
+
+/// A page of [`list`]: entries oldest first, and the cursor of the next page
+/// (none on the last).
+pub struct Page {
+    pub entries: Vec<Entry>,
+    pub next: Option<Cursor>,
+}
+
+/// Chain entries and API calls, oldest first, from the cursor on.
+pub async fn list(db: &Database, f: &AuditFilter) -> sqlx::Result<Page> {
     let rows = sql(format!(
         "SELECT {COLUMNS} FROM audit_log WHERE ($1::text IS NULL OR org_id = $1) AND ($2::text IS NULL OR kind = $2) \
          AND ($3::text IS NULL OR actor = $3) AND ($4::text IS NULL OR action = $4) \
@@ -387,11 +446,39 @@ pub async fn list(db: &Database, f: &AuditFilter) -> sqlx::Result<Vec<Entry>> {
     .bind(f.action.as_deref())
     .bind(f.start)
     .bind(f.end)
-    .bind(f.after_seq.unwrap_or(0))
+    .bind(f.cursor.seq)
     .bind(f.limit as i64)
     .fetch_all(db.read())
     .await?;
-    rows.iter().map(entry_from).collect()
+    let chain = rows.iter().map(entry_from).collect::<sqlx::Result<Vec<_>>>()?;
+    let api_calls = match f.kind {
+        None | Some(EntryKind::ApiCall) => calls::list(db, f, f.cursor.call).await?,
+        Some(_) => Vec::new(),
+    };
+    // Merge the two by time (a chain entry first on a tie); each side keeps
+    // its own position, so a page boundary never skips or repeats one.
+    let (mut chain, mut api_calls) = (chain.into_iter().peekable(), api_calls.into_iter().peekable());
+    let mut next = f.cursor;
+    let mut entries = Vec::new();
+    while entries.len() < f.limit as usize {
+        let take_chain = match (chain.peek(), api_calls.peek()) {
+            (Some(e), Some((c, _))) => e.occurred_at <= c.occurred_at,
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (None, None) => break,
+        };
+        if take_chain {
+            let e = chain.next().expect("peeked");
+            next.seq = e.seq;
+            entries.push(e);
+        } else {
+            let (e, at) = api_calls.next().expect("peeked");
+            next.call = Some(at);
+            entries.push(e);
+        }
+    }
+    let next = (entries.len() == f.limit as usize).then_some(next);
+    Ok(Page { entries, next })
 }
 
 /// What [`verify`] found.
@@ -400,6 +487,8 @@ pub struct Verification {
     pub ok: bool,
     /// Entries checked.
     pub entries: u64,
+    /// API call events checked against their seals (see `calls.rs`).
+    pub sealed_calls: u64,
     pub first_seq: Option<i64>,
     pub last_seq: Option<i64>,
     /// The first entry that does not match, and why.
@@ -413,9 +502,18 @@ pub struct Verification {
 pub async fn verify(db: &Database) -> sqlx::Result<Verification> {
     let head = sql("SELECT seq, hash FROM audit_head WHERE id = 1").fetch_one(db.read()).await?;
     let (head_seq, head_hash): (i64, String) = (head.get("seq")?, head.get("hash")?);
-    let mut v = Verification { ok: true, entries: 0, first_seq: None, last_seq: None, broken_at: None, problem: None };
+    let mut v = Verification {
+        ok: true,
+        entries: 0,
+        sealed_calls: 0,
+        first_seq: None,
+        last_seq: None,
+        broken_at: None,
+        problem: None,
+    };
     let mut prev: Option<(i64, String)> = None;
     let mut after = 0i64;
+    let pruned_through = calls::pruned_through_seq(db).await?;
     loop {
         let rows = sql(format!("SELECT {COLUMNS} FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT 5000"))
             .bind(after)
@@ -428,6 +526,7 @@ pub async fn verify(db: &Database) -> sqlx::Result<Verification> {
             let e = entry_from(r)?;
             let before = r.get::<Option<String>>("before")?;
             let after_text = r.get::<Option<String>>("after")?;
+            let (prev_hash, hash): (String, String) = (r.get("prev_hash")?, r.get("hash")?);
             after = e.seq;
             let fail = |v: &mut Verification, why: String| {
                 v.ok = false;
@@ -439,7 +538,7 @@ pub async fn verify(db: &Database) -> sqlx::Result<Verification> {
                     fail(&mut v, format!("entries {} to {} are missing", pseq + 1, e.seq - 1));
                     return Ok(v);
                 }
-                if &e.prev_hash != phash {
+                if &prev_hash != phash {
                     fail(&mut v, "prev_hash does not match the previous entry's hash".into());
                     return Ok(v);
                 }
@@ -461,15 +560,22 @@ pub async fn verify(db: &Database) -> sqlx::Result<Verification> {
                 before: before.as_deref(),
                 after: after_text.as_deref(),
             }
-            .hash(&e.prev_hash);
-            if expected != e.hash {
+            .hash(&prev_hash);
+            if expected != hash {
                 fail(&mut v, "the entry's content does not match its hash (edited)".into());
                 return Ok(v);
+            }
+            if e.kind == EntryKind::System && e.action == calls::SEAL_ACTION {
+                if let Some(why) = calls::check_seal(db, e.seq, after_text.as_deref(), pruned_through).await? {
+                    fail(&mut v, why);
+                    return Ok(v);
+                }
+                v.sealed_calls += e.after.as_ref().and_then(|a| a["events"].as_u64()).unwrap_or(0);
             }
             v.entries += 1;
             v.first_seq.get_or_insert(e.seq);
             v.last_seq = Some(e.seq);
-            prev = Some((e.seq, e.hash));
+            prev = Some((e.seq, hash));
         }
     }
     match prev {
@@ -511,4 +617,22 @@ pub async fn prune(db: &Database, before: DateTime<Utc>) -> sqlx::Result<u64> {
     }
     tx.commit().await?;
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cursor_round_trips_and_refuses_what_no_listing_printed() {
+        let plain = Cursor { seq: 42, call: None };
+        assert_eq!(Cursor::parse(&plain.encode()), Some(plain));
+        assert_eq!(Cursor::parse("42"), Some(plain), "a bare sequence number (the older cursor) still works");
+        let at = DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap();
+        let both = Cursor { seq: 7, call: Some((at, uuid::Uuid::from_u128(99))) };
+        assert_eq!(Cursor::parse(&both.encode()), Some(both));
+        for bad in ["", "x", "1~2", "1~x~y", "1~2~00000000-0000-0000-0000-000000000063~3"] {
+            assert_eq!(Cursor::parse(bad), None, "{bad}");
+        }
+    }
 }

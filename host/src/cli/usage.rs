@@ -68,9 +68,10 @@ pub enum AuditCommand {
     List {
         #[arg(long)]
         org: Option<String>,
-        /// Entries after this sequence number.
+        /// Where to resume: the `next` cursor a previous listing printed
+        /// (a bare sequence number works too).
         #[arg(long)]
-        after: Option<i64>,
+        after: Option<String>,
         #[arg(long, default_value_t = 50)]
         limit: u32,
         #[command(flatten)]
@@ -219,10 +220,11 @@ pub async fn audit(config: Config, cmd: AuditCommand) -> anyhow::Result<()> {
             emit(out, &v, || {
                 if v.ok {
                     format!(
-                        "The audit log is intact: {} entries ({}–{}) chain to the head.",
+                        "The audit log is intact: {} entries ({}–{}) chain to the head; {} API calls match their seals.",
                         v.entries,
                         v.first_seq.unwrap_or(0),
-                        v.last_seq.unwrap_or(0)
+                        v.last_seq.unwrap_or(0),
+                        v.sealed_calls
                     )
                 } else {
                     format!(
@@ -239,8 +241,14 @@ pub async fn audit(config: Config, cmd: AuditCommand) -> anyhow::Result<()> {
             Ok(())
         }
         AuditCommand::List { org, after, limit, out } => {
-            let entries =
-                audit::list(&db, &AuditFilter { org_id: org, after_seq: after, limit, ..Default::default() }).await?;
+            let cursor = match after {
+                None => audit::Cursor::default(),
+                Some(a) => audit::Cursor::parse(&a)
+                    .ok_or_else(|| anyhow::anyhow!("--after {a} is not a cursor a listing printed"))?,
+            };
+            let page = audit::list(&db, &AuditFilter { org_id: org, cursor, limit, ..Default::default() }).await?;
+            let next = page.next.map(|c| c.encode());
+            let entries = page.entries;
             emit(out, &entries, || {
                 let mut t = table(["seq", "time", "kind", "org", "actor", "action", "target", "status"]);
                 for e in &entries {
@@ -255,7 +263,10 @@ pub async fn audit(config: Config, cmd: AuditCommand) -> anyhow::Result<()> {
                         e.status.map(|s| s.to_string()).unwrap_or_default(),
                     ]);
                 }
-                t.to_string()
+                match &next {
+                    Some(n) => format!("{t}\nnext: --after {n}"),
+                    None => t.to_string(),
+                }
             })
         }
     };

@@ -447,20 +447,7 @@ impl UsageMeter {
         let r = self.policy().retention;
         let now = Utc::now();
         let events_before = now - chrono::Duration::days(r.events_days as i64);
-        let mut events = 0;
-        loop {
-            // In slices, so no one statement holds the table for long.
-            let n = sql(
-                "DELETE FROM usage_events WHERE id IN (SELECT id FROM usage_events WHERE occurred_at < $1 LIMIT 5000)",
-            )
-            .bind(events_before)
-            .execute(self.inner.db.write())
-            .await?;
-            events += n;
-            if n < 5000 {
-                break;
-            }
-        }
+        let events = crate::audit::calls::prune_events(&self.inner.db, events_before).await?;
         let distinct_before = period_of(events_before);
         sql("DELETE FROM usage_distinct WHERE bucket < $1")
             .bind(distinct_before)

@@ -5,12 +5,19 @@
 //!
 //! 1. lock the audit chain's head (this orders the chain and serialises
 //!    batches with recomputation, `reconcile.rs`, across instances);
-//! 2. read the gauges of the batch's orgs, and give each event the org's
-//!    stored memories after it;
-//! 3. insert the events and the audit entries;
+//! 2. read the gauges of the batch's orgs (one statement), and give each
+//!    event the org's stored memories after it;
+//! 3. insert the events, and seal them with one audit entry: an event is
+//!    its API call's audit record (`audit/calls.rs`), so a request writes
+//!    one row;
 //! 4. add the batch to the period counters and daily rollups, as the
 //!    metrics policy aggregates it, and move the gauges;
 //! 5. store the idempotent responses; commit.
+//!
+//! On PostgreSQL steps 1–2 are one statement and steps 3–4 another (one
+//! data-modifying `WITH`): with `BEGIN` and `COMMIT`, four round trips a
+//! batch, whatever its size (plus one per idempotent response, and one per
+//! new value of a `unique_count` metric).
 //!
 //! Every request of the batch is answered after the commit: durable before
 //! the response, one disk sync for the whole batch. A batch that fails
@@ -28,10 +35,11 @@ use tokio::sync::{mpsc, oneshot};
 use super::idempotency::{Completion, IdempotencyKeys};
 use super::policy::{Aggregation, MetricsPolicy, Value};
 use super::{UsageEvent, day_of, period_of};
-use crate::audit::{self, EntryKind, NewEntry};
+use crate::audit::calls::{self, CallRecord};
+use crate::audit::{self, Actor, EntryKind, NewEntry};
 use crate::auth::Environment;
-use crate::store::Database;
 use crate::store::sql::{Tx, pow2_chunks, sql, value_rows};
+use crate::store::{Database, safe};
 
 /// Events written in one transaction at most.
 pub const MAX_BATCH: usize = 1000;
@@ -112,17 +120,12 @@ pub(super) async fn write_batch(
     batch: &mut [Job],
 ) -> sqlx::Result<BatchOutcome> {
     let mut tx = db.begin().await?;
-    let mut head = audit::lock_head(&mut tx).await?;
-
     // Gauges: the org's stored memories, carried through the batch in order.
-    let mut gauges: BTreeMap<(String, Environment), (i64, i64)> = BTreeMap::new(); // (before, now)
-    for job in batch.iter() {
-        let e = &job.submission.event;
-        if let std::collections::btree_map::Entry::Vacant(slot) = gauges.entry((e.org_id.clone(), e.environment)) {
-            let v = read_gauge(&mut tx, &e.org_id, e.environment).await?;
-            slot.insert((v, v));
-        }
-    }
+    let orgs: BTreeSet<(String, Environment)> =
+        batch.iter().map(|j| (j.submission.event.org_id.clone(), j.submission.event.environment)).collect();
+    let (mut head, mut gauges) = lock_head_and_read_gauges(&mut tx, &orgs).await?;
+    // The head is locked: the seal made below takes the next position.
+    let seal_seq = head.seq + 1;
 
     let mut counters: BTreeMap<Bucket, Update> = BTreeMap::new();
     let mut rollups: BTreeMap<Bucket, Update> = BTreeMap::new();
@@ -169,32 +172,15 @@ pub(super) async fn write_batch(
         }
     }
 
-    // Events and their audit entries.
-    let events: Vec<&UsageEvent> = batch.iter().map(|j| &j.submission.event).collect();
-    insert_events(&mut tx, &events).await?;
-    let entries = batch
-        .iter()
-        .map(|j| {
-            let e = &j.submission.event;
-            NewEntry {
-                occurred_at: Some(e.occurred_at),
-                kind: Some(EntryKind::ApiCall),
-                org_id: Some(e.org_id.clone()),
-                actor: format!("key:{}", e.key_id),
-                action: format!("{} {}", e.method, e.route),
-                target: None,
-                request_id: Some(e.request_id.clone()),
-                ip: j.submission.ip.clone(),
-                user_agent: j.submission.user_agent.clone(),
-                status: Some(e.status),
-                processing_us: Some(e.processing_us),
-                tokens: Some(e.tokens_in + e.tokens_out),
-                before: None,
-                after: None,
-            }
-        })
-        .collect();
-    audit::append(&mut tx, &mut head, entries).await?;
+    // The seal whose digest covers the events.
+    let mut records: Vec<CallRecord> = batch.iter().map(call_record).collect();
+    let seal = NewEntry {
+        kind: Some(EntryKind::System),
+        actor: Actor::system().0,
+        action: calls::SEAL_ACTION.into(),
+        after: Some(calls::seal_details(records.len(), &calls::digest(&mut records))),
+        ..NewEntry::default()
+    };
 
     // Distinct values: only new ones add to their bucket's count.
     for (key, is_period, value) in distinct {
@@ -213,12 +199,19 @@ pub(super) async fn write_batch(
             into.entry(key).and_modify(|x| *x = x.merge(Update::Add(1))).or_insert(Update::Add(1));
         }
     }
-    upsert(&mut tx, "usage_counters", "period", &counters).await?;
-    upsert(&mut tx, "usage_daily_rollup", "day", &rollups).await?;
-    for ((org_id, env), (before, now)) in &gauges {
-        if before != now {
-            write_gauge(&mut tx, org_id, *env, *now).await?;
-        }
+    let moved: Vec<(&(String, Environment), i64)> =
+        gauges.iter().filter(|(_, (before, now))| before != now).map(|(k, (_, now))| (k, *now)).collect();
+    if let Some(conn) = tx.pg() {
+        let sealed = audit::chain(&mut head, vec![seal]);
+        debug_assert_eq!(head.seq, seal_seq);
+        write_pg(conn, batch, &sealed[0], &counters, &rollups, &moved).await?;
+    } else {
+        insert_events(&mut tx, batch, seal_seq).await?;
+        audit::append(&mut tx, &mut head, vec![seal]).await?;
+        debug_assert_eq!(head.seq, seal_seq);
+        upsert(&mut tx, "usage_counters", "period", &counters).await?;
+        upsert(&mut tx, "usage_daily_rollup", "day", &rollups).await?;
+        write_gauges(&mut tx, &moved).await?;
     }
     for job in batch.iter() {
         if let Some(c) = &job.submission.completion {
@@ -229,15 +222,124 @@ pub(super) async fn write_batch(
     Ok(BatchOutcome { counters: counters.into_iter().collect(), events: batch.len() })
 }
 
-pub(super) async fn read_gauge(tx: &mut Tx, org_id: &str, env: Environment) -> sqlx::Result<i64> {
-    Ok(sql("SELECT value FROM usage_gauges WHERE org_id = $1 AND environment = $2 AND name = 'memories_stored'")
-        .bind(org_id)
-        .bind(env.as_str())
-        .fetch_optional(&mut *tx)
-        .await?
-        .map(|r| r.get::<i64>("value"))
-        .transpose()?
-        .unwrap_or(0))
+type Gauges = BTreeMap<(String, Environment), (i64, i64)>;
+
+/// Locks the audit chain's head and reads the batch's orgs' gauges: one
+/// statement on PostgreSQL, two on SQLite (where the write transaction
+/// already excludes every other writer).
+async fn lock_head_and_read_gauges(
+    tx: &mut Tx,
+    orgs: &BTreeSet<(String, Environment)>,
+) -> sqlx::Result<(audit::Head, Gauges)> {
+    let Some(conn) = tx.pg() else {
+        let head = audit::lock_head(tx).await?;
+        return Ok((head, read_gauges(tx, orgs).await?));
+    };
+    use sqlx::Row as _;
+    let ids: Vec<&str> = orgs.iter().map(|(o, _)| o.as_str()).collect::<BTreeSet<_>>().into_iter().collect();
+    let rows = sqlx::query(
+        "SELECT h.seq, h.hash, g.org_id, g.environment, g.value \
+         FROM (SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE) h \
+         LEFT JOIN usage_gauges g ON g.name = 'memories_stored' AND g.org_id = ANY($1::text[])",
+    )
+    .bind(&ids)
+    .fetch_all(conn)
+    .await?;
+    let first = rows.first().ok_or_else(|| sqlx::Error::RowNotFound)?;
+    let head = audit::Head { seq: first.try_get("seq")?, hash: first.try_get("hash")? };
+    let mut gauges: Gauges = orgs.iter().map(|k| (k.clone(), (0, 0))).collect();
+    for r in &rows {
+        let (Some(org), Some(env), Some(v)) = (
+            r.try_get::<Option<String>, _>("org_id")?,
+            r.try_get::<Option<String>, _>("environment")?,
+            r.try_get::<Option<i64>, _>("value")?,
+        ) else {
+            continue;
+        };
+        if let Some(g) = gauges.get_mut(&(org, Environment::parse(&env).unwrap_or(Environment::Live))) {
+            *g = (v, v);
+        }
+    }
+    Ok((head, gauges))
+}
+
+/// The batch's orgs' stored memories (0 for an org without a gauge yet),
+/// as `(held before the batch, now)`, in one statement.
+async fn read_gauges(tx: &mut Tx, orgs: &BTreeSet<(String, Environment)>) -> sqlx::Result<Gauges> {
+    let ids: BTreeSet<&str> = orgs.iter().map(|(o, _)| o.as_str()).collect();
+    let mut gauges: Gauges = orgs.iter().map(|k| (k.clone(), (0, 0))).collect();
+    for chunk in ids.into_iter().collect::<Vec<_>>().chunks(INSERT_CHUNK) {
+        // The list is padded (repeating an id) to a power of two, so a few
+        // statement texts serve every batch and stay prepared.
+        let width = chunk.len().next_power_of_two();
+        let list = (1..=width).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ");
+        let mut q = sql(format!(
+            "SELECT org_id, environment, value FROM usage_gauges WHERE name = 'memories_stored' AND org_id IN ({list})"
+        ));
+        for i in 0..width {
+            q = q.bind(chunk[i.min(chunk.len() - 1)]);
+        }
+        for r in q.fetch_all(&mut *tx).await? {
+            let env = Environment::parse(&r.get::<String>("environment")?).unwrap_or(Environment::Live);
+            if let Some(g) = gauges.get_mut(&(r.get::<String>("org_id")?, env)) {
+                let v = r.get::<i64>("value")?;
+                *g = (v, v);
+            }
+        }
+    }
+    Ok(gauges)
+}
+
+/// Sets gauges: multi-row upserts in power-of-two chunks.
+async fn write_gauges(tx: &mut Tx, gauges: &[(&(String, Environment), i64)]) -> sqlx::Result<()> {
+    for chunk in pow2_chunks(gauges, INSERT_CHUNK) {
+        let mut q = sql(format!(
+            "INSERT INTO usage_gauges (org_id, environment, name, value) VALUES {} \
+             ON CONFLICT (org_id, environment, name) DO UPDATE SET value = excluded.value",
+            value_rows(chunk.len(), 4)
+        ));
+        for ((org_id, env), value) in chunk {
+            q = q.bind(org_id).bind(env.as_str()).bind("memories_stored").bind(*value);
+        }
+        q.execute(&mut *tx).await?;
+    }
+    Ok(())
+}
+
+/// An event as its seal's digest covers it.
+fn call_record(job: &Job) -> CallRecord {
+    let e = &job.submission.event;
+    let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    CallRecord {
+        id: e.id,
+        org_id: e.org_id.clone(),
+        environment: e.environment.as_str().to_string(),
+        key_id: e.key_id.clone(),
+        occurred_at: e.occurred_at,
+        method: e.method.clone(),
+        route: e.route.clone(),
+        status: e.status as i64,
+        billable: e.billable,
+        numbers: [
+            n(e.tokens_in),
+            n(e.tokens_out),
+            n(e.memories_read),
+            n(e.memories_created),
+            n(e.memories_updated),
+            n(e.memories_deleted),
+            n(e.memories_stored),
+            n(e.embeddings_generated),
+            n(e.model_calls),
+            e.cost_micros,
+            n(e.processing_us),
+        ],
+        model: e.model.clone(),
+        request_id: e.request_id.clone(),
+        tags: serde_json::to_value(&e.tags).unwrap_or_default(),
+        quantities: serde_json::to_value(&e.quantities).unwrap_or_default(),
+        ip: job.submission.ip.clone(),
+        user_agent: job.submission.user_agent.clone(),
+    }
 }
 
 pub(super) async fn write_gauge(tx: &mut Tx, org_id: &str, env: Environment, value: i64) -> sqlx::Result<()> {
@@ -252,7 +354,7 @@ pub(super) async fn write_gauge(tx: &mut Tx, org_id: &str, env: Environment, val
 }
 
 /// The columns of `usage_events`, in the order `insert_events` binds them.
-const EVENT_COLUMNS: [&str; 24] = [
+const EVENT_COLUMNS: [&str; 27] = [
     "id",
     "org_id",
     "environment",
@@ -277,20 +379,20 @@ const EVENT_COLUMNS: [&str; 24] = [
     "processing_us",
     "tags",
     "quantities",
+    "ip",
+    "user_agent",
+    "audit_seq",
 ];
 
-/// Inserts events: on PostgreSQL one statement of arrays for the whole batch
-/// (one round trip, one prepared statement whatever the batch size); on
-/// SQLite multi-row inserts in power-of-two chunks.
-async fn insert_events(tx: &mut Tx, events: &[&UsageEvent]) -> sqlx::Result<()> {
-    if let Some(conn) = tx.pg() {
-        return insert_events_pg(conn, events).await;
-    }
-    for chunk in pow2_chunks(events, INSERT_CHUNK) {
+/// Inserts events (SQLite; PostgreSQL writes them in [`write_pg`]):
+/// multi-row inserts in power-of-two chunks.
+async fn insert_events(tx: &mut Tx, batch: &[Job], audit_seq: i64) -> sqlx::Result<()> {
+    for chunk in pow2_chunks(batch, INSERT_CHUNK) {
         let mut text = format!("INSERT INTO usage_events ({}) VALUES ", EVENT_COLUMNS.join(", "));
         text.push_str(&value_rows(chunk.len(), EVENT_COLUMNS.len()));
         let mut q = sql(text);
-        for e in chunk {
+        for job in chunk {
+            let e = &job.submission.event;
             q = q
                 .bind(e.id)
                 .bind(&e.org_id)
@@ -315,57 +417,126 @@ async fn insert_events(tx: &mut Tx, events: &[&UsageEvent]) -> sqlx::Result<()> 
                 .bind(&e.request_id)
                 .bind(e.processing_us)
                 .bind(crate::store::sql::Arg::jsonb(&e.tags))
-                .bind(crate::store::sql::Arg::jsonb(&e.quantities));
+                .bind(crate::store::sql::Arg::jsonb(&e.quantities))
+                .bind(&job.submission.ip)
+                .bind(&job.submission.user_agent)
+                .bind(audit_seq);
         }
         q.execute(&mut *tx).await?;
     }
     Ok(())
 }
 
-async fn insert_events_pg(conn: &mut sqlx::PgConnection, events: &[&UsageEvent]) -> sqlx::Result<()> {
+/// PostgreSQL: the events, the seal (and the chain's head), the counters,
+/// the rollups and the gauges in one statement (one round trip; each part
+/// binds arrays, so the text stays the same whatever the batch size).
+async fn write_pg(
+    conn: &mut sqlx::PgConnection,
+    batch: &[Job],
+    seal: &audit::Prepared,
+    counters: &BTreeMap<Bucket, Update>,
+    rollups: &BTreeMap<Bucket, Update>,
+    gauges: &[(&(String, Environment), i64)],
+) -> sqlx::Result<()> {
+    let events: Vec<&UsageEvent> = batch.iter().map(|j| &j.submission.event).collect();
     let col = |f: fn(&UsageEvent) -> i64| events.iter().map(|e| f(e)).collect::<Vec<i64>>();
     let text = |f: fn(&UsageEvent) -> String| events.iter().map(|e| f(e)).collect::<Vec<String>>();
     let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-    sqlx::query(
-        "INSERT INTO usage_events (id, org_id, environment, key_id, occurred_at, method, route, status, billable, \
-         tokens_in, tokens_out, memories_read, memories_created, memories_updated, memories_deleted, memories_stored, \
-         embeddings_generated, model_calls, cost_micros, model, request_id, processing_us, tags, quantities) \
+    let bucket_rows = |updates: &BTreeMap<Bucket, Update>| {
+        let mut cols: (Vec<String>, Vec<&'static str>, Vec<String>, Vec<String>, Vec<i64>) = Default::default();
+        for (b, u) in updates {
+            let (Update::Add(v) | Update::Max(v) | Update::Set(v)) = u;
+            cols.0.push(b.org_id.clone());
+            cols.1.push(b.environment.as_str());
+            cols.2.push(b.bucket.clone());
+            cols.3.push(b.metric.clone());
+            cols.4.push(*v);
+        }
+        cols
+    };
+    let (c, r) = (bucket_rows(counters), bucket_rows(rollups));
+    let (seq, occurred_at, _, entry, _, after, prev_hash, hash) = seal;
+    let statement = format!(
+        "WITH events AS (INSERT INTO usage_events (id, org_id, environment, key_id, occurred_at, method, route, status, \
+         billable, tokens_in, tokens_out, memories_read, memories_created, memories_updated, memories_deleted, \
+         memories_stored, embeddings_generated, model_calls, cost_micros, model, request_id, processing_us, tags, \
+         quantities, ip, user_agent, audit_seq) \
          SELECT id, org_id, environment, key_id, occurred_at, method, route, status, billable, tokens_in, tokens_out, \
          memories_read, memories_created, memories_updated, memories_deleted, memories_stored, embeddings_generated, \
-         model_calls, cost_micros, model, request_id, processing_us, tags::jsonb, quantities::jsonb \
+         model_calls, cost_micros, model, request_id, processing_us, tags::jsonb, quantities::jsonb, ip, user_agent, \
+         $27::int8 \
          FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::text[], $7::text[], \
          $8::int4[], $9::bool[], $10::int8[], $11::int8[], $12::int8[], $13::int8[], $14::int8[], $15::int8[], \
          $16::int8[], $17::int8[], $18::int8[], $19::int8[], $20::text[], $21::text[], $22::int8[], $23::text[], \
-         $24::text[]) AS u(id, org_id, environment, key_id, occurred_at, method, route, status, billable, tokens_in, \
-         tokens_out, memories_read, memories_created, memories_updated, memories_deleted, memories_stored, \
-         embeddings_generated, model_calls, cost_micros, model, request_id, processing_us, tags, quantities)",
-    )
-    .bind(events.iter().map(|e| e.id).collect::<Vec<_>>())
-    .bind(text(|e| e.org_id.clone()))
-    .bind(text(|e| e.environment.as_str().to_string()))
-    .bind(text(|e| e.key_id.clone()))
-    .bind(events.iter().map(|e| e.occurred_at).collect::<Vec<_>>())
-    .bind(text(|e| e.method.clone()))
-    .bind(text(|e| e.route.clone()))
-    .bind(events.iter().map(|e| e.status as i32).collect::<Vec<i32>>())
-    .bind(events.iter().map(|e| e.billable).collect::<Vec<bool>>())
-    .bind(events.iter().map(|e| n(e.tokens_in)).collect::<Vec<_>>())
-    .bind(events.iter().map(|e| n(e.tokens_out)).collect::<Vec<_>>())
-    .bind(events.iter().map(|e| n(e.memories_read)).collect::<Vec<_>>())
-    .bind(events.iter().map(|e| n(e.memories_created)).collect::<Vec<_>>())
-    .bind(events.iter().map(|e| n(e.memories_updated)).collect::<Vec<_>>())
-    .bind(events.iter().map(|e| n(e.memories_deleted)).collect::<Vec<_>>())
-    .bind(events.iter().map(|e| n(e.memories_stored)).collect::<Vec<_>>())
-    .bind(events.iter().map(|e| n(e.embeddings_generated)).collect::<Vec<_>>())
-    .bind(events.iter().map(|e| n(e.model_calls)).collect::<Vec<_>>())
-    .bind(col(|e| e.cost_micros))
-    .bind(events.iter().map(|e| e.model.clone()).collect::<Vec<Option<String>>>())
-    .bind(text(|e| e.request_id.clone()))
-    .bind(events.iter().map(|e| n(e.processing_us)).collect::<Vec<_>>())
-    .bind(text(|e| serde_json::to_string(&e.tags).unwrap_or_else(|_| "{}".into())))
-    .bind(text(|e| serde_json::to_string(&e.quantities).unwrap_or_else(|_| "{}".into())))
-    .execute(conn)
-    .await?;
+         $24::text[], $25::text[], $26::text[]) AS u(id, org_id, environment, key_id, occurred_at, method, route, \
+         status, billable, tokens_in, tokens_out, memories_read, memories_created, memories_updated, memories_deleted, \
+         memories_stored, embeddings_generated, model_calls, cost_micros, model, request_id, processing_us, tags, \
+         quantities, ip, user_agent)), \
+         seal AS (INSERT INTO audit_log (seq, occurred_at, kind, actor, action, after, prev_hash, hash) \
+         VALUES ($27::int8, $28::timestamptz, 'system', $29::text, $30::text, $31::text, $32::text, $33::text)), \
+         head AS (UPDATE audit_head SET seq = $27::int8, hash = $33::text WHERE id = 1), \
+         counters AS (INSERT INTO usage_counters (org_id, environment, period, metric, quantity) \
+         SELECT * FROM UNNEST($34::text[], $35::text[], $36::text[], $37::text[], $38::int8[]) \
+         ON CONFLICT (org_id, environment, period, metric) DO UPDATE SET quantity = {}), \
+         rollups AS (INSERT INTO usage_daily_rollup (org_id, environment, day, metric, quantity) \
+         SELECT * FROM UNNEST($39::text[], $40::text[], $41::text[], $42::text[], $43::int8[]) \
+         ON CONFLICT (org_id, environment, day, metric) DO UPDATE SET quantity = {}), \
+         gauges AS (INSERT INTO usage_gauges (org_id, environment, name, value) \
+         SELECT o, e, 'memories_stored', v FROM UNNEST($44::text[], $45::text[], $46::int8[]) AS g(o, e, v) \
+         ON CONFLICT (org_id, environment, name) DO UPDATE SET value = excluded.value) \
+         SELECT 1",
+        conflict_expr("usage_counters", counters),
+        conflict_expr("usage_daily_rollup", rollups),
+    );
+    sqlx::query(safe(statement))
+        .bind(events.iter().map(|e| e.id).collect::<Vec<_>>())
+        .bind(text(|e| e.org_id.clone()))
+        .bind(text(|e| e.environment.as_str().to_string()))
+        .bind(text(|e| e.key_id.clone()))
+        .bind(events.iter().map(|e| e.occurred_at).collect::<Vec<_>>())
+        .bind(text(|e| e.method.clone()))
+        .bind(text(|e| e.route.clone()))
+        .bind(events.iter().map(|e| e.status as i32).collect::<Vec<i32>>())
+        .bind(events.iter().map(|e| e.billable).collect::<Vec<bool>>())
+        .bind(events.iter().map(|e| n(e.tokens_in)).collect::<Vec<_>>())
+        .bind(events.iter().map(|e| n(e.tokens_out)).collect::<Vec<_>>())
+        .bind(events.iter().map(|e| n(e.memories_read)).collect::<Vec<_>>())
+        .bind(events.iter().map(|e| n(e.memories_created)).collect::<Vec<_>>())
+        .bind(events.iter().map(|e| n(e.memories_updated)).collect::<Vec<_>>())
+        .bind(events.iter().map(|e| n(e.memories_deleted)).collect::<Vec<_>>())
+        .bind(events.iter().map(|e| n(e.memories_stored)).collect::<Vec<_>>())
+        .bind(events.iter().map(|e| n(e.embeddings_generated)).collect::<Vec<_>>())
+        .bind(events.iter().map(|e| n(e.model_calls)).collect::<Vec<_>>())
+        .bind(col(|e| e.cost_micros))
+        .bind(events.iter().map(|e| e.model.clone()).collect::<Vec<Option<String>>>())
+        .bind(text(|e| e.request_id.clone()))
+        .bind(events.iter().map(|e| n(e.processing_us)).collect::<Vec<_>>())
+        .bind(text(|e| serde_json::to_string(&e.tags).unwrap_or_else(|_| "{}".into())))
+        .bind(text(|e| serde_json::to_string(&e.quantities).unwrap_or_else(|_| "{}".into())))
+        .bind(batch.iter().map(|j| j.submission.ip.clone()).collect::<Vec<Option<String>>>())
+        .bind(batch.iter().map(|j| j.submission.user_agent.clone()).collect::<Vec<Option<String>>>())
+        .bind(*seq)
+        .bind(*occurred_at)
+        .bind(&entry.actor)
+        .bind(&entry.action)
+        .bind(after.as_deref())
+        .bind(prev_hash)
+        .bind(hash)
+        .bind(c.0)
+        .bind(c.1)
+        .bind(c.2)
+        .bind(c.3)
+        .bind(c.4)
+        .bind(r.0)
+        .bind(r.1)
+        .bind(r.2)
+        .bind(r.3)
+        .bind(r.4)
+        .bind(gauges.iter().map(|((o, _), _)| o.clone()).collect::<Vec<String>>())
+        .bind(gauges.iter().map(|((_, e), _)| e.as_str()).collect::<Vec<&str>>())
+        .bind(gauges.iter().map(|(_, v)| *v).collect::<Vec<i64>>())
+        .execute(conn)
+        .await?;
     Ok(())
 }
 
@@ -381,22 +552,7 @@ pub(super) async fn upsert(
     updates: &BTreeMap<Bucket, Update>,
 ) -> sqlx::Result<()> {
     let rows: Vec<(&Bucket, &Update)> = updates.iter().collect();
-    let names = |pick: fn(&Update) -> bool| -> Vec<String> {
-        let set: BTreeSet<&str> = rows.iter().filter(|(_, u)| pick(u)).map(|(b, _)| b.metric.as_str()).collect();
-        set.into_iter().map(|m| format!("'{m}'")).collect()
-    };
-    let (max, set) = (names(|u| matches!(u, Update::Max(_))), names(|u| matches!(u, Update::Set(_))));
-    let mut expr = String::from("CASE");
-    if !max.is_empty() {
-        expr.push_str(&format!(
-            " WHEN excluded.metric IN ({}) THEN GREATEST({table}.quantity, excluded.quantity)",
-            max.join(", ")
-        ));
-    }
-    if !set.is_empty() {
-        expr.push_str(&format!(" WHEN excluded.metric IN ({}) THEN excluded.quantity", set.join(", ")));
-    }
-    expr.push_str(&format!(" ELSE {table}.quantity + excluded.quantity END"));
+    let expr = conflict_expr(table, updates);
     for chunk in rows.chunks(INSERT_CHUNK) {
         let text = format!(
             "INSERT INTO {table} (org_id, environment, {bucket_col}, metric, quantity) VALUES {} \
@@ -411,4 +567,26 @@ pub(super) async fn upsert(
         q.execute(&mut *tx).await?;
     }
     Ok(())
+}
+
+/// The new quantity of a counter row an upsert hits: added to, raised to a
+/// maximum or set, by the row's metric's aggregation in this batch.
+fn conflict_expr(table: &str, updates: &BTreeMap<Bucket, Update>) -> String {
+    let names = |pick: fn(&Update) -> bool| -> Vec<String> {
+        let set: BTreeSet<&str> = updates.iter().filter(|(_, u)| pick(u)).map(|(b, _)| b.metric.as_str()).collect();
+        set.into_iter().map(|m| format!("'{m}'")).collect()
+    };
+    let (max, set) = (names(|u| matches!(u, Update::Max(_))), names(|u| matches!(u, Update::Set(_))));
+    let mut expr = String::from("CASE");
+    if !max.is_empty() {
+        expr.push_str(&format!(
+            " WHEN excluded.metric IN ({}) THEN GREATEST({table}.quantity, excluded.quantity)",
+            max.join(", ")
+        ));
+    }
+    if !set.is_empty() {
+        expr.push_str(&format!(" WHEN excluded.metric IN ({}) THEN excluded.quantity", set.join(", ")));
+    }
+    expr.push_str(&format!(" ELSE {table}.quantity + excluded.quantity END"));
+    expr
 }

@@ -220,7 +220,8 @@ pub struct AuditPage {
 
 /// The audit log, oldest first, filtered by `org_id`, `kind` (api_call,
 /// operator, system), `actor`, `action`, `start_time`, `end_time`; pages of
-/// `limit` (default 100, at most 1000) from `cursor`.
+/// `limit` (default 100, at most 1000) from `cursor`. API calls are read
+/// from their usage events (`event_id`; `seq` is the entry sealing them).
 #[utoipa::path(get, path = "/admin/audit", tag = "operations", security(("bearer" = [])),
     params(("org_id" = Option<String>, Query), ("kind" = Option<String>, Query), ("actor" = Option<String>, Query),
         ("action" = Option<String>, Query), ("start_time" = Option<String>, Query), ("end_time" = Option<String>, Query),
@@ -244,9 +245,8 @@ pub async fn audit_log(State(state): State<AppState>, RawQuery(raw): RawQuery) -
             "start_time" => f.start = Some(parse_time("start_time", &v)?),
             "end_time" => f.end = Some(parse_time("end_time", &v)?),
             "cursor" => {
-                f.after_seq = Some(
-                    v.parse().map_err(|_| ApiError::invalid_field("cursor", "cursor is not one this API returned"))?,
-                )
+                f.cursor = audit::Cursor::parse(&v)
+                    .ok_or_else(|| ApiError::invalid_field("cursor", "cursor is not one this API returned"))?
             }
             "limit" => {
                 f.limit = v
@@ -258,9 +258,8 @@ pub async fn audit_log(State(state): State<AppState>, RawQuery(raw): RawQuery) -
             other => return Err(ApiError::invalid_field(other.to_string(), format!("unknown parameter `{other}`"))),
         }
     }
-    let entries = audit::list(&state.db, &f).await.map_err(|e| ApiError::Internal(e.into()))?;
-    let next_cursor = (entries.len() == f.limit as usize).then(|| entries.last().map(|e| e.seq.to_string())).flatten();
-    Ok(ApiOk::ok(AuditPage { entries, next_cursor }))
+    let page = audit::list(&state.db, &f).await.map_err(|e| ApiError::Internal(e.into()))?;
+    Ok(ApiOk::ok(AuditPage { entries: page.entries, next_cursor: page.next.map(|c| c.encode()) }))
 }
 
 /// Recomputes the audit log's hash chain: `ok` false names the first entry
