@@ -495,13 +495,23 @@ async fn retention_prunes_old_events_and_audit_entries(backend: Backend) {
                 .to_string(),
         ),
     };
+    // The chain up to the third event's seal is as old (a seal is written
+    // after its events, so it is never younger than them).
+    let third_seal = s
+        .sql_number(&format!(
+            "SELECT CAST(MAX(audit_seq) AS TEXT) FROM (SELECT audit_seq FROM usage_events WHERE org_id = '{org}' \
+             ORDER BY id LIMIT 3) AS oldest"
+        ))
+        .await;
     s.sql_exec(&lift).await.unwrap();
-    s.sql_exec("UPDATE audit_log SET occurred_at = '2020-01-01T00:00:00.000000Z' WHERE seq <= 4").await.unwrap();
+    s.sql_exec(&format!("UPDATE audit_log SET occurred_at = '2020-01-01T00:00:00.000000Z' WHERE seq <= {third_seal}"))
+        .await
+        .unwrap();
     s.sql_exec(&restore).await.unwrap();
 
     let pruned = s.cli_json(&["usage", "prune"]);
     assert_eq!(pruned["events"], 3, "{pruned}");
-    assert_eq!(pruned["audit_entries"], 4, "{pruned}");
+    assert_eq!(pruned["audit_entries"].as_i64(), Some(third_seal), "{pruned}");
     let left = s.sql_number(&format!("SELECT CAST(COUNT(*) AS TEXT) FROM usage_events WHERE org_id = '{org}'")).await;
     assert_eq!(left, 3);
     // Rollups and counters are kept for ever.
@@ -509,10 +519,16 @@ async fn retention_prunes_old_events_and_audit_entries(backend: Backend) {
     // The chain still verifies from the oldest entry kept, and says it was pruned.
     let v = s.cli_json(&["audit", "verify"]);
     assert_eq!(v["ok"], true, "{v}");
-    assert_eq!(v["first_seq"], 5, "{v}");
+    assert_eq!(v["first_seq"].as_i64(), Some(third_seal + 1), "{v}");
+    assert!(v["sealed_calls"].as_u64().unwrap() >= 3, "the events kept match their seals: {v}");
     let pruned_entry = s.sql_rows("SELECT after FROM audit_log WHERE action = 'audit.pruned'").await;
     assert_eq!(pruned_entry.len(), 1);
-    assert!(pruned_entry[0][0].as_deref().unwrap().contains("\"deleted\":4"), "{pruned_entry:?}");
+    assert!(pruned_entry[0][0].as_deref().unwrap().contains(&format!("\"deleted\":{third_seal}")), "{pruned_entry:?}");
+    let events_pruned = s.sql_rows("SELECT after FROM audit_log WHERE action = 'usage.pruned'").await;
+    assert!(
+        events_pruned[0][0].as_deref().unwrap().contains(&format!("\"through_seq\":{third_seal}")),
+        "{events_pruned:?}"
+    );
     // Nothing else is old: a second pass deletes nothing.
     let again = s.cli_json(&["usage", "prune"]);
     assert_eq!((again["events"].as_u64(), again["audit_entries"].as_u64()), (Some(0), Some(0)));
@@ -816,4 +832,56 @@ async fn a_failed_usage_write_answers_503_and_bills_nothing(backend: Backend) {
     assert!(!retry.headers.contains_key("idempotent-replayed"));
     assert_eq!(s.sql_number(&events).await, 2);
     assert_eq!(used(&s, &key, "api_calls").await, Some(2), "the failed request is not counted");
+}
+
+/// Two instances on one PostgreSQL database, writing and deleting one org's
+/// memories at once: their metering batches take turns on the audit chain's
+/// head, and each reads the gauge the other just wrote, so the stored-memory
+/// gauge equals the memories, the counters equal the events, and the chain
+/// and every seal verify.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_share_one_chain_and_one_gauge() {
+    let a = TestServer::start(Backend::Postgres).await;
+    let url = a.database_url().unwrap();
+    let b = TestServer::start_with(Backend::Postgres, &[("DATABASE_URL", &url)]).await;
+    let (org, key) = a.tenant();
+    let mut clients = Vec::new();
+    for (n, server) in [&a, &b, &a, &b, &a, &b].into_iter().enumerate() {
+        let (client, base, key) = (server.client.clone(), server.base.clone(), key.clone());
+        clients.push(tokio::spawn(async move {
+            for i in 0..12 {
+                let r = client
+                    .post(format!("{base}/v1/memories"))
+                    .bearer_auth(&key)
+                    .json(&json!({ "text": format!("client {n} fact {i}") }))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 201);
+                let id = r.json::<Value>().await.unwrap()["data"]["id"].as_str().unwrap().to_string();
+                if i % 3 == 0 {
+                    let d = client.delete(format!("{base}/v1/memories/{id}")).bearer_auth(&key).send().await.unwrap();
+                    assert_eq!(d.status(), 200);
+                }
+            }
+        }));
+    }
+    for c in clients {
+        c.await.unwrap();
+    }
+    let stored = a.sql_number(&format!("SELECT CAST(COUNT(*) AS TEXT) FROM memories WHERE org_id = '{org}'")).await;
+    assert_eq!(stored, 6 * 8);
+    let gauge = a
+        .sql_number(&format!(
+            "SELECT CAST(value AS TEXT) FROM usage_gauges WHERE org_id = '{org}' AND environment = 'live' \
+             AND name = 'memories_stored'"
+        ))
+        .await;
+    assert_eq!(gauge, stored, "no batch overwrote the other instance's gauge");
+    let out = a.cli(&["usage", "reconcile", "--json"]);
+    let report: Value = serde_json::from_slice(&out.stdout).expect("reconcile JSON");
+    assert_eq!(report["differences"], json!([]), "{report}");
+    let v = a.cli_json(&["audit", "verify"]);
+    assert_eq!(v["ok"], true, "{v}");
+    assert!(v["sealed_calls"].as_u64().unwrap() >= 6 * 16, "{v}");
 }

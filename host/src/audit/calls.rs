@@ -151,53 +151,67 @@ pub fn seal_details(events: usize, digest: &str) -> Value {
     serde_json::json!({ "events": events, "digest": digest })
 }
 
-/// Checks the events under the seal `seq` against its `after`. `None` when
-/// they match, or when retention removes the events of seals up to
-/// `pruned_through` (those are not checked).
+/// What checking one seal found.
+pub(super) enum SealCheck {
+    /// Its events match: this many.
+    Matches(u64),
+    /// Retention removes this seal's events: not checked.
+    Pruned,
+    Broken(String),
+}
+
+/// Checks the events under the seal `seq` against its `after`. Seals up to
+/// `pruned_through` are not checked (retention removes their events); a
+/// mismatch is looked at again against a fresh `pruned_through`, in case a
+/// retention pass ran while the chain was being verified.
 pub(super) async fn check_seal(
     db: &Database,
     seq: i64,
     after: Option<&str>,
     pruned_through: i64,
-) -> sqlx::Result<Option<String>> {
+) -> sqlx::Result<SealCheck> {
     let details: Value = after.and_then(|a| serde_json::from_str(a).ok()).unwrap_or(Value::Null);
     let (Some(expected_n), Some(expected)) = (details["events"].as_u64(), details["digest"].as_str()) else {
-        return Ok(Some("the seal has no event count and digest".into()));
+        return Ok(SealCheck::Broken("the seal has no event count and digest".into()));
     };
     if seq <= pruned_through {
-        // Retention is removing (or removed) this seal's events.
-        return Ok(None);
+        return Ok(SealCheck::Pruned);
     }
     let rows = sql(format!("SELECT {} FROM usage_events WHERE audit_seq = $1", CallRecord::COLUMNS))
         .bind(seq)
         .fetch_all(db.read())
         .await?;
     let mut records = rows.iter().map(CallRecord::from_row).collect::<sqlx::Result<Vec<_>>>()?;
-    if records.len() as u64 != expected_n {
-        return Ok(Some(format!(
-            "the seal covers {expected_n} API call events but {} carry it (removed or added)",
-            records.len()
-        )));
+    let problem = if records.len() as u64 != expected_n {
+        format!("the seal covers {expected_n} API call events but {} carry it (removed or added)", records.len())
+    } else if digest(&mut records) != expected {
+        "an API call event under this seal was edited".to_string()
+    } else {
+        return Ok(SealCheck::Matches(expected_n));
+    };
+    if seq <= pruned_through_seq(db).await? {
+        return Ok(SealCheck::Pruned);
     }
-    if digest(&mut records) != expected {
-        return Ok(Some("an API call event under this seal was edited".into()));
-    }
-    Ok(None)
+    Ok(SealCheck::Broken(problem))
 }
 
 /// Deletes the events older than `before` (retention), whole seals at a
-/// time: every event sealed up to the newest seal holding such an event
-/// (so a few events of that last batch, younger by milliseconds, go with
-/// it). The chain says so first ([`PRUNED_ACTION`]), so a pass cut short
-/// still verifies. Events from before sealing (no `audit_seq`) go by time.
-/// In slices, each its own transaction, so metering is never held up long.
+/// time: the events of every seal written before `before` (a seal is
+/// written after its events, on the same instance's clock, so all of them
+/// are older). The chain says so first ([`PRUNED_ACTION`]), so a pass cut
+/// short still verifies. Events whose seal retention already removed from
+/// the chain, and events from before sealing (no `audit_seq`), go by their
+/// own time. In slices, each its own transaction, so metering is never held
+/// up long.
 pub async fn prune_events(db: &Database, before: DateTime<Utc>) -> sqlx::Result<u64> {
-    let through: Option<i64> = sql("SELECT MAX(audit_seq) AS through FROM usage_events WHERE occurred_at < $1")
-        .bind(before)
-        .fetch_one(db.read())
-        .await?
-        .get("through")?;
-    let through = through.unwrap_or(0);
+    let bounds = sql("SELECT (SELECT MAX(seq) FROM audit_log WHERE action = $1 AND occurred_at < $2) AS through, \
+         (SELECT MIN(seq) FROM audit_log) AS first_kept")
+    .bind(SEAL_ACTION)
+    .bind(before)
+    .fetch_one(db.read())
+    .await?;
+    let through = bounds.get::<Option<i64>>("through")?.unwrap_or(0);
+    let first_kept = bounds.get::<Option<i64>>("first_kept")?.unwrap_or(i64::MAX);
     if through > pruned_through_seq(db).await? {
         let entry = super::NewEntry {
             kind: Some(EntryKind::System),
@@ -209,15 +223,24 @@ pub async fn prune_events(db: &Database, before: DateTime<Utc>) -> sqlx::Result<
         super::record(db, vec![entry]).await?;
     }
     let mut deleted = 0;
-    for sealed in [true, false] {
+    for part in 0..3 {
         loop {
-            let slice = if sealed {
-                sql("DELETE FROM usage_events WHERE id IN (SELECT id FROM usage_events WHERE audit_seq <= $1 LIMIT 5000)")
-                    .bind(through)
-            } else {
-                sql("DELETE FROM usage_events WHERE id IN \
-                     (SELECT id FROM usage_events WHERE audit_seq IS NULL AND occurred_at < $1 LIMIT 5000)")
-                .bind(before)
+            let slice = match part {
+                0 => sql(
+                    "DELETE FROM usage_events WHERE id IN (SELECT id FROM usage_events WHERE audit_seq <= $1 LIMIT 5000)",
+                )
+                .bind(through),
+                1 => sql(
+                    "DELETE FROM usage_events WHERE id IN (SELECT id FROM usage_events \
+                     WHERE audit_seq < $1 AND occurred_at < $2 LIMIT 5000)",
+                )
+                .bind(first_kept)
+                .bind(before),
+                _ => sql(
+                    "DELETE FROM usage_events WHERE id IN \
+                     (SELECT id FROM usage_events WHERE audit_seq IS NULL AND occurred_at < $1 LIMIT 5000)",
+                )
+                .bind(before),
             };
             let mut tx = db.begin().await?;
             sql("INSERT INTO audit_prune_unlock (id) VALUES (1)").execute(&mut tx).await?;
@@ -234,23 +257,26 @@ pub async fn prune_events(db: &Database, before: DateTime<Utc>) -> sqlx::Result<
 }
 
 /// The last seal whose events retention removes (0: none).
+/// A retention entry covers only seals before itself.
 pub(super) async fn pruned_through_seq(db: &Database) -> sqlx::Result<i64> {
-    let row = sql("SELECT after FROM audit_log WHERE action = $1 ORDER BY seq DESC LIMIT 1")
+    let row = sql("SELECT seq, after FROM audit_log WHERE action = $1 ORDER BY seq DESC LIMIT 1")
         .bind(PRUNED_ACTION)
         .fetch_optional(db.read())
         .await?;
-    let after: Option<String> = match row {
-        Some(r) => r.get("after")?,
-        None => None,
-    };
-    Ok(after.and_then(|a| serde_json::from_str::<Value>(&a).ok()).and_then(|a| a["through_seq"].as_i64()).unwrap_or(0))
+    let Some(row) = row else { return Ok(0) };
+    let (seq, after): (i64, Option<String>) = (row.get("seq")?, row.get("after")?);
+    let through =
+        after.and_then(|a| serde_json::from_str::<Value>(&a).ok()).and_then(|a| a["through_seq"].as_i64()).unwrap_or(0);
+    Ok(through.min(seq - 1))
 }
 
-/// Where a listing of API calls resumes: after this event.
-pub type CallCursor = (DateTime<Utc>, Uuid);
+/// Where a listing of API calls resumes: after this event (its seal, its id).
+pub type CallCursor = (i64, Uuid);
 
-/// API calls (sealed events) matching the filter, oldest first, after the
-/// cursor. A filter no call can match (an actor that is not a key, an
+/// API calls (sealed events) matching the filter, in chain order (by seal,
+/// then id), after the cursor. Seals are numbered under the chain's lock in
+/// commit order, so a call never appears behind a cursor already past it
+/// (a request's own time would not promise that). A filter no call can match (an actor that is not a key, an
 /// action that is not `METHOD /route`) returns none without a query.
 pub(super) async fn list(
     db: &Database,
@@ -275,7 +301,7 @@ pub(super) async fn list(
         "SELECT {} FROM usage_events WHERE audit_seq IS NOT NULL AND ($1::text IS NULL OR org_id = $1) \
          AND ($2::text IS NULL OR key_id = $2) AND ($3::text IS NULL OR method = $3) AND ($4::text IS NULL OR route = $4) \
          AND ($5::timestamptz IS NULL OR occurred_at >= $5) AND ($6::timestamptz IS NULL OR occurred_at < $6) \
-         AND ($7::timestamptz IS NULL OR (occurred_at, id) > ($7, $8)) ORDER BY occurred_at, id LIMIT $9",
+         AND (audit_seq > $7 OR (audit_seq = $7 AND id > $8)) ORDER BY audit_seq, id LIMIT $9",
         CallRecord::COLUMNS
     ))
     .bind(f.org_id.as_deref())
@@ -284,17 +310,18 @@ pub(super) async fn list(
     .bind(route)
     .bind(f.start)
     .bind(f.end)
-    .bind(after.map(|a| a.0))
-    .bind(after.map(|a| a.1).unwrap_or_else(Uuid::nil))
+    .bind(after.map_or(0, |a| a.0))
+    .bind(after.map_or_else(Uuid::nil, |a| a.1))
     .bind(f.limit as i64)
     .fetch_all(db.read())
     .await?;
     rows.iter()
         .map(|r| {
             let c = CallRecord::from_row(r)?;
+            let seal: i64 = r.get("audit_seq")?;
             let [tokens_in, tokens_out, .., processing_us] = c.numbers;
             let entry = Entry {
-                seq: r.get("audit_seq")?,
+                seq: seal,
                 event_id: Some(c.id),
                 occurred_at: c.occurred_at,
                 kind: EntryKind::ApiCall,
@@ -313,7 +340,7 @@ pub(super) async fn list(
                 prev_hash: None,
                 hash: None,
             };
-            Ok((entry, (c.occurred_at, c.id)))
+            Ok((entry, (seal, c.id)))
         })
         .collect()
 }

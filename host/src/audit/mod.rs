@@ -209,6 +209,9 @@ pub struct Head {
     pub hash: String,
 }
 
+/// The statement that locks the chain's head (for [`Database::begin_locking`]).
+pub const LOCK_HEAD: &str = "SELECT 1 FROM audit_head WHERE id = 1 FOR UPDATE";
+
 /// Locks the chain's head for this transaction (and with it, every other
 /// writer of the audit log and of usage counters: see `metering::writer`).
 pub async fn lock_head(tx: &mut Tx) -> sqlx::Result<Head> {
@@ -394,8 +397,8 @@ pub struct AuditFilter {
 }
 
 /// Where a listing resumes: after chain entry `seq`, and after the API call
-/// `call` (time, event id). Two positions, because chain entries and API
-/// calls are read from their own tables and merged by time.
+/// `call` (its seal, its event id). Two positions, because chain entries and
+/// API calls are read from their own tables and merged in chain order.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Cursor {
     pub seq: i64,
@@ -403,11 +406,11 @@ pub struct Cursor {
 }
 
 impl Cursor {
-    /// `seq` or `seq~micros~event id`.
+    /// `seq` or `seq~seal~event id`.
     pub fn encode(&self) -> String {
         match self.call {
             None => self.seq.to_string(),
-            Some((t, id)) => format!("{}~{}~{id}", self.seq, t.timestamp_micros()),
+            Some((seal, id)) => format!("{}~{seal}~{id}", self.seq),
         }
     }
 
@@ -416,9 +419,7 @@ impl Cursor {
         let seq = parts.next()?.parse().ok()?;
         let call = match (parts.next(), parts.next()) {
             (None, None) => None,
-            (Some(t), Some(id)) => {
-                Some((DateTime::from_timestamp_micros(t.parse().ok()?)?, uuid::Uuid::parse_str(id).ok()?))
-            }
+            (Some(seal), Some(id)) => Some((seal.parse().ok()?, uuid::Uuid::parse_str(id).ok()?)),
             _ => return None,
         };
         parts.next().is_none().then_some(Cursor { seq, call })
@@ -432,7 +433,8 @@ pub struct Page {
     pub next: Option<Cursor>,
 }
 
-/// Chain entries and API calls, oldest first, from the cursor on.
+/// Chain entries and API calls in chain order (oldest first), from the
+/// cursor on: the calls a seal covers come just before the seal.
 pub async fn list(db: &Database, f: &AuditFilter) -> sqlx::Result<Page> {
     let rows = sql(format!(
         "SELECT {COLUMNS} FROM audit_log WHERE ($1::text IS NULL OR org_id = $1) AND ($2::text IS NULL OR kind = $2) \
@@ -455,14 +457,15 @@ pub async fn list(db: &Database, f: &AuditFilter) -> sqlx::Result<Page> {
         None | Some(EntryKind::ApiCall) => calls::list(db, f, f.cursor.call).await?,
         Some(_) => Vec::new(),
     };
-    // Merge the two by time (a chain entry first on a tie); each side keeps
-    // its own position, so a page boundary never skips or repeats one.
+    // Merge the two in chain order (a seal's calls before the seal); each
+    // side keeps its own position, so a page boundary never skips or
+    // repeats one.
     let (mut chain, mut api_calls) = (chain.into_iter().peekable(), api_calls.into_iter().peekable());
     let mut next = f.cursor;
     let mut entries = Vec::new();
     while entries.len() < f.limit as usize {
         let take_chain = match (chain.peek(), api_calls.peek()) {
-            (Some(e), Some((c, _))) => e.occurred_at <= c.occurred_at,
+            (Some(e), Some((c, _))) => e.seq < c.seq,
             (Some(_), None) => true,
             (None, Some(_)) => false,
             (None, None) => break,
@@ -566,11 +569,14 @@ pub async fn verify(db: &Database) -> sqlx::Result<Verification> {
                 return Ok(v);
             }
             if e.kind == EntryKind::System && e.action == calls::SEAL_ACTION {
-                if let Some(why) = calls::check_seal(db, e.seq, after_text.as_deref(), pruned_through).await? {
-                    fail(&mut v, why);
-                    return Ok(v);
+                match calls::check_seal(db, e.seq, after_text.as_deref(), pruned_through).await? {
+                    calls::SealCheck::Matches(n) => v.sealed_calls += n,
+                    calls::SealCheck::Pruned => {}
+                    calls::SealCheck::Broken(why) => {
+                        fail(&mut v, why);
+                        return Ok(v);
+                    }
                 }
-                v.sealed_calls += e.after.as_ref().and_then(|a| a["events"].as_u64()).unwrap_or(0);
             }
             v.entries += 1;
             v.first_seq.get_or_insert(e.seq);
@@ -628,8 +634,7 @@ mod tests {
         let plain = Cursor { seq: 42, call: None };
         assert_eq!(Cursor::parse(&plain.encode()), Some(plain));
         assert_eq!(Cursor::parse("42"), Some(plain), "a bare sequence number (the older cursor) still works");
-        let at = DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap();
-        let both = Cursor { seq: 7, call: Some((at, uuid::Uuid::from_u128(99))) };
+        let both = Cursor { seq: 7, call: Some((9, uuid::Uuid::from_u128(99))) };
         assert_eq!(Cursor::parse(&both.encode()), Some(both));
         for bad in ["", "x", "1~2", "1~x~y", "1~2~00000000-0000-0000-0000-000000000063~3"] {
             assert_eq!(Cursor::parse(bad), None, "{bad}");

@@ -14,9 +14,9 @@
 //!    metrics policy aggregates it, and move the gauges;
 //! 5. store the idempotent responses; commit.
 //!
-//! On PostgreSQL steps 1–2 are one statement and steps 3–4 another (one
-//! data-modifying `WITH`): with `BEGIN` and `COMMIT`, four round trips a
-//! batch, whatever its size (plus one per idempotent response, and one per
+//! On PostgreSQL step 1 rides with `BEGIN`, step 2 is one statement and
+//! steps 3–4 another (one data-modifying `WITH`): with `COMMIT`, four round
+//! trips a batch, whatever its size (plus one per idempotent response, and one per
 //! new value of a `unique_count` metric).
 //!
 //! Every request of the batch is answered after the commit: durable before
@@ -119,7 +119,9 @@ pub(super) async fn write_batch(
     policy: &MetricsPolicy,
     batch: &mut [Job],
 ) -> sqlx::Result<BatchOutcome> {
-    let mut tx = db.begin().await?;
+    // The audit head's lock rides with BEGIN; every read below starts after
+    // it was granted, so it sees the batch committed before this one.
+    let mut tx = db.begin_locking(audit::LOCK_HEAD).await?;
     // Gauges: the org's stored memories, carried through the batch in order.
     let orgs: BTreeSet<(String, Environment)> =
         batch.iter().map(|j| (j.submission.event.org_id.clone(), j.submission.event.environment)).collect();
@@ -224,9 +226,11 @@ pub(super) async fn write_batch(
 
 type Gauges = BTreeMap<(String, Environment), (i64, i64)>;
 
-/// Locks the audit chain's head and reads the batch's orgs' gauges: one
-/// statement on PostgreSQL, two on SQLite (where the write transaction
-/// already excludes every other writer).
+/// Reads the audit chain's head (locked by the transaction's BEGIN) and the
+/// batch's orgs' gauges: one statement on PostgreSQL, two on SQLite (where
+/// the write transaction already excludes every other writer). Not one
+/// statement that both locks and reads: at READ COMMITTED it would read the
+/// gauges from before the batch it waited for (a lost update).
 async fn lock_head_and_read_gauges(
     tx: &mut Tx,
     orgs: &BTreeSet<(String, Environment)>,
@@ -238,9 +242,8 @@ async fn lock_head_and_read_gauges(
     use sqlx::Row as _;
     let ids: Vec<&str> = orgs.iter().map(|(o, _)| o.as_str()).collect::<BTreeSet<_>>().into_iter().collect();
     let rows = sqlx::query(
-        "SELECT h.seq, h.hash, g.org_id, g.environment, g.value \
-         FROM (SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE) h \
-         LEFT JOIN usage_gauges g ON g.name = 'memories_stored' AND g.org_id = ANY($1::text[])",
+        "SELECT h.seq, h.hash, g.org_id, g.environment, g.value FROM audit_head h \
+         LEFT JOIN usage_gauges g ON g.name = 'memories_stored' AND g.org_id = ANY($1::text[]) WHERE h.id = 1",
     )
     .bind(&ids)
     .fetch_all(conn)

@@ -155,6 +155,19 @@ impl Database {
         }))
     }
 
+    /// A write transaction whose first statement is `lock` (a `SELECT … FOR
+    /// UPDATE`): in PostgreSQL sent with `BEGIN` in one message, so the lock
+    /// costs no round trip of its own, and every later statement takes its
+    /// snapshot after the lock was granted (at READ COMMITTED a statement
+    /// that waits for a lock still reads from the snapshot it started with).
+    /// SQLite's write transaction already excludes other writers.
+    pub async fn begin_locking(&self, lock: &str) -> sqlx::Result<Tx> {
+        Ok(Tx(match self {
+            Database::Sqlite(s) => TxInner::Sqlite(s.write.begin().await?),
+            Database::Postgres(p) => TxInner::Pg(super::begin_pg(p, Some(format!("BEGIN; {lock}"))).await?),
+        }))
+    }
+
     /// A write transaction confined to one org: in PostgreSQL it runs as the
     /// tenant role with row-level security for `org_id`.
     pub async fn begin_tenant(&self, org_id: &str) -> sqlx::Result<Tx> {
