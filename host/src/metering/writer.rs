@@ -430,6 +430,9 @@ async fn insert_events(tx: &mut Tx, batch: &[Job], audit_seq: i64) -> sqlx::Resu
     Ok(())
 }
 
+/// Counter or rollup rows as arrays: org, environment, bucket, metric, quantity.
+type BucketColumns = (Vec<String>, Vec<&'static str>, Vec<String>, Vec<String>, Vec<i64>);
+
 /// PostgreSQL: the events, the seal (and the chain's head), the counters,
 /// the rollups and the gauges in one statement (one round trip; each part
 /// binds arrays, so the text stays the same whatever the batch size).
@@ -446,7 +449,7 @@ async fn write_pg(
     let text = |f: fn(&UsageEvent) -> String| events.iter().map(|e| f(e)).collect::<Vec<String>>();
     let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
     let bucket_rows = |updates: &BTreeMap<Bucket, Update>| {
-        let mut cols: (Vec<String>, Vec<&'static str>, Vec<String>, Vec<String>, Vec<i64>) = Default::default();
+        let mut cols: BucketColumns = Default::default();
         for (b, u) in updates {
             let (Update::Add(v) | Update::Max(v) | Update::Set(v)) = u;
             cols.0.push(b.org_id.clone());
