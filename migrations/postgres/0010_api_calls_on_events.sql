@@ -9,17 +9,18 @@ ALTER TABLE usage_events
     ADD COLUMN audit_seq BIGINT;                -- the audit entry that seals this event
 CREATE INDEX usage_events_audit ON usage_events(audit_seq);
 
--- Events are audit records now: append-only like the audit log (retention
--- pruning unlocks deletes inside its own transaction only).
-CREATE FUNCTION usage_events_append_only() RETURNS trigger AS $$
+-- Events are audit records now: append-only like the audit log, by the
+-- audit log's own guard (retention pruning unlocks deletes inside its own
+-- transaction only), which now names the table it refuses.
+CREATE OR REPLACE FUNCTION audit_log_append_only() RETURNS trigger AS $$
 BEGIN
     IF TG_OP = 'DELETE' AND EXISTS (SELECT 1 FROM audit_prune_unlock) THEN
         RETURN OLD;
     END IF;
-    RAISE EXCEPTION 'usage_events is append-only: % refused', TG_OP;
+    RAISE EXCEPTION '% is append-only: % refused', TG_TABLE_NAME, TG_OP;
 END
 $$ LANGUAGE plpgsql;
 CREATE TRIGGER usage_events_append_only BEFORE UPDATE OR DELETE ON usage_events
-    FOR EACH ROW EXECUTE FUNCTION usage_events_append_only();
+    FOR EACH ROW EXECUTE FUNCTION audit_log_append_only();
 CREATE TRIGGER usage_events_no_truncate BEFORE TRUNCATE ON usage_events
-    FOR EACH STATEMENT EXECUTE FUNCTION usage_events_append_only();
+    FOR EACH STATEMENT EXECUTE FUNCTION audit_log_append_only();

@@ -422,11 +422,8 @@ async fn the_audit_log_is_append_only_and_tamper_evident(backend: Backend) {
     assert!(err.contains("append-only"), "{err}");
 
     // Someone with the power to lift the guard edits an entry: the chain says where.
-    let lift = match backend {
-        Backend::Postgres => "ALTER TABLE audit_log DISABLE TRIGGER audit_log_append_only",
-        Backend::Sqlite => "DROP TRIGGER audit_log_no_update",
-    };
-    s.sql_exec(lift).await.unwrap();
+    let (lift, _) = update_guard(backend, "audit_log");
+    s.sql_exec(&lift).await.unwrap();
     s.sql_exec("UPDATE audit_log SET status = 200 WHERE seq = 3").await.unwrap();
     let out = s.cli(&["audit", "verify", "--json"]);
     assert_eq!(out.status.code(), Some(1), "verify fails");
@@ -439,11 +436,8 @@ async fn the_audit_log_is_append_only_and_tamper_evident(backend: Backend) {
     assert_eq!(s.cli_json(&["audit", "verify"])["ok"], true);
 
     // An API call's event edited behind the guard's back: its seal says so.
-    let lift_events = match backend {
-        Backend::Postgres => "ALTER TABLE usage_events DISABLE TRIGGER usage_events_append_only",
-        Backend::Sqlite => "DROP TRIGGER usage_events_no_update",
-    };
-    s.sql_exec(lift_events).await.unwrap();
+    let (lift_events, _) = update_guard(backend, "usage_events");
+    s.sql_exec(&lift_events).await.unwrap();
     s.sql_exec(&format!("UPDATE usage_events SET tokens_in = tokens_in + 1000 WHERE id = '{event_id}'")).await.unwrap();
     let out = s.cli(&["audit", "verify", "--json"]);
     assert_eq!(out.status.code(), Some(1), "verify fails");
@@ -451,6 +445,24 @@ async fn the_audit_log_is_append_only_and_tamper_evident(backend: Backend) {
     assert_eq!(v["ok"], false);
     assert_eq!(v["broken_at"], seal, "{v}");
     assert!(v["problem"].as_str().unwrap().contains("edited"), "{v}");
+}
+
+/// The statements that lift and restore the guard refusing UPDATE on an
+/// append-only table (`audit_log`, `usage_events`), as the migrations name it.
+fn update_guard(backend: Backend, table: &str) -> (String, String) {
+    match backend {
+        Backend::Postgres => (
+            format!("ALTER TABLE {table} DISABLE TRIGGER {table}_append_only"),
+            format!("ALTER TABLE {table} ENABLE TRIGGER {table}_append_only"),
+        ),
+        Backend::Sqlite => (
+            format!("DROP TRIGGER {table}_no_update"),
+            format!(
+                "CREATE TRIGGER {table}_no_update BEFORE UPDATE ON {table} BEGIN \
+                 SELECT RAISE(ABORT, '{table} is append-only: UPDATE refused'); END"
+            ),
+        ),
+    }
 }
 
 async fn retention_prunes_old_events_and_audit_entries(backend: Backend) {
@@ -463,18 +475,7 @@ async fn retention_prunes_old_events_and_audit_entries(backend: Backend) {
     assert_eq!(events, 6);
     // Three events and the oldest audit entries are 500 days old (events
     // are append-only too: the guard is lifted to age them).
-    let (lift_events, restore_events) = match backend {
-        Backend::Postgres => (
-            "ALTER TABLE usage_events DISABLE TRIGGER usage_events_append_only".to_string(),
-            "ALTER TABLE usage_events ENABLE TRIGGER usage_events_append_only".to_string(),
-        ),
-        Backend::Sqlite => (
-            "DROP TRIGGER usage_events_no_update".to_string(),
-            "CREATE TRIGGER usage_events_no_update BEFORE UPDATE ON usage_events BEGIN \
-             SELECT RAISE(ABORT, 'usage_events is append-only: UPDATE refused'); END"
-                .to_string(),
-        ),
-    };
+    let (lift_events, restore_events) = update_guard(backend, "usage_events");
     s.sql_exec(&lift_events).await.unwrap();
     s.sql_exec(&format!(
         "UPDATE usage_events SET occurred_at = '2020-01-01T00:00:00.000000Z' WHERE id IN \
@@ -483,18 +484,7 @@ async fn retention_prunes_old_events_and_audit_entries(backend: Backend) {
     .await
     .unwrap();
     s.sql_exec(&restore_events).await.unwrap();
-    let (lift, restore) = match backend {
-        Backend::Postgres => (
-            "ALTER TABLE audit_log DISABLE TRIGGER audit_log_append_only".to_string(),
-            "ALTER TABLE audit_log ENABLE TRIGGER audit_log_append_only".to_string(),
-        ),
-        Backend::Sqlite => (
-            "DROP TRIGGER audit_log_no_update".to_string(),
-            "CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log BEGIN \
-             SELECT RAISE(ABORT, 'audit_log is append-only: UPDATE refused'); END"
-                .to_string(),
-        ),
-    };
+    let (lift, restore) = update_guard(backend, "audit_log");
     // The chain up to the third event's seal is as old (a seal is written
     // after its events, so it is never younger than them).
     let third_seal = s

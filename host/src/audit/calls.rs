@@ -28,6 +28,21 @@ pub const SEAL_ACTION: &str = "usage.sealed";
 /// `after.through_seq` is the last seal whose events are gone.
 pub const PRUNED_ACTION: &str = "usage.pruned";
 
+/// The event columns in [`CallRecord::numbers`], in order.
+pub const NUMBER_COLUMNS: [&str; 11] = [
+    "tokens_in",
+    "tokens_out",
+    "memories_read",
+    "memories_created",
+    "memories_updated",
+    "memories_deleted",
+    "memories_stored",
+    "embeddings_generated",
+    "model_calls",
+    "cost_micros",
+    "processing_us",
+];
+
 /// One event's content, as the seal digest covers it (every column but
 /// `audit_seq`, which the seal's own position in the chain fixes).
 #[derive(Debug, Clone)]
@@ -41,9 +56,7 @@ pub struct CallRecord {
     pub route: String,
     pub status: i64,
     pub billable: bool,
-    /// tokens in, tokens out, memories read, created, updated, deleted,
-    /// stored, embeddings generated, model calls, cost (micro-units),
-    /// processing time (µs): in that order.
+    /// The event's counts, in the order of [`NUMBER_COLUMNS`].
     pub numbers: [i64; 11],
     pub model: Option<String>,
     pub request_id: String,
@@ -86,19 +99,7 @@ impl CallRecord {
 
     fn from_row(r: &Row) -> sqlx::Result<CallRecord> {
         let mut numbers = [0i64; 11];
-        for (slot, col) in numbers.iter_mut().zip([
-            "tokens_in",
-            "tokens_out",
-            "memories_read",
-            "memories_created",
-            "memories_updated",
-            "memories_deleted",
-            "memories_stored",
-            "embeddings_generated",
-            "model_calls",
-            "cost_micros",
-            "processing_us",
-        ]) {
+        for (slot, col) in numbers.iter_mut().zip(NUMBER_COLUMNS) {
             *slot = r.get::<i64>(col)?;
         }
         Ok(CallRecord {

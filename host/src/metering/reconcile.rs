@@ -153,9 +153,12 @@ pub async fn recompute(
         for m in metrics.iter().filter(|m| m.aggregation == Aggregation::UniqueCount) {
             rebuild_distinct(&mut tx, backend, m, period, start, end).await?;
         }
-        for d in differences.iter().filter(|d| d.table == "usage_gauges") {
-            super::writer::write_gauge(&mut tx, &d.org_id, d.environment, d.expected).await?;
-        }
+        let gauges: Vec<super::writer::GaugeValue> = differences
+            .iter()
+            .filter(|d| d.table == "usage_gauges")
+            .map(|d| (d.org_id.as_str(), d.environment, d.expected))
+            .collect();
+        super::writer::write_gauges(&mut tx, &gauges).await?;
         tx.commit().await?;
     }
     Ok(Report { period: period.to_string(), checked, differences, fixed: fix })

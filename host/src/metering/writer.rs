@@ -201,20 +201,22 @@ pub(super) async fn write_batch(
             into.entry(key).and_modify(|x| *x = x.merge(Update::Add(1))).or_insert(Update::Add(1));
         }
     }
-    let moved: Vec<(&(String, Environment), i64)> =
-        gauges.iter().filter(|(_, (before, now))| before != now).map(|(k, (_, now))| (k, *now)).collect();
+    let moved: Vec<GaugeValue> = gauges
+        .iter()
+        .filter(|(_, (before, now))| before != now)
+        .map(|((o, e), (_, now))| (o.as_str(), *e, *now))
+        .collect();
     if let Some(conn) = tx.pg() {
         let sealed = audit::chain(&mut head, vec![seal]);
-        debug_assert_eq!(head.seq, seal_seq);
         write_pg(conn, batch, &sealed[0], &counters, &rollups, &moved).await?;
     } else {
         insert_events(&mut tx, batch, seal_seq).await?;
         audit::append(&mut tx, &mut head, vec![seal]).await?;
-        debug_assert_eq!(head.seq, seal_seq);
         upsert(&mut tx, "usage_counters", "period", &counters).await?;
         upsert(&mut tx, "usage_daily_rollup", "day", &rollups).await?;
         write_gauges(&mut tx, &moved).await?;
     }
+    debug_assert_eq!(head.seq, seal_seq);
     for job in batch.iter() {
         if let Some(c) = &job.submission.completion {
             IdempotencyKeys::complete_in(&mut tx, c).await?;
@@ -225,6 +227,8 @@ pub(super) async fn write_batch(
 }
 
 type Gauges = BTreeMap<(String, Environment), (i64, i64)>;
+/// A gauge to set: org, environment, memories stored.
+pub(super) type GaugeValue<'a> = (&'a str, Environment, i64);
 
 /// Reads the audit chain's head (locked by the transaction's BEGIN) and the
 /// batch's orgs' gauges: one statement on PostgreSQL, two on SQLite (where
@@ -294,15 +298,15 @@ async fn read_gauges(tx: &mut Tx, orgs: &BTreeSet<(String, Environment)>) -> sql
 }
 
 /// Sets gauges: multi-row upserts in power-of-two chunks.
-async fn write_gauges(tx: &mut Tx, gauges: &[(&(String, Environment), i64)]) -> sqlx::Result<()> {
+pub(super) async fn write_gauges(tx: &mut Tx, gauges: &[GaugeValue<'_>]) -> sqlx::Result<()> {
     for chunk in pow2_chunks(gauges, INSERT_CHUNK) {
         let mut q = sql(format!(
             "INSERT INTO usage_gauges (org_id, environment, name, value) VALUES {} \
              ON CONFLICT (org_id, environment, name) DO UPDATE SET value = excluded.value",
             value_rows(chunk.len(), 4)
         ));
-        for ((org_id, env), value) in chunk {
-            q = q.bind(org_id).bind(env.as_str()).bind("memories_stored").bind(*value);
+        for (org_id, env, value) in chunk {
+            q = q.bind(*org_id).bind(env.as_str()).bind("memories_stored").bind(*value);
         }
         q.execute(&mut *tx).await?;
     }
@@ -343,17 +347,6 @@ fn call_record(job: &Job) -> CallRecord {
         ip: job.submission.ip.clone(),
         user_agent: job.submission.user_agent.clone(),
     }
-}
-
-pub(super) async fn write_gauge(tx: &mut Tx, org_id: &str, env: Environment, value: i64) -> sqlx::Result<()> {
-    sql("INSERT INTO usage_gauges (org_id, environment, name, value) VALUES ($1, $2, 'memories_stored', $3) \
-         ON CONFLICT (org_id, environment, name) DO UPDATE SET value = excluded.value")
-    .bind(org_id)
-    .bind(env.as_str())
-    .bind(value)
-    .execute(tx)
-    .await?;
-    Ok(())
 }
 
 /// The columns of `usage_events`, in the order `insert_events` binds them.
@@ -442,7 +435,7 @@ async fn write_pg(
     seal: &audit::Prepared,
     counters: &BTreeMap<Bucket, Update>,
     rollups: &BTreeMap<Bucket, Update>,
-    gauges: &[(&(String, Environment), i64)],
+    gauges: &[GaugeValue<'_>],
 ) -> sqlx::Result<()> {
     let events: Vec<&UsageEvent> = batch.iter().map(|j| &j.submission.event).collect();
     let col = |f: fn(&UsageEvent) -> i64| events.iter().map(|e| f(e)).collect::<Vec<i64>>();
@@ -538,9 +531,9 @@ async fn write_pg(
         .bind(r.2)
         .bind(r.3)
         .bind(r.4)
-        .bind(gauges.iter().map(|((o, _), _)| o.clone()).collect::<Vec<String>>())
-        .bind(gauges.iter().map(|((_, e), _)| e.as_str()).collect::<Vec<&str>>())
-        .bind(gauges.iter().map(|(_, v)| *v).collect::<Vec<i64>>())
+        .bind(gauges.iter().map(|(o, _, _)| *o).collect::<Vec<&str>>())
+        .bind(gauges.iter().map(|(_, e, _)| e.as_str()).collect::<Vec<&str>>())
+        .bind(gauges.iter().map(|(_, _, v)| *v).collect::<Vec<i64>>())
         .execute(conn)
         .await?;
     Ok(())
