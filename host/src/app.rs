@@ -48,6 +48,12 @@ pub async fn build(config: Config) -> anyhow::Result<AppState> {
     .await
     .context("starting rate limits")?;
 
+    if config.benchmark_metering_off {
+        tracing::warn!(
+            "benchmark_metering_off is set: requests are NOT metered (no usage events, no API-call audit records, \
+             nothing billed or counted toward quotas); a benchmark baseline, never for production"
+        );
+    }
     let supervisor = Supervisor::new();
     let m = meter.clone();
     supervisor.spawn("usage-writer", move |shutdown| m.clone().writer_loop(shutdown));

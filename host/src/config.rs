@@ -80,6 +80,11 @@ pub struct Config {
     /// Test-only routes that fail on purpose (`GET /v1/debug/panic`). Never
     /// in production.
     pub fault_injection: bool,
+    /// Benchmarks only: the request path skips metering (no usage event, no
+    /// audit record of API calls, nothing counted toward quotas or billed),
+    /// so the metering benchmark can measure the same binary with and
+    /// without it. Never in production: the server warns at start.
+    pub benchmark_metering_off: bool,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -116,6 +121,7 @@ impl Default for Config {
             metrics_token: None,
             stripe_webhook_secret: None,
             fault_injection: false,
+            benchmark_metering_off: false,
         }
     }
 }

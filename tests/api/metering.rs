@@ -21,6 +21,7 @@ both_backends!(
     retention_prunes_old_events_and_audit_entries,
     acknowledged_requests_survive_kill_9_exactly_once,
     a_failed_usage_write_answers_503_and_bills_nothing,
+    a_policy_of_sums_and_counts_only_is_metered,
 );
 
 async fn post_idem(s: &TestServer, path: &str, key: &str, idem: &str, body: Value) -> Resp {
@@ -714,6 +715,31 @@ async fn a_new_metric_is_a_policy_edit_picked_up_while_serving() {
     // The change is in the audit log.
     let audit = s.get("/admin/audit?kind=system&action=policy.metrics.changed", &admin).await;
     assert_eq!(audit.assert_ok(200)["entries"].as_array().unwrap().len(), 1);
+}
+
+/// A policy of sums and counts only (no `max` or `latest` metric): the
+/// counters' upsert then has no metric to raise or set, and must still be
+/// valid SQL on both backends (it once was a `CASE` without a `WHEN`, and
+/// every request answered 503).
+async fn a_policy_of_sums_and_counts_only_is_metered(backend: Backend) {
+    let policies = tempfile::tempdir().unwrap();
+    std::fs::write(
+        policies.path().join("metrics.yaml"),
+        "metrics:\n  api_calls:\n    unit: calls\n    aggregation: count\n  tokens_processed:\n    unit: tokens\n    \
+         aggregation: sum\n    field: [tokens_in, tokens_out]\n",
+    )
+    .unwrap();
+    let dir = policies.path().display().to_string();
+    let s = TestServer::start_with(backend, &[("MEMHOST_POLICIES_DIR", &dir)]).await;
+    let (_, key) = s.tenant();
+    for i in 0..3 {
+        s.add(&key, &format!("fact {i}"), json!({})).await;
+    }
+    assert_eq!(used(&s, &key, "api_calls").await, Some(3));
+    assert_eq!(used(&s, &key, "memories_stored").await, None, "not a metric of this policy");
+    let out = s.cli(&["usage", "reconcile", "--json"]);
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["differences"], json!([]), "{report}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

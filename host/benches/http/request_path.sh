@@ -8,6 +8,13 @@
 #   BEFORE=/tmp/memhost-before AFTER=target/release/memhost host/benches/http/request_path.sh
 #   DUR=10s ROUNDS=1 BACKENDS=sqlite …      # quicker
 #   SKIP_FLOOD=1 …                           # only the GET/POST rounds
+#   BEFORE=$B AFTER=$B BEFORE_ENV=MEMHOST_BENCHMARK_METERING_OFF=true …
+#                                            # one binary, metering off vs on
+#
+# BEFORE_ENV / AFTER_ENV: extra VAR=value settings for that side's server.
+# A binary that has `memhost models` gets one model directory, installed
+# once before the first round (MODELS_DIR to reuse one), so no server
+# fetches and loads the semantic model, then re-embeds, while it is measured.
 #
 # Needs wrk and jq (apt-get install wrk jq) and, for postgres, the local
 # PostgreSQL with pgvector (.ci/setup.sh).
@@ -23,6 +30,23 @@ BACKENDS=${BACKENDS:-"sqlite postgres"}
 BEFORE=${BEFORE:?the binary before the change}
 AFTER=${AFTER:-$ROOT/target/release/memhost}
 source "$BENCH_DIR/lib.sh"
+read -r -a BEFORE_SETTINGS <<<"${BEFORE_ENV:-}"
+read -r -a AFTER_SETTINGS <<<"${AFTER_ENV:-}"
+MODELS_DIR=${MODELS_DIR:-$WORK/models}
+has_models() { "$1" models --help >/dev/null 2>&1; }
+for bin in "$BEFORE" "$AFTER"; do
+  if has_models "$bin" && [ -z "$(ls -A "$MODELS_DIR" 2>/dev/null)" ]; then
+    echo "installing the embedding model into $MODELS_DIR (once)"
+    MEMHOST_DATA_DIR="$WORK/model-pull" MEMHOST_MODELS__DIR="$MODELS_DIR" MEMHOST_LOG=warn "$bin" models pull all-minilm-l6-v2 >/dev/null
+  fi
+done
+# side binary: the environment of that side's server (models dir, settings).
+side_env() {
+  local -a e=()
+  has_models "$2" && e+=("MEMHOST_MODELS__DIR=$MODELS_DIR")
+  if [ "$1" = before ]; then e+=("${BEFORE_SETTINGS[@]}"); else e+=("${AFTER_SETTINGS[@]}"); fi
+  if [ ${#e[@]} -gt 0 ]; then printf '%s\n' "${e[@]}"; fi
+}
 # The server's CPU time so far (user + system), in clock ticks.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$server/stat"; }
 measure() { # label script [connections] [threads]
@@ -36,8 +60,8 @@ measure() { # label script [connections] [threads]
   printf '%-44s %s cpu_us_per_req=%s %s\n' "$1" "$(grep '^RESULT' <<<"$out" | cut -d' ' -f2-)" \
     "$(( (t1 - t0) * 1000000 / $(getconf CLK_TCK) / (n > 0 ? n : 1) ))" "$(grep '^STATUS' <<<"$out" | cut -d' ' -f2- || true)"
 }
-start_server() { # binary log
-  "$1" serve >"$WORK/$2.log" 2>&1 &
+start_server() { # binary log [VAR=value …]
+  env "${@:3}" "$1" serve >"$WORK/$2.log" 2>&1 &
   PIDS+=($!)
   server=${PIDS[-1]}
   wait_port 18998 /health
@@ -45,7 +69,7 @@ start_server() { # binary log
 stop_server() { kill "$server"; wait "$server" 2>/dev/null || true; }
 
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB; wrk ${CONN} connections, ${DUR} each, ${ROUNDS} rounds; $(date -u +%F)"
-echo "before: $BEFORE ($(sha256sum "$BEFORE" | cut -c1-12)); after: $AFTER ($(sha256sum "$AFTER" | cut -c1-12))"
+echo "before: $BEFORE ($(sha256sum "$BEFORE" | cut -c1-12)) ${BEFORE_ENV:-}; after: $AFTER ($(sha256sum "$AFTER" | cut -c1-12)) ${AFTER_ENV:-}"
 
 for backend in $BACKENDS; do
   for which in before after; do
@@ -71,7 +95,8 @@ for backend in $BACKENDS; do
         export DATABASE_URL=$(cat "$WORK/$backend-$which.db") MEMHOST_SECRET=bench-secret-0123456789abcdef
       fi
       export BENCH_KEY=$(cat "$WORK/$backend-$which.key")
-      start_server "$bin" "$backend-$which-$round"
+      mapfile -t settings < <(side_env "$which" "$bin")
+      start_server "$bin" "$backend-$which-$round" "${settings[@]}"
       id=$(curl -s localhost:18998/v1/memories -H "Authorization: Bearer $BENCH_KEY" -H 'Content-Type: application/json' \
             -d '{"text": "Alice likes green tea in the morning.", "metadata": {"user": "alice"}}' | jq -r .data.id)
       BENCH_PATH="/v1/memories/$id" measure "$backend $which r$round: GET /v1/memories/{id}" get.lua
@@ -99,7 +124,8 @@ for which in before after; do
   export MEMHOST_DATA_DIR="$WORK/flood-$which"
   org=$("$bin" orgs create --name bench --plan enterprise --overrides "$UNLIMITED" --json | jq -r .id)
   export BENCH_KEY=$("$bin" keys create --org "$org" --scopes read,write --json | jq -r .key)
-  start_server "$bin" "flood-$which"
+  mapfile -t settings < <(side_env "$which" "$bin")
+  start_server "$bin" "flood-$which" "${settings[@]}"
   id=$(curl -s localhost:18998/v1/memories -H "Authorization: Bearer $BENCH_KEY" -H 'Content-Type: application/json' \
         -d '{"text": "Alice likes green tea in the morning."}' | jq -r .data.id)
   export BENCH_PATH="/v1/memories/$id"

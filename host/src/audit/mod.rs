@@ -269,28 +269,7 @@ pub async fn append(tx: &mut Tx, head: &mut Head, entries: Vec<NewEntry>) -> sql
         for chunk in crate::store::sql::pow2_chunks(&rows, INSERT_CHUNK) {
             let mut text = format!("INSERT INTO audit_log ({COLUMNS}) VALUES ");
             text.push_str(&crate::store::sql::value_rows(chunk.len(), 17));
-            let mut q = sql(text);
-            for (seq, at, kind, e, before, after, prev, hash) in chunk {
-                q = q
-                    .bind(*seq)
-                    .bind(*at)
-                    .bind(kind.as_str())
-                    .bind(&e.org_id)
-                    .bind(&e.actor)
-                    .bind(&e.action)
-                    .bind(&e.target)
-                    .bind(&e.request_id)
-                    .bind(&e.ip)
-                    .bind(&e.user_agent)
-                    .bind(e.status.map(i64::from))
-                    .bind(e.processing_us.map(|v| v as i64))
-                    .bind(e.tokens.map(|v| v as i64))
-                    .bind(before)
-                    .bind(after)
-                    .bind(prev)
-                    .bind(hash);
-            }
-            q.execute(&mut *tx).await?;
+            sqlite_rows(sql(text), chunk).execute(&mut *tx).await?;
         }
     }
     sql("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
@@ -299,6 +278,38 @@ pub async fn append(tx: &mut Tx, head: &mut Head, entries: Vec<NewEntry>) -> sql
         .execute(&mut *tx)
         .await?;
     Ok(())
+}
+
+/// The SQLite statement that inserts one prepared entry, with anonymous
+/// parameters (for a statement among others in one command; bind with
+/// [`sqlite_rows`]).
+pub(crate) fn sqlite_insert() -> String {
+    format!("INSERT INTO audit_log ({COLUMNS}) VALUES ({})", ["?"; 17].join(", "))
+}
+
+/// Binds prepared entries' values, in [`COLUMNS`] order (SQLite).
+pub(crate) fn sqlite_rows(mut q: crate::store::sql::Sql, rows: &[Prepared]) -> crate::store::sql::Sql {
+    for (seq, at, kind, e, before, after, prev, hash) in rows {
+        q = q
+            .bind(*seq)
+            .bind(*at)
+            .bind(kind.as_str())
+            .bind(&e.org_id)
+            .bind(&e.actor)
+            .bind(&e.action)
+            .bind(&e.target)
+            .bind(&e.request_id)
+            .bind(&e.ip)
+            .bind(&e.user_agent)
+            .bind(e.status.map(i64::from))
+            .bind(e.processing_us.map(|v| v as i64))
+            .bind(e.tokens.map(|v| v as i64))
+            .bind(before)
+            .bind(after)
+            .bind(prev)
+            .bind(hash);
+    }
+    q
 }
 
 /// An entry ready to insert: seq, time, kind, entry, before, after, prev hash, hash.

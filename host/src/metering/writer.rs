@@ -26,7 +26,7 @@
 //! No deliberate waiting: while one batch commits the next one gathers, so
 //! the delay a request sees is at most one commit.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -125,53 +125,88 @@ pub(super) async fn write_batch(
     // Gauges: the org's stored memories, carried through the batch in order.
     let orgs: BTreeSet<(String, Environment)> =
         batch.iter().map(|j| (j.submission.event.org_id.clone(), j.submission.event.environment)).collect();
-    let (mut head, mut gauges) = lock_head_and_read_gauges(&mut tx, &orgs).await?;
+    let (mut head, gauges) = lock_head_and_read_gauges(&mut tx, &orgs).await?;
     // The head is locked: the seal made below takes the next position.
     let seal_seq = head.seq + 1;
 
-    let mut counters: BTreeMap<Bucket, Update> = BTreeMap::new();
-    let mut rollups: BTreeMap<Bucket, Update> = BTreeMap::new();
+    // Counting works on small indexes (the batch's orgs, the distinct days
+    // and periods its events fall in, the policy's metrics), so an event
+    // costs no allocation; the buckets are named once per distinct key.
+    let slots: Vec<(String, Environment)> = orgs.into_iter().collect();
+    let mut held: Vec<(i64, i64)> = slots.iter().map(|k| gauges.get(k).copied().unwrap_or((0, 0))).collect();
+    let mut labels: Vec<(String, bool)> = Vec::new(); // (period or day, is a period)
+    let mut last_day: Option<(chrono::NaiveDate, usize, usize)> = None;
+    // (org slot, label, metric index) ─▶ update, merged in batch order.
+    let mut tally: HashMap<(usize, usize, usize), Update> = HashMap::new();
     let mut distinct: BTreeSet<(Bucket, bool, String)> = BTreeSet::new(); // (bucket, is a period, value)
     for job in batch.iter_mut() {
         let e = &mut job.submission.event;
-        let gauge = gauges.get_mut(&(e.org_id.clone(), e.environment)).expect("read above");
+        let slot = slots
+            .binary_search_by(|(o, env)| (o.as_str(), *env).cmp(&(e.org_id.as_str(), e.environment)))
+            .expect("every event's org is a slot");
+        let gauge = &mut held[slot];
         let held_before = gauge.1;
         gauge.1 = (gauge.1 + e.stored_delta()).max(0);
         e.memories_stored = gauge.1 as u64;
-        let buckets = [(period_of(e.occurred_at), true), (day_of(e.occurred_at), false)];
-        for m in &policy.metrics {
-            let value = m.value(e);
-            for (bucket, is_period) in &buckets {
-                let key = Bucket {
-                    org_id: e.org_id.clone(),
-                    environment: e.environment,
-                    bucket: bucket.clone(),
-                    metric: m.name.clone(),
+        let date = e.occurred_at.date_naive();
+        let (period, day) = match last_day {
+            Some((d, p, dy)) if d == date => (p, dy),
+            _ => {
+                let mut label = |text: String, is_period: bool| {
+                    labels.iter().position(|l| l.0 == text).unwrap_or_else(|| {
+                        labels.push((text, is_period));
+                        labels.len() - 1
+                    })
                 };
-                let into = if *is_period { &mut counters } else { &mut rollups };
+                let (p, dy) = (label(period_of(e.occurred_at), true), label(day_of(e.occurred_at), false));
+                last_day = Some((date, p, dy));
+                (p, dy)
+            }
+        };
+        for (mi, m) in policy.metrics.iter().enumerate() {
+            let value = m.value(e);
+            for label in [period, day] {
                 let mut put = |u: Update| {
-                    into.entry(key.clone()).and_modify(|x| *x = x.merge(u)).or_insert(u);
+                    tally.entry((slot, label, mi)).and_modify(|x| *x = x.merge(u)).or_insert(u);
                 };
                 // A gauge's value held when the bucket began counts in it.
                 if m.carries_over() && m.aggregation == Aggregation::Max {
                     put(Update::Max(held_before));
                 }
-                match (m.aggregation, value.clone()) {
+                match (m.aggregation, &value) {
                     (_, None) => {}
-                    (Aggregation::Sum | Aggregation::Count, Some(Value::Num(n))) => put(Update::Add(n)),
-                    (Aggregation::Max, Some(Value::Num(n))) => put(Update::Max(n)),
-                    (Aggregation::Latest, Some(Value::Num(n))) => put(Update::Set(n)),
+                    (Aggregation::Sum | Aggregation::Count, Some(Value::Num(n))) => put(Update::Add(*n)),
+                    (Aggregation::Max, Some(Value::Num(n))) => put(Update::Max(*n)),
+                    (Aggregation::Latest, Some(Value::Num(n))) => put(Update::Set(*n)),
                     (Aggregation::UniqueCount, Some(v)) => {
                         let v = match v {
-                            Value::Text(t) => t,
+                            Value::Text(t) => t.clone(),
                             Value::Num(n) => n.to_string(),
                         };
-                        distinct.insert((key.clone(), *is_period, v));
+                        let key = Bucket {
+                            org_id: e.org_id.clone(),
+                            environment: e.environment,
+                            bucket: labels[label].0.clone(),
+                            metric: m.name.clone(),
+                        };
+                        distinct.insert((key, label == period, v));
                     }
                     (_, Some(Value::Text(_))) => {}
                 }
             }
         }
+    }
+    let mut counters: BTreeMap<Bucket, Update> = BTreeMap::new();
+    let mut rollups: BTreeMap<Bucket, Update> = BTreeMap::new();
+    for ((slot, label, mi), update) in tally {
+        let key = Bucket {
+            org_id: slots[slot].0.clone(),
+            environment: slots[slot].1,
+            bucket: labels[label].0.clone(),
+            metric: policy.metrics[mi].name.clone(),
+        };
+        let into = if labels[label].1 { &mut counters } else { &mut rollups };
+        into.insert(key, update);
     }
 
     // The seal whose digest covers the events.
@@ -201,8 +236,9 @@ pub(super) async fn write_batch(
             into.entry(key).and_modify(|x| *x = x.merge(Update::Add(1))).or_insert(Update::Add(1));
         }
     }
-    let moved: Vec<GaugeValue> = gauges
+    let moved: Vec<GaugeValue> = slots
         .iter()
+        .zip(&held)
         .filter(|(_, (before, now))| before != now)
         .map(|((o, e), (_, now))| (o.as_str(), *e, *now))
         .collect();
@@ -210,11 +246,8 @@ pub(super) async fn write_batch(
         let sealed = audit::chain(&mut head, vec![seal]);
         write_pg(conn, batch, &sealed[0], &counters, &rollups, &moved).await?;
     } else {
-        insert_events(&mut tx, batch, seal_seq).await?;
-        audit::append(&mut tx, &mut head, vec![seal]).await?;
-        upsert(&mut tx, "usage_counters", "period", &counters).await?;
-        upsert(&mut tx, "usage_daily_rollup", "day", &rollups).await?;
-        write_gauges(&mut tx, &moved).await?;
+        let sealed = audit::chain(&mut head, vec![seal]);
+        write_sqlite(&mut tx, batch, &sealed, &head, &counters, &rollups, &moved).await?;
     }
     debug_assert_eq!(head.seq, seal_seq);
     for job in batch.iter() {
@@ -240,8 +273,31 @@ async fn lock_head_and_read_gauges(
     orgs: &BTreeSet<(String, Environment)>,
 ) -> sqlx::Result<(audit::Head, Gauges)> {
     let Some(conn) = tx.pg() else {
-        let head = audit::lock_head(tx).await?;
-        return Ok((head, read_gauges(tx, orgs).await?));
+        // SQLite: the write transaction (BEGIN IMMEDIATE) already holds the
+        // database's write lock; head and gauges in one statement.
+        let ids: BTreeSet<&str> = orgs.iter().map(|(o, _)| o.as_str()).collect();
+        let rows = sql("SELECT h.seq, h.hash, g.org_id, g.environment, g.value FROM audit_head h \
+             LEFT JOIN usage_gauges g ON g.name = 'memories_stored' AND g.org_id IN (SELECT value FROM json_each($1)) \
+             WHERE h.id = 1")
+        .bind(serde_json::to_string(&ids).unwrap_or_else(|_| "[]".into()))
+        .fetch_all(&mut *tx)
+        .await?;
+        let first = rows.first().ok_or(sqlx::Error::RowNotFound)?;
+        let head = audit::Head { seq: first.get("seq")?, hash: first.get("hash")? };
+        let mut gauges: Gauges = orgs.iter().map(|k| (k.clone(), (0, 0))).collect();
+        for r in &rows {
+            let (Some(org), Some(env), Some(v)) = (
+                r.get::<Option<String>>("org_id")?,
+                r.get::<Option<String>>("environment")?,
+                r.get::<Option<i64>>("value")?,
+            ) else {
+                continue;
+            };
+            if let Some(g) = gauges.get_mut(&(org, Environment::parse(&env).unwrap_or(Environment::Live))) {
+                *g = (v, v);
+            }
+        }
+        return Ok((head, gauges));
     };
     use sqlx::Row as _;
     let ids: Vec<&str> = orgs.iter().map(|(o, _)| o.as_str()).collect::<BTreeSet<_>>().into_iter().collect();
@@ -268,33 +324,6 @@ async fn lock_head_and_read_gauges(
         }
     }
     Ok((head, gauges))
-}
-
-/// The batch's orgs' stored memories (0 for an org without a gauge yet),
-/// as `(held before the batch, now)`, in one statement.
-async fn read_gauges(tx: &mut Tx, orgs: &BTreeSet<(String, Environment)>) -> sqlx::Result<Gauges> {
-    let ids: BTreeSet<&str> = orgs.iter().map(|(o, _)| o.as_str()).collect();
-    let mut gauges: Gauges = orgs.iter().map(|k| (k.clone(), (0, 0))).collect();
-    for chunk in ids.into_iter().collect::<Vec<_>>().chunks(INSERT_CHUNK) {
-        // The list is padded (repeating an id) to a power of two, so a few
-        // statement texts serve every batch and stay prepared.
-        let width = chunk.len().next_power_of_two();
-        let list = (1..=width).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ");
-        let mut q = sql(format!(
-            "SELECT org_id, environment, value FROM usage_gauges WHERE name = 'memories_stored' AND org_id IN ({list})"
-        ));
-        for i in 0..width {
-            q = q.bind(chunk[i.min(chunk.len() - 1)]);
-        }
-        for r in q.fetch_all(&mut *tx).await? {
-            let env = Environment::parse(&r.get::<String>("environment")?).unwrap_or(Environment::Live);
-            if let Some(g) = gauges.get_mut(&(r.get::<String>("org_id")?, env)) {
-                let v = r.get::<i64>("value")?;
-                *g = (v, v);
-            }
-        }
-    }
-    Ok(gauges)
 }
 
 /// Sets gauges: multi-row upserts in power-of-two chunks.
@@ -380,46 +409,97 @@ const EVENT_COLUMNS: [&str; 27] = [
     "audit_seq",
 ];
 
-/// Inserts events (SQLite; PostgreSQL writes them in [`write_pg`]):
-/// multi-row inserts in power-of-two chunks.
-async fn insert_events(tx: &mut Tx, batch: &[Job], audit_seq: i64) -> sqlx::Result<()> {
-    for chunk in pow2_chunks(batch, INSERT_CHUNK) {
-        let mut text = format!("INSERT INTO usage_events ({}) VALUES ", EVENT_COLUMNS.join(", "));
-        text.push_str(&value_rows(chunk.len(), EVENT_COLUMNS.len()));
-        let mut q = sql(text);
-        for job in chunk {
+/// SQLite: the events, the seal, the chain's head, the counters, the
+/// rollups and the gauges in one command of six statements (one hand-over
+/// to the connection's thread). Each row set is one JSON array bound to one
+/// parameter and unpacked by `json_each`: the text stays the same whatever
+/// the batch size, and SQLite looks a numbered parameter up by a linear
+/// scan, so binding 27 per event cost time quadratic in the batch.
+async fn write_sqlite(
+    tx: &mut Tx,
+    batch: &[Job],
+    seal: &[audit::Prepared],
+    head: &audit::Head,
+    counters: &BTreeMap<Bucket, Update>,
+    rollups: &BTreeMap<Bucket, Update>,
+    gauges: &[GaugeValue<'_>],
+) -> sqlx::Result<()> {
+    use serde_json::Value as J;
+    let events: Vec<J> = batch
+        .iter()
+        .map(|job| {
             let e = &job.submission.event;
-            q = q
-                .bind(e.id)
-                .bind(&e.org_id)
-                .bind(e.environment.as_str())
-                .bind(&e.key_id)
-                .bind(e.occurred_at)
-                .bind(&e.method)
-                .bind(&e.route)
-                .bind(e.status as i64)
-                .bind(e.billable)
-                .bind(e.tokens_in)
-                .bind(e.tokens_out)
-                .bind(e.memories_read)
-                .bind(e.memories_created)
-                .bind(e.memories_updated)
-                .bind(e.memories_deleted)
-                .bind(e.memories_stored)
-                .bind(e.embeddings_generated)
-                .bind(e.model_calls)
-                .bind(e.cost_micros)
-                .bind(&e.model)
-                .bind(&e.request_id)
-                .bind(e.processing_us)
-                .bind(crate::store::sql::Arg::jsonb(&e.tags))
-                .bind(crate::store::sql::Arg::jsonb(&e.quantities))
-                .bind(&job.submission.ip)
-                .bind(&job.submission.user_agent)
-                .bind(audit_seq);
-        }
-        q.execute(&mut *tx).await?;
-    }
+            J::Array(vec![
+                J::from(e.id.to_string()),
+                J::from(e.org_id.as_str()),
+                J::from(e.environment.as_str()),
+                J::from(e.key_id.as_str()),
+                J::from(crate::store::sqlite_time(e.occurred_at)),
+                J::from(e.method.as_str()),
+                J::from(e.route.as_str()),
+                J::from(e.status),
+                J::from(e.billable),
+                J::from(e.tokens_in),
+                J::from(e.tokens_out),
+                J::from(e.memories_read),
+                J::from(e.memories_created),
+                J::from(e.memories_updated),
+                J::from(e.memories_deleted),
+                J::from(e.memories_stored),
+                J::from(e.embeddings_generated),
+                J::from(e.model_calls),
+                J::from(e.cost_micros),
+                J::from(e.model.as_deref()),
+                J::from(e.request_id.as_str()),
+                J::from(e.processing_us),
+                J::from(serde_json::to_value(&e.tags).unwrap_or_default().to_string()),
+                J::from(serde_json::to_value(&e.quantities).unwrap_or_default().to_string()),
+                J::from(job.submission.ip.as_deref()),
+                J::from(job.submission.user_agent.as_deref()),
+            ])
+        })
+        .collect();
+    let buckets = |updates: &BTreeMap<Bucket, Update>| -> String {
+        let rows = updates.iter().map(|(b, u)| {
+            let (Update::Add(v) | Update::Max(v) | Update::Set(v)) = u;
+            serde_json::json!([b.org_id, b.environment.as_str(), b.bucket, b.metric, v])
+        });
+        J::Array(rows.collect()).to_string()
+    };
+    let gauge_rows: Vec<J> = gauges.iter().map(|(o, e, v)| serde_json::json!([o, e.as_str(), v])).collect();
+    let picks: Vec<String> = (0..EVENT_COLUMNS.len() - 1).map(|i| format!("value->>{i}")).collect();
+    // Anonymous `?` parameters, bound in the order they appear: sqlx binds
+    // numbered ones of a later statement wrongly (it takes the numbers a
+    // statement skips for anonymous ones and runs out of values).
+    // `WHERE true`: SQLite needs it between a SELECT and an upsert's ON CONFLICT.
+    let text = format!(
+        "INSERT INTO usage_events ({}) SELECT {}, ? FROM json_each(?) ORDER BY key; \
+         {}; \
+         UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1; \
+         INSERT INTO usage_counters (org_id, environment, period, metric, quantity) \
+         SELECT value->>0, value->>1, value->>2, value->>3, value->>4 FROM json_each(?) WHERE true \
+         ON CONFLICT (org_id, environment, period, metric) DO UPDATE SET quantity = {}; \
+         INSERT INTO usage_daily_rollup (org_id, environment, day, metric, quantity) \
+         SELECT value->>0, value->>1, value->>2, value->>3, value->>4 FROM json_each(?) WHERE true \
+         ON CONFLICT (org_id, environment, day, metric) DO UPDATE SET quantity = {}; \
+         INSERT INTO usage_gauges (org_id, environment, name, value) \
+         SELECT value->>0, value->>1, 'memories_stored', value->>2 FROM json_each(?) WHERE true \
+         ON CONFLICT (org_id, environment, name) DO UPDATE SET value = excluded.value",
+        EVENT_COLUMNS.join(", "),
+        picks.join(", "),
+        audit::sqlite_insert(),
+        conflict_expr("usage_counters", counters),
+        conflict_expr("usage_daily_rollup", rollups),
+    );
+    let q = sql(text).bind(seal[0].0).bind(J::Array(events).to_string());
+    audit::sqlite_rows(q, seal)
+        .bind(head.seq)
+        .bind(&head.hash)
+        .bind(buckets(counters))
+        .bind(buckets(rollups))
+        .bind(J::Array(gauge_rows).to_string())
+        .execute(&mut *tx)
+        .await?;
     Ok(())
 }
 
@@ -576,6 +656,11 @@ fn conflict_expr(table: &str, updates: &BTreeMap<Bucket, Update>) -> String {
         set.into_iter().map(|m| format!("'{m}'")).collect()
     };
     let (max, set) = (names(|u| matches!(u, Update::Max(_))), names(|u| matches!(u, Update::Set(_))));
+    let add = format!("{table}.quantity + excluded.quantity");
+    if max.is_empty() && set.is_empty() {
+        // A CASE needs at least one WHEN.
+        return add;
+    }
     let mut expr = String::from("CASE");
     if !max.is_empty() {
         expr.push_str(&format!(
@@ -586,6 +671,6 @@ fn conflict_expr(table: &str, updates: &BTreeMap<Bucket, Update>) -> String {
     if !set.is_empty() {
         expr.push_str(&format!(" WHEN excluded.metric IN ({}) THEN excluded.quantity", set.join(", ")));
     }
-    expr.push_str(&format!(" ELSE {table}.quantity + excluded.quantity END"));
+    expr.push_str(&format!(" ELSE {add} END"));
     expr
 }

@@ -105,8 +105,11 @@ pub const CATALOGUE: &[CatalogueModel] = &[CatalogueModel {
     }),
 }];
 
+/// A catalogue model by its name or its hub repository, in any letter case
+/// (`all-MiniLM-L6-v2` and `sentence-transformers/all-MiniLM-L6-v2` are
+/// `all-minilm-l6-v2`, as users copy them from the hub).
 pub fn catalogue(name: &str) -> Option<&'static CatalogueModel> {
-    CATALOGUE.iter().find(|m| m.name == name)
+    CATALOGUE.iter().find(|m| m.name.eq_ignore_ascii_case(name) || m.hub_repo.eq_ignore_ascii_case(name))
 }
 
 /// What `manifest.json` in an installed model says.
@@ -191,7 +194,7 @@ pub async fn pull(config: &ModelsConfig, models_dir: &Path, name: &str) -> anyho
         bail!("could not fetch {name}: {}", errors.join("; "));
     };
     // Loading the model to check it is CPU work.
-    let (dir, name) = (models_dir.to_path_buf(), name.to_string());
+    let (dir, name) = (models_dir.to_path_buf(), model.name.to_string());
     tokio::task::spawn_blocking(move || install(&dir, &name, &source, files)).await?
 }
 
@@ -324,4 +327,17 @@ pub fn import(models_dir: &Path, source: &Path, name: &str) -> anyhow::Result<Ma
         }
     }
     install(models_dir, name, &format!("import:{}", source.display()), files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::catalogue;
+
+    #[test]
+    fn catalogue_names_match_as_users_copy_them_from_the_hub() {
+        for name in ["all-minilm-l6-v2", "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"] {
+            assert_eq!(catalogue(name).map(|m| m.name), Some("all-minilm-l6-v2"), "{name}");
+        }
+        assert!(catalogue("all-minilm").is_none());
+    }
 }

@@ -118,14 +118,22 @@ impl Database {
             // pages (a 100 000-memory keyword query: 42 ms instead of ~90).
             // SQLite caps it at its compile-time maximum (2 GiB).
             .pragma("mmap_size", "2147418112");
+        // No ping on each acquire (sqlx's default): a connection to a local
+        // file does not go stale, and the ping is a round trip to the
+        // connection's thread before every statement or transaction.
         let write = SqlitePoolOptions::new()
             .max_connections(1)
+            .test_before_acquire(false)
             .connect_with(options.clone())
             .await
             .with_context(|| format!("opening SQLite database {}", path.display()))?;
         sqlx::migrate!("../migrations/sqlite").run(&write).await.context("applying SQLite migrations")?;
         let readers = std::thread::available_parallelism().map_or(4, |n| n.get() * 2).max(4) as u32;
-        let read = SqlitePoolOptions::new().max_connections(readers).connect_with(options.read_only(true)).await?;
+        let read = SqlitePoolOptions::new()
+            .max_connections(readers)
+            .test_before_acquire(false)
+            .connect_with(options.read_only(true))
+            .await?;
         Ok(Database::Sqlite(SqliteDb { read, write, path }))
     }
 

@@ -160,10 +160,12 @@ impl Database {
     /// costs no round trip of its own, and every later statement takes its
     /// snapshot after the lock was granted (at READ COMMITTED a statement
     /// that waits for a lock still reads from the snapshot it started with).
-    /// SQLite's write transaction already excludes other writers.
+    /// In SQLite the transaction begins `IMMEDIATE`: it takes the database's
+    /// write lock at once (waiting out another process's writer, such as
+    /// the CLI), so its reads cannot go stale before its writes.
     pub async fn begin_locking(&self, lock: &str) -> sqlx::Result<Tx> {
         Ok(Tx(match self {
-            Database::Sqlite(s) => TxInner::Sqlite(s.write.begin().await?),
+            Database::Sqlite(s) => TxInner::Sqlite(s.write.begin_with(safe("BEGIN IMMEDIATE")).await?),
             Database::Postgres(p) => TxInner::Pg(super::begin_pg(p, Some(format!("BEGIN; {lock}"))).await?),
         }))
     }
