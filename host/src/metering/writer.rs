@@ -409,12 +409,14 @@ const EVENT_COLUMNS: [&str; 27] = [
     "audit_seq",
 ];
 
-/// SQLite: the events, the seal, the chain's head, the counters, the
-/// rollups and the gauges in one command of six statements (one hand-over
-/// to the connection's thread). Each row set is one JSON array bound to one
-/// parameter and unpacked by `json_each`: the text stays the same whatever
-/// the batch size, and SQLite looks a numbered parameter up by a linear
-/// scan, so binding 27 per event cost time quadratic in the batch.
+/// SQLite: the events (multi-row inserts in power-of-two chunks, so a few
+/// statement texts serve every batch size), then the seal, the chain's
+/// head, the counters, the rollups and the gauges in one command of five
+/// statements, each row set there one JSON array unpacked by `json_each`.
+/// Every parameter is an anonymous `?`, bound in the order it appears:
+/// SQLite looks a numbered parameter up by a linear scan (27 per event made
+/// binding quadratic in the batch), and sqlx binds numbered parameters of a
+/// later statement in one command wrongly.
 async fn write_sqlite(
     tx: &mut Tx,
     batch: &[Job],
@@ -425,40 +427,46 @@ async fn write_sqlite(
     gauges: &[GaugeValue<'_>],
 ) -> sqlx::Result<()> {
     use serde_json::Value as J;
-    let events: Vec<J> = batch
-        .iter()
-        .map(|job| {
+    let row = format!("({})", ["?"; EVENT_COLUMNS.len()].join(", "));
+    for chunk in pow2_chunks(batch, INSERT_CHUNK) {
+        let mut q = sql(format!(
+            "INSERT INTO usage_events ({}) VALUES {}",
+            EVENT_COLUMNS.join(", "),
+            vec![row.as_str(); chunk.len()].join(", ")
+        ));
+        for job in chunk {
             let e = &job.submission.event;
-            J::Array(vec![
-                J::from(e.id.to_string()),
-                J::from(e.org_id.as_str()),
-                J::from(e.environment.as_str()),
-                J::from(e.key_id.as_str()),
-                J::from(crate::store::sqlite_time(e.occurred_at)),
-                J::from(e.method.as_str()),
-                J::from(e.route.as_str()),
-                J::from(e.status),
-                J::from(e.billable),
-                J::from(e.tokens_in),
-                J::from(e.tokens_out),
-                J::from(e.memories_read),
-                J::from(e.memories_created),
-                J::from(e.memories_updated),
-                J::from(e.memories_deleted),
-                J::from(e.memories_stored),
-                J::from(e.embeddings_generated),
-                J::from(e.model_calls),
-                J::from(e.cost_micros),
-                J::from(e.model.as_deref()),
-                J::from(e.request_id.as_str()),
-                J::from(e.processing_us),
-                J::from(serde_json::to_value(&e.tags).unwrap_or_default().to_string()),
-                J::from(serde_json::to_value(&e.quantities).unwrap_or_default().to_string()),
-                J::from(job.submission.ip.as_deref()),
-                J::from(job.submission.user_agent.as_deref()),
-            ])
-        })
-        .collect();
+            q = q
+                .bind(e.id)
+                .bind(&e.org_id)
+                .bind(e.environment.as_str())
+                .bind(&e.key_id)
+                .bind(e.occurred_at)
+                .bind(&e.method)
+                .bind(&e.route)
+                .bind(e.status as i64)
+                .bind(e.billable)
+                .bind(e.tokens_in)
+                .bind(e.tokens_out)
+                .bind(e.memories_read)
+                .bind(e.memories_created)
+                .bind(e.memories_updated)
+                .bind(e.memories_deleted)
+                .bind(e.memories_stored)
+                .bind(e.embeddings_generated)
+                .bind(e.model_calls)
+                .bind(e.cost_micros)
+                .bind(&e.model)
+                .bind(&e.request_id)
+                .bind(e.processing_us)
+                .bind(crate::store::sql::Arg::jsonb(&e.tags))
+                .bind(crate::store::sql::Arg::jsonb(&e.quantities))
+                .bind(&job.submission.ip)
+                .bind(&job.submission.user_agent)
+                .bind(seal[0].0);
+        }
+        q.execute(&mut *tx).await?;
+    }
     let buckets = |updates: &BTreeMap<Bucket, Update>| -> String {
         let rows = updates.iter().map(|(b, u)| {
             let (Update::Add(v) | Update::Max(v) | Update::Set(v)) = u;
@@ -467,14 +475,9 @@ async fn write_sqlite(
         J::Array(rows.collect()).to_string()
     };
     let gauge_rows: Vec<J> = gauges.iter().map(|(o, e, v)| serde_json::json!([o, e.as_str(), v])).collect();
-    let picks: Vec<String> = (0..EVENT_COLUMNS.len() - 1).map(|i| format!("value->>{i}")).collect();
-    // Anonymous `?` parameters, bound in the order they appear: sqlx binds
-    // numbered ones of a later statement wrongly (it takes the numbers a
-    // statement skips for anonymous ones and runs out of values).
     // `WHERE true`: SQLite needs it between a SELECT and an upsert's ON CONFLICT.
     let text = format!(
-        "INSERT INTO usage_events ({}) SELECT {}, ? FROM json_each(?) ORDER BY key; \
-         {}; \
+        "{}; \
          UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1; \
          INSERT INTO usage_counters (org_id, environment, period, metric, quantity) \
          SELECT value->>0, value->>1, value->>2, value->>3, value->>4 FROM json_each(?) WHERE true \
@@ -485,14 +488,11 @@ async fn write_sqlite(
          INSERT INTO usage_gauges (org_id, environment, name, value) \
          SELECT value->>0, value->>1, 'memories_stored', value->>2 FROM json_each(?) WHERE true \
          ON CONFLICT (org_id, environment, name) DO UPDATE SET value = excluded.value",
-        EVENT_COLUMNS.join(", "),
-        picks.join(", "),
         audit::sqlite_insert(),
         conflict_expr("usage_counters", counters),
         conflict_expr("usage_daily_rollup", rollups),
     );
-    let q = sql(text).bind(seal[0].0).bind(J::Array(events).to_string());
-    audit::sqlite_rows(q, seal)
+    audit::sqlite_rows(sql(text), seal)
         .bind(head.seq)
         .bind(&head.hash)
         .bind(buckets(counters))
