@@ -17,7 +17,10 @@
 //! On PostgreSQL step 1 rides with `BEGIN`, step 2 is one statement and
 //! steps 3–4 another (one data-modifying `WITH`): with `COMMIT`, four round
 //! trips a batch, whatever its size (plus one per idempotent response, and one per
-//! new value of a `unique_count` metric).
+//! new value of a `unique_count` metric). On SQLite each statement is a
+//! hand-over to the connection's thread, so the batch keeps them few:
+//! `BEGIN IMMEDIATE`, step 2 in one statement, the events (one insert per
+//! power-of-two chunk), the rest of steps 3–4 in one command, `COMMIT`.
 //!
 //! Every request of the batch is answered after the commit: durable before
 //! the response, one disk sync for the whole batch. A batch that fails
