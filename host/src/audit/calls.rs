@@ -364,7 +364,7 @@ mod tests {
             numbers: [1, 2, 3, 0, 0, 0, 9, 0, 0, 0, 250],
             model: None,
             request_id: "req_1".into(),
-            tags: tags,
+            tags,
             quantities: serde_json::json!({}),
             ip: Some("127.0.0.1".into()),
             user_agent: None,

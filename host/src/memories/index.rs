@@ -170,6 +170,11 @@ impl OrgVectors {
         self.ids.len()
     }
 
+    #[cfg(test)]
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
     /// The `k` best (id, approximate score) at or above `threshold`, best
     /// first, among the vectors of `model` (the query's). Scores are from the
     /// int8 codes; the caller rescores (a small slack below the threshold

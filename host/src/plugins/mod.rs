@@ -599,7 +599,7 @@ impl PluginService {
         };
         if !registry::find_plugins(&self.inner.db, &digest).await?.is_empty() {
             let outcome = self.upload(&wasm, kind, limits, uploaded_by).await?;
-            let (_, phase) = tokio::sync::watch::channel(uploads::Phase::Done(Ok(outcome)));
+            let (_, phase) = tokio::sync::watch::channel(uploads::Phase::Done(Ok(Box::new(outcome))));
             return Ok(uploads::Ticket { info, phase, started: false });
         }
         match self.inner.uploads.begin(info)? {

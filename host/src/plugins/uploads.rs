@@ -30,7 +30,8 @@ const KEEP_FINISHED: Duration = Duration::from_secs(3600);
 pub enum Phase {
     Queued,
     Compiling,
-    Done(Result<Uploaded, Arc<PluginError>>),
+    // Boxed: far larger than the other phases.
+    Done(Result<Box<Uploaded>, Arc<PluginError>>),
 }
 
 impl Phase {
@@ -160,7 +161,7 @@ impl Uploads {
         if let Err(e) = &outcome {
             tracing::info!(plugin = %id, error = %e, "plugin upload refused");
         }
-        self.set(id, Phase::Done(outcome.map_err(Arc::new)), true);
+        self.set(id, Phase::Done(outcome.map(Box::new).map_err(Arc::new)), true);
     }
 
     fn set(&self, id: &str, phase: Phase, finished: bool) {

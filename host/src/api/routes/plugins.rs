@@ -97,7 +97,8 @@ fn upload_status(info: UploadInfo, phase: &Phase) -> UploadStatus {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum UploadAnswer {
-    Stored(Uploaded),
+    // Boxed: the stored plugin is twice the size of the pending phase.
+    Stored(Box<Uploaded>),
     Pending(UploadStatus),
 }
 
