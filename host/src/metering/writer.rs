@@ -245,12 +245,11 @@ pub(super) async fn write_batch(
         .filter(|(_, (before, now))| before != now)
         .map(|((o, e), (_, now))| (o.as_str(), *e, *now))
         .collect();
+    let sealed = audit::chain(&mut head, vec![seal]);
     if let Some(conn) = tx.pg() {
-        let sealed = audit::chain(&mut head, vec![seal]);
         write_pg(conn, batch, &sealed[0], &counters, &rollups, &moved).await?;
     } else {
-        let sealed = audit::chain(&mut head, vec![seal]);
-        write_sqlite(&mut tx, batch, &sealed, &head, &counters, &rollups, &moved).await?;
+        write_sqlite(&mut tx, batch, &sealed[0], &counters, &rollups, &moved).await?;
     }
     debug_assert_eq!(head.seq, seal_seq);
     for job in batch.iter() {
@@ -267,66 +266,51 @@ type Gauges = BTreeMap<(String, Environment), (i64, i64)>;
 pub(super) type GaugeValue<'a> = (&'a str, Environment, i64);
 
 /// Reads the audit chain's head (locked by the transaction's BEGIN) and the
-/// batch's orgs' gauges: one statement on PostgreSQL, two on SQLite (where
-/// the write transaction already excludes every other writer). Not one
+/// batch's orgs' gauges, in one statement on either backend (on SQLite the
+/// `IMMEDIATE` transaction already excludes every other writer). Not one
 /// statement that both locks and reads: at READ COMMITTED it would read the
 /// gauges from before the batch it waited for (a lost update).
 async fn lock_head_and_read_gauges(
     tx: &mut Tx,
     orgs: &BTreeSet<(String, Environment)>,
 ) -> sqlx::Result<(audit::Head, Gauges)> {
-    let Some(conn) = tx.pg() else {
-        // SQLite: the write transaction (BEGIN IMMEDIATE) already holds the
-        // database's write lock; head and gauges in one statement.
-        let ids: BTreeSet<&str> = orgs.iter().map(|(o, _)| o.as_str()).collect();
+    // (head seq, head hash, then one gauge, or none, per row).
+    type GaugeRow = (i64, String, Option<String>, Option<String>, Option<i64>);
+    let ids: Vec<&str> = orgs.iter().map(|(o, _)| o.as_str()).collect::<BTreeSet<_>>().into_iter().collect();
+    let rows: Vec<GaugeRow> = if let Some(conn) = tx.pg() {
+        use sqlx::Row as _;
+        let rows = sqlx::query(
+            "SELECT h.seq, h.hash, g.org_id, g.environment, g.value FROM audit_head h \
+             LEFT JOIN usage_gauges g ON g.name = 'memories_stored' AND g.org_id = ANY($1::text[]) WHERE h.id = 1",
+        )
+        .bind(&ids)
+        .fetch_all(conn)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?, r.try_get(4)?)))
+            .collect::<sqlx::Result<_>>()?
+    } else {
         let rows = sql("SELECT h.seq, h.hash, g.org_id, g.environment, g.value FROM audit_head h \
              LEFT JOIN usage_gauges g ON g.name = 'memories_stored' AND g.org_id IN (SELECT value FROM json_each($1)) \
              WHERE h.id = 1")
         .bind(serde_json::to_string(&ids).unwrap_or_else(|_| "[]".into()))
         .fetch_all(&mut *tx)
         .await?;
-        let first = rows.first().ok_or(sqlx::Error::RowNotFound)?;
-        let head = audit::Head { seq: first.get("seq")?, hash: first.get("hash")? };
-        let mut gauges: Gauges = orgs.iter().map(|k| (k.clone(), (0, 0))).collect();
-        for r in &rows {
-            let (Some(org), Some(env), Some(v)) = (
-                r.get::<Option<String>>("org_id")?,
-                r.get::<Option<String>>("environment")?,
-                r.get::<Option<i64>>("value")?,
-            ) else {
-                continue;
-            };
-            if let Some(g) = gauges.get_mut(&(org, Environment::parse(&env).unwrap_or(Environment::Live))) {
-                *g = (v, v);
-            }
-        }
-        return Ok((head, gauges));
+        rows.iter()
+            .map(|r| Ok((r.get("seq")?, r.get("hash")?, r.get("org_id")?, r.get("environment")?, r.get("value")?)))
+            .collect::<sqlx::Result<_>>()?
     };
-    use sqlx::Row as _;
-    let ids: Vec<&str> = orgs.iter().map(|(o, _)| o.as_str()).collect::<BTreeSet<_>>().into_iter().collect();
-    let rows = sqlx::query(
-        "SELECT h.seq, h.hash, g.org_id, g.environment, g.value FROM audit_head h \
-         LEFT JOIN usage_gauges g ON g.name = 'memories_stored' AND g.org_id = ANY($1::text[]) WHERE h.id = 1",
-    )
-    .bind(&ids)
-    .fetch_all(conn)
-    .await?;
-    let first = rows.first().ok_or_else(|| sqlx::Error::RowNotFound)?;
-    let head = audit::Head { seq: first.try_get("seq")?, hash: first.try_get("hash")? };
+    let (seq, hash) = rows.first().map(|r| (r.0, r.1.clone())).ok_or(sqlx::Error::RowNotFound)?;
     let mut gauges: Gauges = orgs.iter().map(|k| (k.clone(), (0, 0))).collect();
-    for r in &rows {
-        let (Some(org), Some(env), Some(v)) = (
-            r.try_get::<Option<String>, _>("org_id")?,
-            r.try_get::<Option<String>, _>("environment")?,
-            r.try_get::<Option<i64>, _>("value")?,
-        ) else {
+    for (_, _, org, env, value) in rows {
+        let (Some(org), Some(env), Some(v)) = (org, env, value) else {
             continue;
         };
         if let Some(g) = gauges.get_mut(&(org, Environment::parse(&env).unwrap_or(Environment::Live))) {
             *g = (v, v);
         }
     }
-    Ok((head, gauges))
+    Ok((audit::Head { seq, hash }, gauges))
 }
 
 /// Sets gauges: multi-row upserts in power-of-two chunks.
@@ -423,13 +407,14 @@ const EVENT_COLUMNS: [&str; 27] = [
 async fn write_sqlite(
     tx: &mut Tx,
     batch: &[Job],
-    seal: &[audit::Prepared],
-    head: &audit::Head,
+    seal: &audit::Prepared,
     counters: &BTreeMap<Bucket, Update>,
     rollups: &BTreeMap<Bucket, Update>,
     gauges: &[GaugeValue<'_>],
 ) -> sqlx::Result<()> {
     use serde_json::Value as J;
+    // The seal is the chain's new head.
+    let (seq, hash) = (seal.0, &seal.7);
     let row = format!("({})", ["?"; EVENT_COLUMNS.len()].join(", "));
     for chunk in pow2_chunks(batch, INSERT_CHUNK) {
         let mut q = sql(format!(
@@ -466,7 +451,7 @@ async fn write_sqlite(
                 .bind(crate::store::sql::Arg::jsonb(&e.quantities))
                 .bind(&job.submission.ip)
                 .bind(&job.submission.user_agent)
-                .bind(seal[0].0);
+                .bind(seq);
         }
         q.execute(&mut *tx).await?;
     }
@@ -495,9 +480,9 @@ async fn write_sqlite(
         conflict_expr("usage_counters", counters),
         conflict_expr("usage_daily_rollup", rollups),
     );
-    audit::sqlite_rows(sql(text), seal)
-        .bind(head.seq)
-        .bind(&head.hash)
+    audit::sqlite_rows(sql(text), std::slice::from_ref(seal))
+        .bind(seq)
+        .bind(hash)
         .bind(buckets(counters))
         .bind(buckets(rollups))
         .bind(J::Array(gauge_rows).to_string())
