@@ -9,7 +9,8 @@ both_backends!(
     limits_and_threshold,
     keyword_search_follows_the_text,
     filters_follow_the_grammar,
-    common_words_leave_the_match_over_the_budget
+    common_words_leave_the_match_over_the_budget,
+    context_reaches_the_turn_after_a_match
 );
 
 const CORPUS: &[&str] = &[
@@ -168,10 +169,8 @@ async fn keyword_search_follows_the_text(backend: Backend) {
     r.assert_error(400, "INVALID_REQUEST");
 }
 
-/// `keyword_match_budget`: when the terms together match more rows than
-/// the budget, the common ones leave the match and the rarest stays (with
-/// the default budget, and with 0, every term matches).
-async fn common_words_leave_the_match_over_the_budget(backend: Backend) {
+/// A directory holding the repository's policies with `retrieval.yaml` replaced.
+fn policies_with(retrieval: &str) -> tempfile::TempDir {
     let policies = tempfile::tempdir().unwrap();
     let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     for f in std::fs::read_dir(repo.join("policies")).unwrap() {
@@ -180,7 +179,74 @@ async fn common_words_leave_the_match_over_the_budget(backend: Backend) {
             std::fs::copy(&f, policies.path().join(f.file_name().unwrap())).unwrap();
         }
     }
-    std::fs::write(policies.path().join("retrieval.yaml"), "ranking:\n  keyword_match_budget: 3\n").unwrap();
+    std::fs::write(policies.path().join("retrieval.yaml"), retrieval).unwrap();
+    policies
+}
+
+/// Thread context: a dialogue stored one turn per memory, where the answer
+/// shares no word with the question ("Which team …?" → "The Minnesota
+/// Wolves!"). The turn that matches lends part of its score to the turn
+/// written after it in the same thread (same `user_id`; a turn of another
+/// user written in between is skipped), so the answer is retrieved; not
+/// with `context_weights: []`, and never past the request's filters.
+async fn context_reaches_the_turn_after_a_match(backend: Backend) {
+    let off_policies = policies_with("ranking:\n  context_weights: []\n");
+    let off_dir = off_policies.path().display().to_string();
+    let on = TestServer::start(backend).await;
+    let off = TestServer::start_with(backend, &[("MEMHOST_POLICIES_DIR", &off_dir)]).await;
+    for s in [&on, &off] {
+        let (_, key) = s.tenant();
+        let add = |text: &'static str, user: &'static str, conv: &'static str| {
+            let key = key.clone();
+            async move {
+                let body = json!({"text": text, "user_id": user, "metadata": {"conv": conv}});
+                s.post("/v1/memories", &key, body).await.assert_ok(201)["id"].as_str().unwrap().to_string()
+            }
+        };
+        for t in [
+            "Ann: Our team trained hard today.",
+            "Ann: The team bus was late again.",
+            "Ann: Team dinner is at eight.",
+            "Ann: The new team captain is kind.",
+        ] {
+            add(t, "u1", "c1").await;
+        }
+        let question = add("Sam: Congrats! Which team did you sign with?", "u1", "c1").await;
+        let between = add("Bob: The weather is lovely in Lisbon.", "u2", "c1").await;
+        let answer = add("Tim: The Minnesota Wolves! Can't wait to play.", "u1", "c2").await;
+        add("Ann: See you next week.", "u1", "c1").await;
+
+        let ask = |filters: Value| {
+            let key = key.clone();
+            async move {
+                let body = json!({"context": "Which team was signed?", "max_memories": 4, "relevance_threshold": 0, "filters": filters});
+                let r = s.post("/v1/retrieve", &key, body).await;
+                r.assert_ok(200).clone()
+            }
+        };
+        let data = ask(json!({"user_id": "u1"})).await;
+        let found = ids(&data);
+        assert_eq!(found.first(), Some(&question), "{data}");
+        assert!(!found.contains(&between), "{data}");
+        if std::ptr::eq(s, &on) {
+            assert!(found.contains(&answer), "the answer rides on the question's match: {data}");
+            let m = data["memories"].as_array().unwrap().iter().find(|m| m["id"] == answer.as_str()).unwrap();
+            assert!(m["scores"]["keyword"].is_null(), "{m}");
+            assert!((0.0..=1.0).contains(&m["score"].as_f64().unwrap()), "{m}");
+        } else {
+            assert!(!found.contains(&answer), "context off: {data}");
+        }
+        // A neighbour must pass the request's filters.
+        let data = ask(json!({"conv": "c1"})).await;
+        assert!(!ids(&data).contains(&answer), "{data}");
+    }
+}
+
+/// `keyword_match_budget`: when the terms together match more rows than
+/// the budget, the common ones leave the match and the rarest stays (with
+/// the default budget, and with 0, every term matches).
+async fn common_words_leave_the_match_over_the_budget(backend: Backend) {
+    let policies = policies_with("ranking:\n  keyword_match_budget: 3\n");
     let dir = policies.path().display().to_string();
     let tight = TestServer::start_with(backend, &[("MEMHOST_POLICIES_DIR", &dir)]).await;
     let open = TestServer::start(backend).await;

@@ -145,7 +145,8 @@ pub struct ScoredMemory {
 /// How a retrieved memory ranked.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RankScores {
-    /// Reciprocal-rank-fusion score (with recency and boosts applied): what
+    /// The fused score (score fusion: 0 to 1 from the two lists, plus what
+    /// thread context lent; recency and boosts applied): what
     /// the order follows.
     pub fused: f32,
     /// Full-text score (BM25 in SQLite, `ts_rank` in PostgreSQL; higher is
@@ -541,19 +542,36 @@ impl MemoryService {
             }
         };
         let (vector, keyword) = tokio::try_join!(vector, keyword)?;
-        let vector_weight = if queries[0].0 == crate::providers::embedding::HASH_MODEL {
-            self.ranking.hashing_vector_weight
-        } else {
-            self.ranking.vector_weight
+        let (vector_weight, keyword_weight) = match params.mode {
+            Mode::Vector => (1.0, 0.0),
+            Mode::Keyword => (0.0, 1.0),
+            Mode::Hybrid if queries[0].0 == crate::providers::embedding::HASH_MODEL => {
+                (self.ranking.hashing_vector_weight, self.ranking.keyword_weight)
+            }
+            Mode::Hybrid => (self.ranking.vector_weight, self.ranking.keyword_weight),
         };
-        let mut fused = ranking::fuse(&self.ranking, vector_weight, &vector, &keyword);
-        // Keyword-only candidates: their similarity decides the threshold too.
-        let unknown: Vec<Uuid> = fused.iter().filter(|f| f.semantic.is_none()).map(|f| f.id).collect();
-        if !unknown.is_empty() {
-            let found: std::collections::HashMap<Uuid, f32> =
-                self.store.similarities(scope, &unknown, &queries).await?.into_iter().collect();
-            for f in fused.iter_mut().filter(|f| f.semantic.is_none()) {
-                f.semantic = found.get(&f.id).copied();
+        // Keyword-only candidates: their similarity counts in the fusion and
+        // decides the threshold too.
+        let in_vector: std::collections::HashSet<Uuid> = vector.iter().map(|(id, _)| *id).collect();
+        let unknown: Vec<Uuid> = keyword.iter().map(|(id, _)| *id).filter(|id| !in_vector.contains(id)).collect();
+        let similarity: std::collections::HashMap<Uuid, f32> = if unknown.is_empty() {
+            Default::default()
+        } else {
+            self.store.similarities(scope, &unknown, &queries).await?.into_iter().collect()
+        };
+        let mut fused = ranking::fuse(&self.ranking, vector_weight, keyword_weight, &vector, &keyword, &similarity);
+        let depth = self.ranking.context_depth();
+        if params.mode == Mode::Hybrid && depth > 0 && !fused.is_empty() {
+            let lenders: Vec<Uuid> = fused.iter().take(self.ranking.context_lenders(k)).map(|f| f.id).collect();
+            let window = self.ranking.context_window;
+            let neighbours = self.store.thread_neighbours(scope, &lenders, &params.filter, depth, window).await?;
+            let joined = ranking::lend_context(&self.ranking, &mut fused, &neighbours);
+            if !joined.is_empty() {
+                let found: std::collections::HashMap<Uuid, f32> =
+                    self.store.similarities(scope, &joined, &queries).await?.into_iter().collect();
+                for f in fused.iter_mut().filter(|f| f.semantic.is_none()) {
+                    f.semantic = found.get(&f.id).copied();
+                }
             }
         }
         fused.retain(|f| f.semantic.unwrap_or(0.0) >= params.relevance_threshold);

@@ -20,6 +20,7 @@ use uuid::Uuid;
 
 use super::filter::MemoryFilter;
 use super::index::{Attributes, OrgVectors, VectorIndex};
+use super::ranking::Neighbours;
 use super::{Actor, Embedding, EventKind, Memory, MemoryEvent, MemoryScope, Scopes};
 use crate::store::Database;
 use crate::store::sql::{Arg, Backend, Row, Tx, sql};
@@ -779,6 +780,72 @@ impl MemoryStore {
                 Ok(docs)
             }
         }
+    }
+
+    /// For each of `ids`, the `depth` memories written just before it and
+    /// just after it in its thread, nearest first. A thread is the memories
+    /// of one entity scope (equal `user_id`, `agent_id`, `app_id`, `run_id`)
+    /// in the order they were written (ids are UUIDv7: time-ordered); a
+    /// neighbour must pass `filter` and lie within `window` writes of the
+    /// org and environment (so each lookup reads at most `window` index rows,
+    /// however the org's writes interleave).
+    pub async fn thread_neighbours(
+        &self,
+        scope: &MemoryScope,
+        ids: &[Uuid],
+        filter: &MemoryFilter,
+        depth: usize,
+        window: u32,
+    ) -> sqlx::Result<Vec<Neighbours>> {
+        if ids.is_empty() || depth == 0 || window == 0 {
+            return Ok(Vec::new());
+        }
+        let backend = self.db.backend();
+        let mut p = 3;
+        let mut args = Vec::new();
+        let mut columns = Vec::with_capacity(2 * depth);
+        for (side, cmp, order) in [("b", "<", "DESC"), ("a", ">", "ASC")] {
+            for d in 0..depth {
+                let (filter_sql, filter_args) = filter.sql(backend, "w.", &mut p);
+                args.extend(filter_args);
+                columns.push(format!(
+                    "(SELECT w.id FROM (SELECT id, metadata, created_at, updated_at, user_id, agent_id, app_id, run_id \
+                       FROM memories x WHERE x.org_id = $1 AND x.environment = $2 AND x.id {cmp} c.id \
+                       ORDER BY x.id {order} LIMIT $3) w \
+                     WHERE w.user_id IS NOT DISTINCT FROM c.user_id AND w.agent_id IS NOT DISTINCT FROM c.agent_id \
+                       AND w.app_id IS NOT DISTINCT FROM c.app_id AND w.run_id IS NOT DISTINCT FROM c.run_id{filter_sql} \
+                     ORDER BY w.id {order} LIMIT 1 OFFSET {d}) AS {side}{d}"
+                ));
+            }
+        }
+        let placeholders = (p + 1..=p + ids.len()).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ");
+        let mut q = sql(format!(
+            "SELECT c.id AS id, {} FROM memories c WHERE c.org_id = $1 AND c.environment = $2 AND c.id IN ({placeholders})",
+            columns.join(", ")
+        ))
+        .bind(&scope.org_id)
+        .bind(scope.environment.as_str())
+        .bind(window as i64);
+        for a in args {
+            q = q.bind(a);
+        }
+        for id in ids {
+            q = q.bind(*id);
+        }
+        let mut tx = self.db.tenant_reads(&scope.org_id).await?;
+        let rows = q.fetch_all(&mut tx).await?;
+        tx.commit().await?;
+        let side = |r: &Row, s: &str| -> sqlx::Result<Vec<Uuid>> {
+            let mut out = Vec::with_capacity(depth);
+            for d in 0..depth {
+                match r.opt_uuid(&format!("{s}{d}"))? {
+                    Some(id) => out.push(id),
+                    None => break,
+                }
+            }
+            Ok(out)
+        };
+        rows.iter().map(|r| Ok(Neighbours { id: r.uuid("id")?, before: side(r, "b")?, after: side(r, "a")? })).collect()
     }
 
     /// Rows by id, in any order.

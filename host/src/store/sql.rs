@@ -440,6 +440,13 @@ impl Row {
         }
     }
 
+    pub fn opt_uuid(&self, col: &str) -> sqlx::Result<Option<Uuid>> {
+        match self {
+            Row::Sqlite(r) => r.try_get::<Option<&str>, _>(col)?.map(parse_uuid).transpose(),
+            Row::Pg(r) => r.try_get(col),
+        }
+    }
+
     /// A UUID column, as text (ids some tables keep as UUID in PostgreSQL).
     pub fn uuid_text(&self, col: &str) -> sqlx::Result<String> {
         Ok(self.uuid(col)?.to_string())
