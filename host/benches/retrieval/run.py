@@ -9,6 +9,8 @@ latency, overall and per category. A plain Okapi BM25 over the same texts is
 computed in this script as a baseline. Python 3 stdlib only.
 
     run.py --key mem_live_... [--url http://127.0.0.1:8080] [--label hashing]
+    run.py --key … --locomo locomo10.json [--conversations conv-26,conv-30]
+                                   # the public LoCoMo file instead of corpus/
     run.py --check-corpus          # validate corpus/ and print its statistics
     run.py --bm25-only             # the baseline alone, no server needed
 
@@ -37,7 +39,7 @@ TOP = 10
 NO_MODE = "default (no mode support)"
 BM25_ROW = "bm25 (in script)"
 BM25_K1, BM25_B = 1.2, 0.75
-TURN_ID = re.compile(r"D(\d+):(\d+)")
+TURN_ID = re.compile(r"D\d+:\d+")
 
 
 # ---------------------------------------------------------------- corpus
@@ -50,6 +52,45 @@ def load_corpus(path):
     for f in files:
         with open(os.path.join(path, f), encoding="utf-8") as fh:
             convs.append(json.load(fh))
+    return convs
+
+
+LOCOMO_CATEGORIES = {1: "multi-hop", 2: "temporal", 3: "open-domain", 4: "single-hop"}
+
+
+def load_locomo(path, only=None):
+    """The public LoCoMo file (a JSON array of samples: `qa`, and
+    `conversation` with `speaker_a`, `speaker_b`, `session_N_date_time` and
+    `session_N` turn lists) in this corpus's shape. As the issue's held-out
+    run: one memory per turn ("speaker: text"; image captions left out),
+    questions of categories 1-4 (5, adversarial, has no evidence to find),
+    each with the evidence turns that exist (some ids in the file are
+    malformed or point past a session's end); a question left without
+    evidence is dropped."""
+    with open(path, encoding="utf-8") as fh:
+        samples = json.load(fh)
+    convs = []
+    for n, sample in enumerate(samples):
+        cid = sample.get("sample_id") or f"locomo-{n}"
+        if only and cid not in only:
+            continue
+        c = sample["conversation"]
+        numbers = sorted(int(k.split("_")[1]) for k in c if re.fullmatch(r"session_\d+", k))
+        sessions, known = [], set()
+        for i in numbers:
+            turns = [{"id": t["dia_id"], "speaker": t["speaker"], "text": t["text"]} for t in c[f"session_{i}"]]
+            known.update(t["id"] for t in turns)
+            if turns:
+                sessions.append({"session": i, "date_time": c.get(f"session_{i}_date_time", ""), "turns": turns})
+        questions = []
+        for qa in sample["qa"]:
+            category = LOCOMO_CATEGORIES.get(qa.get("category"))
+            evidence = sorted({e for x in qa.get("evidence", []) for e in TURN_ID.findall(str(x))} & known)
+            if category and evidence:
+                questions.append({"question": qa["question"], "answer": str(qa.get("answer", "")),
+                                  "category": category, "evidence": evidence})
+        convs.append({"id": cid, "speakers": [c["speaker_a"], c["speaker_b"]], "sessions": sessions,
+                      "questions": questions})
     return convs
 
 
@@ -328,28 +369,35 @@ def ingest(client, convs, args):
         if existing.get("memories"):
             sys.exit(f"{conv['id']} already has memories in this org: pass --skip-ingest to reuse them "
                      f"or --reset to delete them first")
-    jobs = []
-    for conv in convs:
+    # Each dialogue's turns in order, one after another, as a chat client
+    # writes them; dialogues in parallel (--concurrency at a time).
+    def bodies(conv):
         for s, t in turns_of(conv):
-            jobs.append((conv["id"], t["id"], {
+            yield t["id"], {
                 "text": memory_text(t),
                 "metadata": {"conversation": conv["id"], "session": s["session"], "turn": t["id"],
                              "speaker": t["speaker"], "date": s["date_time"]},
-            }))
+            }
+    total = sum(1 for conv in convs for _ in turns_of(conv))
     start = time.perf_counter()
-    done = 0
+    done = [0]
+    lock = threading.Lock()
 
-    def store(job):
-        conv_id, tid, body = job
-        data, _ = client.call("POST", "/v1/memories", body)
-        return data["id"], conv_id, tid
+    def store(conv):
+        stored = []
+        for tid, body in bodies(conv):
+            data, _ = client.call("POST", "/v1/memories", body)
+            stored.append((data["id"], conv["id"], tid))
+            with lock:
+                done[0] += 1
+                if done[0] % 250 == 0 or done[0] == total:
+                    print(f"  stored {done[0]}/{total} turns", file=sys.stderr)
+        return stored
 
-    with concurrent.futures.ThreadPoolExecutor(max_workers=args.concurrency) as pool:
-        for mem_id, conv_id, tid in pool.map(store, jobs):
-            id_map[mem_id] = (conv_id, tid)
-            done += 1
-            if done % 250 == 0 or done == len(jobs):
-                print(f"  stored {done}/{len(jobs)} turns", file=sys.stderr)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(args.concurrency, 1)) as pool:
+        for stored in pool.map(store, convs):
+            for mem_id, conv_id, tid in stored:
+                id_map[mem_id] = (conv_id, tid)
     return id_map, time.perf_counter() - start
 
 
@@ -519,7 +567,11 @@ def main():
     ap.add_argument("--modes", default="hybrid,vector,keyword", help="comma list of retrieval modes to ask for")
     ap.add_argument("--label", default="server", help="name of the server's embedder, shown in the table")
     ap.add_argument("--corpus", default=os.path.join(HERE, "corpus"), help="directory of conv-*.json")
-    ap.add_argument("--concurrency", type=int, default=8, help="ingest threads")
+    ap.add_argument("--locomo", metavar="FILE", help="the public LoCoMo data file (locomo10.json) instead of --corpus; "
+                    "its structure is not checked as the corpus's is")
+    ap.add_argument("--conversations", help="with --locomo: comma list of sample ids to use (default all)")
+    ap.add_argument("--concurrency", type=int, default=8,
+                    help="dialogues ingested at once (each one's turns in order, one at a time)")
     ap.add_argument("--query-concurrency", type=int, default=1,
                     help="retrieve threads (default 1: latencies of one request at a time)")
     ap.add_argument("--skip-ingest", action="store_true", help="reuse the memories already stored")
@@ -529,8 +581,13 @@ def main():
     ap.add_argument("--bm25-only", action="store_true", help="only the in-script BM25 baseline (no server)")
     args = ap.parse_args()
 
-    convs = load_corpus(args.corpus)
-    errors = check_corpus(convs)
+    if args.locomo:
+        only = set(args.conversations.split(",")) if args.conversations else None
+        convs = load_locomo(args.locomo, only)
+        errors = []
+    else:
+        convs = load_corpus(args.corpus)
+        errors = check_corpus(convs)
     stats = corpus_stats(convs)
     if args.check_corpus:
         for e in errors:
