@@ -803,25 +803,31 @@ impl MemoryStore {
         let backend = self.db.backend();
         let mut p = 3;
         let mut args = Vec::new();
-        let mut columns = Vec::with_capacity(2 * depth);
-        for (side, cmp, order) in [("b", "<", "DESC"), ("a", ">", "ASC")] {
-            for d in 0..depth {
-                let (filter_sql, filter_args) = filter.sql(backend, "w.", &mut p);
-                args.extend(filter_args);
-                columns.push(format!(
-                    "(SELECT w.id FROM (SELECT id, metadata, created_at, updated_at, user_id, agent_id, app_id, run_id \
-                       FROM memories x WHERE x.org_id = $1 AND x.environment = $2 AND x.id {cmp} c.id \
-                       ORDER BY x.id {order} LIMIT $3) w \
-                     WHERE w.user_id IS NOT DISTINCT FROM c.user_id AND w.agent_id IS NOT DISTINCT FROM c.agent_id \
-                       AND w.app_id IS NOT DISTINCT FROM c.app_id AND w.run_id IS NOT DISTINCT FROM c.run_id{filter_sql} \
-                     ORDER BY w.id {order} LIMIT 1 OFFSET {d}) AS {side}{d}"
-                ));
-            }
+        // What the window's rows must carry: the thread's columns, and what
+        // the filter reads.
+        let window_columns = if filter.is_empty() {
+            "id, user_id, agent_id, app_id, run_id"
+        } else {
+            "id, metadata, created_at, updated_at, user_id, agent_id, app_id, run_id"
+        };
+        let mut sides = Vec::with_capacity(2);
+        for (side, cmp, order) in [("before_ids", "<", "DESC"), ("after_ids", ">", "ASC")] {
+            let (filter_sql, filter_args) = filter.sql(backend, "w.", &mut p);
+            args.extend(filter_args);
+            // One walk of the window per side; the nearest `depth` as a list.
+            sides.push(format!(
+                "(SELECT string_agg(CAST(t.id AS TEXT), ',' ORDER BY t.id {order}) FROM \
+                   (SELECT w.id FROM (SELECT {window_columns} FROM memories x \
+                      WHERE x.org_id = $1 AND x.environment = $2 AND x.id {cmp} c.id ORDER BY x.id {order} LIMIT $3) w \
+                    WHERE w.user_id IS NOT DISTINCT FROM c.user_id AND w.agent_id IS NOT DISTINCT FROM c.agent_id \
+                      AND w.app_id IS NOT DISTINCT FROM c.app_id AND w.run_id IS NOT DISTINCT FROM c.run_id{filter_sql} \
+                    ORDER BY w.id {order} LIMIT {depth}) t) AS {side}"
+            ));
         }
         let placeholders = (p + 1..=p + ids.len()).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ");
         let mut q = sql(format!(
             "SELECT c.id AS id, {} FROM memories c WHERE c.org_id = $1 AND c.environment = $2 AND c.id IN ({placeholders})",
-            columns.join(", ")
+            sides.join(", ")
         ))
         .bind(&scope.org_id)
         .bind(scope.environment.as_str())
@@ -835,17 +841,19 @@ impl MemoryStore {
         let mut tx = self.db.tenant_reads(&scope.org_id).await?;
         let rows = q.fetch_all(&mut tx).await?;
         tx.commit().await?;
-        let side = |r: &Row, s: &str| -> sqlx::Result<Vec<Uuid>> {
-            let mut out = Vec::with_capacity(depth);
-            for d in 0..depth {
-                match r.opt_uuid(&format!("{s}{d}"))? {
-                    Some(id) => out.push(id),
-                    None => break,
-                }
-            }
-            Ok(out)
+        let list = |r: &Row, col: &str| -> sqlx::Result<Vec<Uuid>> {
+            let text: Option<String> = r.get(col)?;
+            text.iter()
+                .flat_map(|t| t.split(','))
+                .filter(|t| !t.is_empty())
+                .map(|t| {
+                    Uuid::parse_str(t).map_err(|e| sqlx::Error::ColumnDecode { index: col.to_string(), source: e.into() })
+                })
+                .collect()
         };
-        rows.iter().map(|r| Ok(Neighbours { id: r.uuid("id")?, before: side(r, "b")?, after: side(r, "a")? })).collect()
+        rows.iter()
+            .map(|r| Ok(Neighbours { id: r.uuid("id")?, before: list(r, "before_ids")?, after: list(r, "after_ids")? }))
+            .collect()
     }
 
     /// Rows by id, in any order.
