@@ -45,8 +45,11 @@ pub enum Wanted {
 pub fn wanted(config: &ProviderConfig) -> anyhow::Result<Wanted> {
     Ok(match config.provider {
         ProviderKind::Local => match config.model.as_deref() {
-            Some("hash") | Some(HASH_MODEL) => Wanted::Hash,
-            Some(name) => Wanted::Local(name.to_string()),
+            Some(name) if name.eq_ignore_ascii_case("hash") || name == HASH_MODEL => Wanted::Hash,
+            // A catalogue model under its canonical name, however it was
+            // spelled (`all-MiniLM-L6-v2`, `sentence-transformers/…`): the
+            // directory it is installed in and the name stored with vectors.
+            Some(name) => Wanted::Local(super::models::catalogue(name).map_or(name, |m| m.name).to_string()),
             None => Wanted::Local(super::models::DEFAULT_MODEL.to_string()),
         },
         ProviderKind::Openai => Wanted::Remote(Box::new(OpenAiEmbedder::new(config)?)),
@@ -286,6 +289,21 @@ mod tests {
         assert!((dot(&a, &a) - 1.0).abs() < 1e-5);
         let zero = LocalEmbedder::embed_one("   ");
         assert!((dot(&zero, &zero) - 1.0).abs() < 1e-5);
+    }
+
+    #[test]
+    fn local_model_names_are_read_as_users_spell_them() {
+        let local = |model: &str| match wanted(&ProviderConfig { model: Some(model.into()), ..Default::default() }) {
+            Ok(Wanted::Local(name)) => name,
+            Ok(Wanted::Hash) => "hash".into(),
+            _ => "other".into(),
+        };
+        assert_eq!(local("all-MiniLM-L6-v2"), "all-minilm-l6-v2");
+        assert_eq!(local("sentence-transformers/all-MiniLM-L6-v2"), "all-minilm-l6-v2");
+        assert_eq!(local("HASH"), "hash");
+        assert_eq!(local(HASH_MODEL), "hash");
+        // not in the catalogue: as given (an imported model's directory name)
+        assert_eq!(local("my-Model"), "my-Model");
     }
 
     #[test]
