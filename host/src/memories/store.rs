@@ -847,7 +847,8 @@ impl MemoryStore {
                 .flat_map(|t| t.split(','))
                 .filter(|t| !t.is_empty())
                 .map(|t| {
-                    Uuid::parse_str(t).map_err(|e| sqlx::Error::ColumnDecode { index: col.to_string(), source: e.into() })
+                    Uuid::parse_str(t)
+                        .map_err(|e| sqlx::Error::ColumnDecode { index: col.to_string(), source: e.into() })
                 })
                 .collect()
         };
