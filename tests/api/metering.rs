@@ -22,6 +22,7 @@ both_backends!(
     acknowledged_requests_survive_kill_9_exactly_once,
     a_failed_usage_write_answers_503_and_bills_nothing,
     a_policy_of_sums_and_counts_only_is_metered,
+    reconcile_fix_repairs_counters_and_the_gauge,
 );
 
 async fn post_idem(s: &TestServer, path: &str, key: &str, idem: &str, body: Value) -> Resp {
@@ -740,6 +741,61 @@ async fn a_policy_of_sums_and_counts_only_is_metered(backend: Backend) {
     let out = s.cli(&["usage", "reconcile", "--json"]);
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["differences"], json!([]), "{report}");
+}
+
+/// `usage reconcile` reports a counter and the memories-stored gauge that
+/// disagree with what they count (exit 1), `--fix` repairs both from the
+/// raw events and the stored memories, and a second run finds nothing.
+async fn reconcile_fix_repairs_counters_and_the_gauge(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let (org, key) = s.tenant();
+    for i in 0..3 {
+        s.add(&key, &format!("fact {i}"), json!({})).await;
+    }
+    assert_eq!(used(&s, &key, "api_calls").await, Some(3));
+    let gauge = format!(
+        "SELECT CAST(value AS TEXT) FROM usage_gauges WHERE org_id = '{org}' AND environment = 'live' \
+         AND name = 'memories_stored'"
+    );
+    assert_eq!(s.sql_number(&gauge).await, 3);
+    // What a lost write or a hand edit would leave behind.
+    s.sql_exec(&format!(
+        "UPDATE usage_gauges SET value = 10 WHERE org_id = '{org}' AND environment = 'live' AND name = 'memories_stored'"
+    ))
+    .await
+    .unwrap();
+    s.sql_exec(&format!(
+        "UPDATE usage_counters SET quantity = quantity + 5 WHERE org_id = '{org}' AND environment = 'live' \
+         AND metric = 'api_calls'"
+    ))
+    .await
+    .unwrap();
+
+    let out = s.cli(&["usage", "reconcile", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "differences exit 1");
+    let report: Value = serde_json::from_slice(&out.stdout).expect("reconcile JSON");
+    let found = |table: &str, metric: &str| {
+        report["differences"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["table"] == table && d["metric"] == metric && d["org_id"] == org.as_str())
+            .cloned()
+    };
+    let g = found("usage_gauges", "memories_stored").unwrap_or_else(|| panic!("gauge not reported: {report}"));
+    assert_eq!((g["stored"].as_i64(), g["expected"].as_i64()), (Some(10), Some(3)), "{g}");
+    let c = found("usage_counters", "api_calls").unwrap_or_else(|| panic!("counter not reported: {report}"));
+    assert_eq!(c["stored"].as_i64().unwrap(), c["expected"].as_i64().unwrap() + 5, "{c}");
+
+    let out = s.cli(&["usage", "reconcile", "--fix", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = s.cli(&["usage", "reconcile", "--json"]);
+    let report: Value = serde_json::from_slice(&out.stdout).expect("reconcile JSON");
+    assert_eq!(report["differences"], json!([]), "{report}");
+    assert_eq!(s.sql_number(&gauge).await, 3);
+    // The repaired counter is what quotas and /v1/usage read (this GET is
+    // an account read: not metered).
+    assert_eq!(used(&s, &key, "api_calls").await, Some(3));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
