@@ -497,9 +497,19 @@ impl MemoryStore {
         let mut tx = self.db.tenant_reads(&scope.org_id).await?;
         // Search wider than k, and keep scanning past rows the filters reject
         // (pgvector ≥ 0.8 iterative scans), so filtered queries still fill k.
+        // A plan for these parameters each time: after five runs on a
+        // connection PostgreSQL may switch to a generic plan, which chose the
+        // HNSW scan where the org's rows sort faster (measured 18-29 ms
+        // against 2 ms for 419 memories, on every other request). One round
+        // trip for the three settings.
         let ef = (k * 2).clamp(40, 1000);
-        sql(format!("SET LOCAL hnsw.ef_search = {ef}")).execute(&mut tx).await?;
-        sql("SET LOCAL hnsw.iterative_scan = relaxed_order").execute(&mut tx).await?;
+        sql(
+            "SELECT set_config('hnsw.ef_search', $1, true), set_config('hnsw.iterative_scan', 'relaxed_order', true), \
+             set_config('plan_cache_mode', 'force_custom_plan', true)",
+        )
+        .bind(ef.to_string())
+        .execute(&mut tx)
+        .await?;
         let rows = q.bind(k as i64).fetch_all(&mut tx).await?;
         tx.commit().await?;
         rows.iter().map(|r| Ok((r.uuid("id")?, (r.get::<f64>("score")? as f32).clamp(0.0, 1.0)))).collect()
