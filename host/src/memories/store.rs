@@ -851,19 +851,14 @@ impl MemoryStore {
         let mut tx = self.db.tenant_reads(&scope.org_id).await?;
         let rows = q.fetch_all(&mut tx).await?;
         tx.commit().await?;
-        let list = |r: &Row, col: &str| -> sqlx::Result<Vec<Uuid>> {
-            let text: Option<String> = r.get(col)?;
-            text.iter()
-                .flat_map(|t| t.split(','))
-                .filter(|t| !t.is_empty())
-                .map(|t| {
-                    Uuid::parse_str(t)
-                        .map_err(|e| sqlx::Error::ColumnDecode { index: col.to_string(), source: e.into() })
-                })
-                .collect()
-        };
         rows.iter()
-            .map(|r| Ok(Neighbours { id: r.uuid("id")?, before: list(r, "before_ids")?, after: list(r, "after_ids")? }))
+            .map(|r| {
+                Ok(Neighbours {
+                    id: r.uuid("id")?,
+                    before: r.uuid_list("before_ids")?,
+                    after: r.uuid_list("after_ids")?,
+                })
+            })
             .collect()
     }
 

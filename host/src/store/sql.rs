@@ -440,11 +440,10 @@ impl Row {
         }
     }
 
-    pub fn opt_uuid(&self, col: &str) -> sqlx::Result<Option<Uuid>> {
-        match self {
-            Row::Sqlite(r) => r.try_get::<Option<&str>, _>(col)?.map(parse_uuid).transpose(),
-            Row::Pg(r) => r.try_get(col),
-        }
+    /// UUIDs joined by commas in a text column (`string_agg`); NULL is none.
+    pub fn uuid_list(&self, col: &str) -> sqlx::Result<Vec<Uuid>> {
+        let text: Option<String> = self.get(col)?;
+        text.iter().flat_map(|t| t.split(',')).filter(|t| !t.is_empty()).map(parse_uuid).collect()
     }
 
     /// A UUID column, as text (ids some tables keep as UUID in PostgreSQL).
